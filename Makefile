@@ -1,0 +1,38 @@
+# Two commands on a fresh machine (Python 3.11+, make):  make report   and   make test
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+PROFILE ?= smoke
+STAMP   := $(VENV)/.installed-stamp
+
+.PHONY: install report test book bench clean-run
+
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements.txt
+	$(BIN)/python -m pip install -q --no-deps -e .
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (backfill)" >/dev/null
+	@touch $@
+
+install: $(STAMP)
+
+# Run every notebook with params/$(PROFILE).yaml into runs/$(PROFILE)/, then build the book.
+report: $(STAMP)
+	$(BIN)/python -m backfill run params/$(PROFILE).yaml
+	$(BIN)/python -m backfill book runs/$(PROFILE)
+
+book: $(STAMP)
+	$(BIN)/python -m backfill book runs/$(PROFILE)
+
+bench: $(STAMP)
+	$(BIN)/python -m backfill bench
+
+# Unit, property and integration tests, then nbval over the notebooks on params/test.yaml.
+test: $(STAMP)
+	rm -rf runs/nbval
+	BACKFILL_PARAMS=$(CURDIR)/params/test.yaml BACKFILL_RUN_DIR=$(CURDIR)/runs/nbval \
+	  $(BIN)/python -m pytest tests --nbval-lax --nbval-current-env notebooks
+
+clean-run:
+	rm -rf runs/$(PROFILE)

@@ -1,0 +1,47 @@
+"""Command line: python -m backfill run PARAMS [--from NN] [--only NN] [--force] | book RUN_DIR | bench."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m backfill", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="execute the notebooks with papermill into runs/<profile>/")
+    r.add_argument("params", help="params YAML, e.g. params/smoke.yaml")
+    g = r.add_mutually_exclusive_group()
+    g.add_argument("--from", dest="start", metavar="NN", help="start at notebook NN")
+    g.add_argument("--only", metavar="NN", help="run only notebook NN")
+    r.add_argument("--force", action="store_true", help="re-run notebooks that finished before")
+    r.add_argument("--run-dir", help="where the run goes (default runs/<profile>)")
+    b = sub.add_parser("book", help="build the Jupyter Book of a run")
+    b.add_argument("run_dir")
+    be = sub.add_parser("bench", help="benchmark training and generation; writes JSON")
+    be.add_argument("--params", default="params/full.yaml")
+    be.add_argument("--out", default="runs/bench.json")
+    be.add_argument("--steps", type=int, default=5, help="timed batches per phase")
+    a = ap.parse_args(argv)
+
+    from .data import DataError
+    from .params import ParamsError
+    try:
+        if a.cmd == "run":
+            from . import pipeline
+            return pipeline.run(a.params, start=a.start, only=a.only, force=a.force, run_dir=a.run_dir)
+        if a.cmd == "book":
+            from . import pipeline
+            pipeline.build_book(a.run_dir)
+            return 0
+        if a.cmd == "bench":
+            from . import bench
+            bench.main(a.params, a.out, a.steps)
+            return 0
+    except (ParamsError, DataError) as e:
+        print(f"backfill: {e}", file=sys.stderr)
+        return 2
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

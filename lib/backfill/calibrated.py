@@ -1,0 +1,150 @@
+"""The embedded default dataset: market-calibrated SPX-like implied-vol surfaces (SPEC section 3).
+
+Not quoted option data. The surfaces are driven by the real S&P 500 closes 1999-2018 and
+calibrated to the real VIX 2014-2018, both shipped inside the `arch` package (no download):
+
+1. GJR-GARCH(1,1) with skew-t errors (maximum likelihood) on the daily log returns -> next-day
+   variance h_t.
+2. A slow long-run component q_t (EWMA of h_t, component-GARCH style). Expected variance on day
+   t+k: the short part (h - q) decays at rate P_SHORT towards q, and q decays at rate P_LONG
+   towards the GARCH unconditional variance vbar. Averaging over each maturity's trading days
+   gives the ATM term structure; a scalar variance risk premium matches the mean of VIX^2.
+3. Smile: SSVI in log-moneyness k = log(K/S) with power-law phi = ETA / theta^GAMMA inside the
+   Gatheral-Jacquier no-arbitrage bounds; rho_t = clip(RHO0 + RHO_BETA * 20-day log return),
+   steeper after sell-offs.
+4. Small persistent per-point AR(1) observation noise (fixed seed).
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from scipy.optimize import minimize
+from scipy.signal import lfilter
+
+MATURITIES = np.array([1 / 12, 1 / 4, 1 / 2, 1.0, 2.0])   # years
+MONEYNESS = np.array([0.7, 0.85, 1.0, 1.15, 1.3])          # K/S
+DAYS_PER_YEAR = 252
+
+# Calibration constants (chosen so the surface is as persistent as real SPX surfaces).
+PHI_SLOW = 0.005        # EWMA weight of the slow component (half-life ~ 140 trading days)
+P_SHORT = 0.97          # daily persistence of the short part, towards q
+P_LONG = 0.998          # daily persistence of q, towards the unconditional variance
+ETA, GAMMA = 1.0, 0.4   # SSVI power law; ETA * (1 + |rho|) <= 2 for |rho| <= 0.95
+RHO0, RHO_BETA, RHO_BOUNDS = -0.7, 2.0, (-0.95, -0.2)
+RHO_WINDOW = 20         # trading days of returns that move rho
+NOISE_STD, NOISE_PHI, SEED = 0.0025, 0.97, 20240601   # vols in decimals
+
+
+def _log(progress: bool, t0: float, msg: str) -> None:
+    if progress:
+        print(f"[calibrated {time.perf_counter() - t0:5.1f}s] {msg}", flush=True)
+
+
+def _garch(ret: np.ndarray):
+    """Fit GJR-GARCH(1,1) with skew-t errors to 100*ret by maximum likelihood. Returns (h, vbar,
+    params): h (N,) is the variance for day t+1 known at the close of day t, vbar the
+    unconditional variance (both in %^2). arch's own likelihood pieces, minimised by Nelder-Mead
+    (elementwise numpy only) because arch's SLSQP fit differs in the last digits with the BLAS
+    thread count."""
+    import arch
+
+    y = 100 * ret
+    model = arch.arch_model(y, p=1, o=1, q=1, dist="skewt")
+    vol, dist = model.volatility, model.distribution
+    e0 = y - y.mean()
+    backcast, bounds = vol.backcast(e0), vol.variance_bounds(e0)
+
+    def variance(x):                                               # x: mu, omega, a, g, b, ...
+        sigma2 = np.empty_like(y)
+        vol.compute_variance(x[1:5], y - x[0], sigma2, backcast, bounds)
+        return sigma2
+
+    def nll(x):
+        mu, om, al, ga, be, nu, lam = x
+        if min(om, al, ga, be) < 0 or al + ga / 2 + be >= 1 or nu <= 2.05 or abs(lam) >= 0.99:
+            return 1e10
+        return -dist.loglikelihood(x[5:], y - mu, variance(x))
+
+    x = np.r_[y.mean(), vol.starting_values(e0), dist.starting_values(e0)]
+    for tol in (1e-7, 1e-9):                                       # restart once to polish
+        x = minimize(nll, x, method="Nelder-Mead",
+                     options=dict(maxfev=20000, xatol=tol, fatol=tol, adaptive=True)).x
+    mu, om, al, ga, be, nu, lam = (float(v) for v in x)
+    eps = y - mu                                                   # (N,)
+    h = om + (al + ga * (eps < 0)) * eps**2 + be * variance(x)     # variance of day t+1 given t
+    p_neg = float(dist.cdf(np.array([0.0]), np.array([nu, lam]))[0])
+    persistence = al + be + ga * p_neg
+    params = {"mu": mu, "omega": om, "alpha": al, "gamma": ga, "beta": be, "skewt_eta": nu,
+              "skewt_lambda": lam, "loglik": -float(nll(x)), "persistence": persistence,
+              "p_negative": p_neg}
+    return h, om / (1 - persistence), params
+
+
+def _atm_variance(h: np.ndarray, vbar: float, maturities: np.ndarray) -> np.ndarray:
+    """Model-expected average daily variance (%^2) from t to each maturity: (N, n_mat)."""
+    q0 = h[:DAYS_PER_YEAR].mean()
+    q, _ = lfilter([PHI_SLOW], [1, PHI_SLOW - 1], h, zi=[(1 - PHI_SLOW) * q0])   # (N,)
+    n = np.round(DAYS_PER_YEAR * maturities)                                      # (n_mat,)
+    avg = lambda p: (1 - p**n) / (n * (1 - p))                                    # noqa: E731
+    return vbar + (q - vbar)[:, None] * avg(P_LONG) + (h - q)[:, None] * avg(P_SHORT)
+
+
+def ssvi_vols(atm_var: np.ndarray, rho: np.ndarray, maturities, moneyness) -> np.ndarray:
+    """SSVI implied vols (N, n_mat, n_mon) from ATM annualised variance (N, n_mat), rho (N,)."""
+    T = np.asarray(maturities, dtype=float)
+    theta = (atm_var * T)[:, :, None]                               # (N, n_mat, 1)
+    phi = ETA / theta**GAMMA
+    k = np.log(np.asarray(moneyness, dtype=float))[None, None, :]  # (1, 1, n_mon)
+    r = rho[:, None, None]
+    w = theta / 2 * (1 + r * phi * k + np.sqrt((phi * k + r) ** 2 + 1 - r**2))
+    return np.sqrt(w / T[None, :, None])
+
+
+def make_default_arrays(progress: bool = False) -> dict:
+    """Build the default dataset. Returns {'surface': (N, 5, 5) implied vols (day, maturity,
+    moneyness), 'ret': (N,) daily log returns, 'dates': (N,) ISO strings, 'maturities',
+    'moneyness', 'vix_corr': 1-month ATM vs VIX correlation on the overlap, 'components': dict
+    of fitted and fixed parameters}. Deterministic."""
+    from arch.data import sp500, vix
+
+    t0 = time.perf_counter()
+    close = sp500.load()["Adj Close"]
+    ret = np.diff(np.log(close.to_numpy(dtype=float)))                       # (N,)
+    dates = np.array(close.index[1:].strftime("%Y-%m-%d"))                   # (N,)
+    _log(progress, t0, f"{len(ret)} S&P 500 returns {dates[0]}..{dates[-1]}; fitting GJR-GARCH")
+    h, vbar, garch = _garch(ret)
+
+    # ATM term structure (annualised variance), then the VRP scalar from the VIX overlap.
+    model_var = _atm_variance(h, vbar, MATURITIES) * DAYS_PER_YEAR / 1e4    # (N, n_mat)
+    v = vix.load()["vix"].dropna()
+    v_dates = np.array(v.index.strftime("%Y-%m-%d"))
+    common, i_model, i_vix = np.intersect1d(dates, v_dates, return_indices=True)
+    vix_var = (v.to_numpy(dtype=float)[i_vix] / 100) ** 2                   # (n_overlap,)
+    vrp = float(vix_var.mean() / model_var[i_model, 0].mean())
+    atm_var = vrp * model_var                                                # (N, n_mat)
+    _log(progress, t0, f"VIX overlap {common[0]}..{common[-1]} ({len(common)} days), VRP {vrp:.3f}")
+
+    # Skew correlation moving with the recent return (steeper after sell-offs).
+    csum = np.concatenate([[0.0], np.cumsum(ret)])
+    recent = csum[1:] - csum[np.maximum(np.arange(1, len(ret) + 1) - RHO_WINDOW, 0)]   # (N,)
+    rho = np.clip(RHO0 + RHO_BETA * recent, *RHO_BOUNDS)
+    surface = ssvi_vols(atm_var, rho, MATURITIES, MONEYNESS)                 # (N, 5, 5)
+
+    # Persistent per-point observation noise: stationary AR(1), fixed seed.
+    z = np.random.default_rng(SEED).standard_normal(surface.shape)
+    z[0] /= np.sqrt(1 - NOISE_PHI**2)
+    noise = lfilter([1.0], [1.0, -NOISE_PHI], z, axis=0) * NOISE_STD * np.sqrt(1 - NOISE_PHI**2)
+    surface = surface + noise
+
+    vix_corr = float(np.corrcoef(surface[i_model, 0, 2], np.sqrt(vix_var))[0, 1])
+    _log(progress, t0, f"done: surface {surface.shape}, 1m ATM vs VIX corr {vix_corr:.3f}")
+    components = {**{f"garch_{k}": v for k, v in garch.items()},
+                  "garch_unconditional_var_pct2": float(vbar), "vrp_variance_factor": vrp,
+                  "phi_slow": PHI_SLOW, "p_short": P_SHORT, "p_long": P_LONG,
+                  "ssvi_eta": ETA, "ssvi_gamma": GAMMA, "rho0": RHO0, "rho_beta": RHO_BETA,
+                  "rho_min": RHO_BOUNDS[0], "rho_max": RHO_BOUNDS[1],
+                  "rho_window_days": float(RHO_WINDOW), "noise_std": NOISE_STD,
+                  "noise_phi": NOISE_PHI, "noise_seed": float(SEED)}
+    return {"surface": surface, "ret": ret, "dates": dates, "maturities": MATURITIES.copy(),
+            "moneyness": MONEYNESS.copy(), "vix_corr": vix_corr, "components": components}

@@ -1,0 +1,94 @@
+"""Metrics on implied-volatility surfaces: static-arbitrage checks and persistence (ACF).
+
+Surfaces are arrays (..., n_maturity, n_moneyness) of implied vols in decimals; maturities in
+years, moneyness K/S with zero rates and dividends (so the forward is the spot). Nothing here
+assumes a particular grid size.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy.stats import norm
+
+
+def _grids(surface, maturities, moneyness):
+    s = np.asarray(surface, dtype=float)
+    T = np.asarray(maturities, dtype=float)
+    K = np.asarray(moneyness, dtype=float)
+    if s.shape[-2:] != (T.size, K.size):
+        raise ValueError(f"surface trailing shape {s.shape[-2:]} != ({T.size}, {K.size})")
+    return s, T, K
+
+
+def total_variance(surface, maturities) -> np.ndarray:
+    """sigma^2 * T, same shape as surface (..., n_mat, n_mon)."""
+    s = np.asarray(surface, dtype=float)
+    return s**2 * np.asarray(maturities, dtype=float)[:, None]
+
+
+def call_prices(surface, maturities, moneyness) -> np.ndarray:
+    """Undiscounted Black-Scholes calls C(K)/S with S = 1, K = moneyness; shape of surface."""
+    s, T, K = _grids(surface, maturities, moneyness)
+    sd = np.sqrt(np.maximum(s**2 * T[:, None], 1e-300))      # (..., n_mat, n_mon)
+    d1 = -np.log(K) / sd + 0.5 * sd
+    return norm.cdf(d1) - K * norm.cdf(d1 - sd)
+
+
+def calendar_violations(surface, maturities, moneyness, tol: float = 1e-6) -> np.ndarray:
+    """bool (...,): total variance falls with maturity (at fixed K/S) by more than tol anywhere."""
+    s, T, _ = _grids(surface, maturities, moneyness)
+    dw = np.diff(total_variance(s, T), axis=-2)              # (..., n_mat-1, n_mon)
+    return (dw < -tol).any(axis=(-2, -1))
+
+
+def butterfly_violations(surface, maturities, moneyness, tol: float = 1e-6) -> np.ndarray:
+    """bool (...,): call prices not convex, not decreasing, or falling faster than -1 in strike.
+
+    Finite differences on the (possibly non-uniform) strike grid: slopes must lie in [-1, 0] and
+    be non-decreasing in strike (all up to tol)."""
+    s, T, K = _grids(surface, maturities, moneyness)
+    C = call_prices(s, T, K)                                 # (..., n_mat, n_mon)
+    slope = np.diff(C, axis=-1) / np.diff(K)                 # (..., n_mat, n_mon-1)
+    bad = (slope > tol) | (slope < -1.0 - tol)
+    bad = bad.any(axis=(-2, -1))
+    if K.size >= 3:
+        bad |= (np.diff(slope, axis=-1) < -tol).any(axis=(-2, -1))
+    return bad
+
+
+def arbitrage_share(surface, maturities, moneyness) -> dict:
+    """Share of surfaces (over all leading axes) with a calendar, a butterfly, or any violation."""
+    cal = calendar_violations(surface, maturities, moneyness)
+    fly = butterfly_violations(surface, maturities, moneyness)
+    return {"calendar": float(np.mean(cal)), "butterfly": float(np.mean(fly)),
+            "any": float(np.mean(cal | fly))}
+
+
+def mean_acf(surface, lags) -> dict:
+    """Mean over grid points of the sample autocorrelation (statsmodels' unadjusted estimator)
+    of each point's series; surface (N, ...) with time on axis 0."""
+    x = np.asarray(surface, dtype=float).reshape(len(surface), -1)   # (N, P)
+    x = x - x.mean(axis=0)
+    denom = (x**2).sum(axis=0)                                       # (P,)
+    out = {}
+    for lag in np.atleast_1d(lags):
+        lag = int(lag)
+        if not 0 <= lag < len(x):
+            raise ValueError(f"lag {lag} out of range for series of length {len(x)}")
+        num = (x[lag:] * x[:len(x) - lag]).sum(axis=0)
+        out[lag] = float(np.mean(num / denom))
+    return out
+
+
+# --- forecast accuracy and calibration ---------------------------------------------------------
+
+def rmse(pred, truth, axis=None):
+    """Root mean squared error over `axis` (all axes by default)."""
+    d = np.asarray(pred, dtype=float) - np.asarray(truth, dtype=float)
+    return float(np.sqrt(np.mean(d**2))) if axis is None else np.sqrt(np.mean(d**2, axis=axis))
+
+
+def ci_violation(lo, hi, truth, axis=None):
+    """Share of truth outside [lo, hi] (nominal 10% for a p05..p95 interval)."""
+    t = np.asarray(truth, dtype=float)
+    out = (t < np.asarray(lo)) | (t > np.asarray(hi))
+    return float(np.mean(out)) if axis is None else np.mean(out, axis=axis)

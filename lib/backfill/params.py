@@ -1,0 +1,332 @@
+"""One schema for every experiment YAML (params/test.yaml, smoke.yaml, full.yaml).
+
+A params file is a nested mapping. `load(path)` parses it, rejects unknown keys, wrong types and
+impossible values with a single `ParamsError` naming the key, and returns plain nested dicts.
+Checks that need the data (split dates inside the series) live in `check_against_data`.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+
+import yaml
+
+
+class ParamsError(ValueError):
+    """An invalid params file; the message names the offending key."""
+
+
+# --- the schema --------------------------------------------------------------------------------
+# A leaf is (type, required) where type is a python type, a tuple of types, or a callable check.
+# A nested dict is a section. `None` in a type tuple means the key may be null.
+
+def _list_of(t, min_len=1):
+    def check(v):
+        return isinstance(v, list) and len(v) >= min_len and all(_isinstance(x, t) for x in v)
+    check.__name__ = f"list of {getattr(t, '__name__', t)}"
+    return check
+
+
+def _isinstance(v, t):
+    if callable(t) and not isinstance(t, type) and not isinstance(t, tuple):
+        return t(v)
+    ts = t if isinstance(t, tuple) else (t,)
+    for tt in ts:
+        if tt is None and v is None:
+            return True
+        if tt is float and isinstance(v, (int, float)) and not isinstance(v, bool):
+            return True
+        if tt is int and isinstance(v, int) and not isinstance(v, bool):
+            return True
+        if isinstance(tt, type) and tt not in (int, float) and isinstance(v, tt):
+            return True
+        if callable(tt) and not isinstance(tt, type) and tt is not None and tt(v):
+            return True
+    return False
+
+
+def _date_or_int(v):
+    return isinstance(v, (int, _dt.date)) and not isinstance(v, bool) or (
+        isinstance(v, str) and _parse_date(v) is not None)
+
+
+_date_or_int.__name__ = "date (YYYY-MM-DD) or day index"
+
+_span = _list_of(_date_or_int, 2)
+_span.__name__ = "[start, end] pair of dates or day indices"
+
+SCHEMA = {
+    "profile": str,
+    "description": (str, None),
+    "seed": int,
+    "provenance": (dict, None),            # written into runs/<profile>/params.yaml; ignored on load
+    "data": {
+        "source": str,                     # "default" or a path to .npz / .csv / .parquet
+        "returns_path": (str, None),       # the `date, return` table for a long CSV/parquet surface
+        "cache_dir": (str, None),          # where the default dataset is cached (null: ~/.cache/backfill)
+        "split_by": str,                   # "date" or "index"
+        "train": _span,                    # [start, end] inclusive; validation = last val_fraction of it
+        "val_fraction": float,
+        "test": _span,
+        "crisis": _span,
+    },
+    "model": {
+        "feat_dim": (_list_of(int, 2), None),   # (n_maturity, n_moneyness); null: taken from the data
+        "ex_feats_dim": int,
+        "context_len": int,
+        "horizon": int,
+        "latent_dim": int,
+        "mem_type": str,
+        "mem_hidden": int,
+        "mem_layers": int,
+        "mem_dropout": float,
+        "surface_hidden": _list_of(int),
+        "use_dense_surface": bool,
+        "kl_weight": float,
+        "re_feat_weight": float,
+        "ex_loss_on_ret_only": bool,
+        "ex_feats_loss_type": str,
+        "use_quantile_regression": bool,
+        "num_quantiles": int,
+        "quantiles": _list_of(float),
+        "quantile_loss_weights": _list_of(float),
+        "device": str,                     # "auto", "cpu" or "cuda"
+    },
+    "training": {
+        "train_period_years": (int, None),
+        "train_start_idx": (int, None),
+        "train_end_idx": (int, None),
+        "total_epochs": int,
+        "phase1_epochs": int,              # cumulative epoch marks, as in the seed
+        "phase2_epochs": int,
+        "phase3_epochs": int,
+        "phase4_epochs": int,
+        "learning_rate": float,
+        "batch_size": int,
+        "phase2_horizons": _list_of(int),
+        "phase2_weights": dict,
+        "phase3_horizon": int,
+        "phase3_offsets": _list_of(int),
+        "phase3_ar_steps": int,
+        "phase4_horizon": int,
+        "phase4_offsets": _list_of(int),
+        "phase4_ar_steps": int,
+        "returns": str,                    # "realized" or "predicted"
+        "grad_clip": float,
+        "bf16": bool,
+        "max_train_windows": (int, None),  # subsample windows per epoch (null: all)
+        "max_val_windows": (int, None),
+    },
+    "gates": {
+        "phase1_h1_rmse_train": float,
+        "phase1_h1_rmse_val": float,
+        "gate1_h90_rmse_train": float,
+        "gate1_h90_rmse_val": float,
+        "gate1_ci_violation": float,
+        "gate2_pass_ratio": float,
+        "gate2_offset_gap": float,
+        "phase4_pass_ratio": float,
+        "phase4_offset_gap": float,
+        "phase4_ci_violation": float,
+        "gate3_pass_ratio": float,
+        "gate3_ci_violation": float,
+        "gate3_coint_normal": float,
+        "marginal_band": float,            # a check within this relative distance of its threshold is ⚠️
+    },
+    "generation": {
+        "n_samples": int,
+        "sample_chunk": int,
+        "horizon": int,
+        "offset_fast": int,
+        "offset_ensemble": int,
+        "days_6month": int,
+        "days_1year": int,
+        "windows": dict,                   # name -> start date of the backfill (first generated day)
+        "rolling_every": int,
+        "max_rolling": (int, None),
+        "bootstrap_paths": int,
+    },
+}
+
+_PROFILES_DIR = Path(__file__).resolve().parents[2] / "params"
+
+
+def _parse_date(v):
+    if isinstance(v, _dt.date):
+        return v
+    try:
+        return _dt.date.fromisoformat(str(v))
+    except ValueError:
+        return None
+
+
+def _typename(t):
+    if isinstance(t, tuple):
+        return " or ".join("null" if x is None else _typename(x) for x in t)
+    return getattr(t, "__name__", str(t))
+
+
+def _walk(schema: dict, node, prefix: str):
+    if not isinstance(node, dict):
+        raise ParamsError(f"params: '{prefix or '<root>'}' must be a mapping, got {type(node).__name__}")
+    for key in node:
+        if key not in schema:
+            where = f"{prefix}.{key}" if prefix else key
+            raise ParamsError(f"params: unknown key '{where}'")
+    for key, spec in schema.items():
+        where = f"{prefix}.{key}" if prefix else key
+        if key not in node:
+            nullable = isinstance(spec, tuple) and None in spec
+            if nullable:
+                node[key] = None
+                continue
+            raise ParamsError(f"params: missing key '{where}'")
+        if isinstance(spec, dict):
+            _walk(spec, node[key], where)
+        elif not _isinstance(node[key], spec):
+            raise ParamsError(f"params: '{where}' must be {_typename(spec)}, got {node[key]!r}")
+
+
+def _fail(key, msg):
+    raise ParamsError(f"params: '{key}' {msg}")
+
+
+def validate(p: dict) -> dict:
+    """Check types and cross-field consistency; returns `p` (dates normalised to ISO strings)."""
+    _walk(SCHEMA, p, "")
+    d, m, t, g = p["data"], p["model"], p["training"], p["generation"]
+    if d["split_by"] not in ("date", "index"):
+        _fail("data.split_by", f"must be 'date' or 'index', got {d['split_by']!r}")
+    for key in ("train", "test", "crisis"):
+        span = d[key]
+        dates = [_parse_date(x) if not isinstance(x, int) else None for x in span]
+        if None not in dates:
+            span = [x.isoformat() for x in dates]
+        elif not all(isinstance(x, int) for x in span):
+            _fail(f"data.{key}", f"must be two dates (YYYY-MM-DD) or two day indices, got {span!r}")
+        elif d["split_by"] == "date" and key != "crisis":
+            _fail(f"data.{key}", f"must hold dates because data.split_by is 'date', got {span!r}")
+        if span[0] >= span[1]:
+            _fail(f"data.{key}", f"start must be before end, got {span!r}")
+        d[key] = span
+    if not 0 < d["val_fraction"] < 1:
+        _fail("data.val_fraction", f"must be in (0, 1), got {d['val_fraction']}")
+    if type(d["train"][1]) is type(d["test"][0]) and d["train"][1] >= d["test"][0]:
+        _fail("data.test", f"must start after the training span ends ({d['train'][1]})")
+
+    positive = {"model.context_len": m["context_len"], "model.horizon": m["horizon"],
+                "model.latent_dim": m["latent_dim"], "model.mem_hidden": m["mem_hidden"],
+                "model.mem_layers": m["mem_layers"], "model.ex_feats_dim": m["ex_feats_dim"],
+                "training.batch_size": t["batch_size"], "training.phase3_ar_steps": t["phase3_ar_steps"],
+                "training.phase4_ar_steps": t["phase4_ar_steps"], "generation.n_samples": g["n_samples"],
+                "generation.sample_chunk": g["sample_chunk"], "generation.rolling_every": g["rolling_every"],
+                "generation.bootstrap_paths": g["bootstrap_paths"]}
+    for key, v in positive.items():
+        if v < 1:
+            _fail(key, f"must be >= 1, got {v}")
+    if any(h < 1 for h in m["surface_hidden"]):
+        _fail("model.surface_hidden", f"layer sizes must be >= 1, got {m['surface_hidden']}")
+    if m["feat_dim"] is not None and (len(m["feat_dim"]) != 2 or min(m["feat_dim"]) < 2):
+        _fail("model.feat_dim", f"must be [n_maturity, n_moneyness] with each >= 2, got {m['feat_dim']}")
+    if m["mem_type"] != "lstm":
+        _fail("model.mem_type", f"only 'lstm' is implemented, got {m['mem_type']!r}")
+    if m["ex_feats_loss_type"] not in ("l2", "l1"):
+        _fail("model.ex_feats_loss_type", f"must be 'l2' or 'l1', got {m['ex_feats_loss_type']!r}")
+    if m["ex_feats_dim"] != 3:
+        _fail("model.ex_feats_dim", f"must be 3 (return, skew, slope), got {m['ex_feats_dim']}")
+    if not 0 <= m["mem_dropout"] < 1:
+        _fail("model.mem_dropout", f"must be in [0, 1), got {m['mem_dropout']}")
+    if m["kl_weight"] < 0 or m["re_feat_weight"] < 0:
+        _fail("model.kl_weight", "and model.re_feat_weight must be >= 0")
+    q = m["quantiles"]
+    if not m["use_quantile_regression"]:
+        _fail("model.use_quantile_regression", "must be true (the decoder is a quantile decoder)")
+    if len(q) != m["num_quantiles"]:
+        _fail("model.quantiles", f"has {len(q)} values but model.num_quantiles is {m['num_quantiles']}")
+    if sorted(q) != q or not all(0 < x < 1 for x in q) or 0.5 not in q:
+        _fail("model.quantiles", f"must be increasing, inside (0, 1) and include 0.5, got {q}")
+    if len(m["quantile_loss_weights"]) != len(q):
+        _fail("model.quantile_loss_weights", f"needs one weight per quantile ({len(q)}), got "
+              f"{len(m['quantile_loss_weights'])}")
+    if m["device"] not in ("auto", "cpu", "cuda"):
+        _fail("model.device", f"must be 'auto', 'cpu' or 'cuda', got {m['device']!r}")
+
+    marks = [t["phase1_epochs"], t["phase2_epochs"], t["phase3_epochs"], t["phase4_epochs"]]
+    if marks[0] < 1 or any(b < a for a, b in zip(marks, marks[1:])):
+        _fail("training.phase1_epochs", f"phase epoch marks must be cumulative and >= 1, got {marks}")
+    if t["total_epochs"] != marks[-1]:
+        _fail("training.total_epochs", f"must equal training.phase4_epochs ({marks[-1]}), got "
+              f"{t['total_epochs']}")
+    if t["learning_rate"] <= 0:
+        _fail("training.learning_rate", f"must be > 0, got {t['learning_rate']}")
+    hs = t["phase2_horizons"]
+    if sorted(set(hs)) != hs or hs[0] < 1:
+        _fail("training.phase2_horizons", f"must be strictly increasing and >= 1, got {hs}")
+    w = t["phase2_weights"]
+    try:
+        w = {int(k): float(v) for k, v in w.items()}
+    except (TypeError, ValueError):
+        _fail("training.phase2_weights", f"must map horizon -> weight, got {t['phase2_weights']!r}")
+    if sorted(w) != hs:
+        _fail("training.phase2_weights", f"keys {sorted(w)} do not match training.phase2_horizons {hs}")
+    if any(v < 0 for v in w.values()):
+        _fail("training.phase2_weights", "weights must be >= 0")
+    t["phase2_weights"] = w
+    for ph in (3, 4):
+        H, offs = t[f"phase{ph}_horizon"], t[f"phase{ph}_offsets"]
+        if H < 1:
+            _fail(f"training.phase{ph}_horizon", f"must be >= 1, got {H}")
+        for o in offs:
+            if o < 1 or o > H:
+                _fail(f"training.phase{ph}_offsets", f"offset {o} must be in [1, horizon={H}]")
+    if t["returns"] not in ("realized", "predicted"):
+        _fail("training.returns", f"must be 'realized' or 'predicted', got {t['returns']!r}")
+    if t["grad_clip"] <= 0:
+        _fail("training.grad_clip", f"must be > 0, got {t['grad_clip']}")
+    for key in ("max_train_windows", "max_val_windows"):
+        if t[key] is not None and t[key] < 1:
+            _fail(f"training.{key}", f"must be >= 1 or null, got {t[key]}")
+
+    for key, v in p["gates"].items():
+        if v <= 0:
+            _fail(f"gates.{key}", f"must be > 0, got {v}")
+    if g["offset_fast"] > g["horizon"] or g["offset_ensemble"] > g["horizon"]:
+        _fail("generation.offset_fast", f"offsets must be <= generation.horizon ({g['horizon']})")
+    if min(g["offset_fast"], g["offset_ensemble"], g["horizon"], g["days_6month"], g["days_1year"]) < 1:
+        _fail("generation.horizon", "horizon, offsets and day counts must be >= 1")
+    for name, start in g["windows"].items():
+        if _parse_date(start) is None and not isinstance(start, int):
+            _fail(f"generation.windows.{name}", f"must be a date or day index, got {start!r}")
+        if isinstance(start, _dt.date):
+            g["windows"][name] = start.isoformat()
+    return p
+
+
+def load(path) -> dict:
+    """Read and validate a params YAML; raise ParamsError (one line) on any problem."""
+    path = Path(path)
+    if not path.exists():
+        raise ParamsError(f"params: file not found: {path}")
+    try:
+        p = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        line = getattr(getattr(e, "problem_mark", None), "line", None)
+        raise ParamsError(f"params: {path} is not valid YAML"
+                          + (f" (line {line + 1})" if line is not None else "")) from None
+    if not isinstance(p, dict):
+        raise ParamsError(f"params: {path} must hold a mapping at the top level")
+    return validate(p)
+
+
+def profile_path(name: str) -> Path:
+    """params/<name>.yaml of this checkout."""
+    return _PROFILES_DIR / f"{name}.yaml"
+
+
+def longest_window(p: dict) -> int:
+    """Days needed by the longest training window of the curriculum."""
+    C, t = p["model"]["context_len"], p["training"]
+    lens = [C + 1, C + max(t["phase2_horizons"])]
+    for ph in (3, 4):
+        lens.append(C + (t[f"phase{ph}_ar_steps"] - 1) * max(t[f"phase{ph}_offsets"]) + t[f"phase{ph}_horizon"])
+    return max(lens)

@@ -1,0 +1,266 @@
+"""Runs: the run directory, provenance, metrics.json, executing the notebooks, building the book.
+
+`open_run` is what every notebook calls first; `run` executes the notebooks with papermill in order;
+`build_book` renders a run's executed notebooks plus the book pages into HTML.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from . import data as _data
+from . import params as _params
+
+ROOT = Path(__file__).resolve().parents[2]
+NOTEBOOKS = ["01_data_autocorrelation", "02_phase1_teacher_forcing", "03_phase2_multihorizon",
+             "04_phase3_ar_h60", "05_phase4_ar_h90", "06_gates", "07_generate_6month",
+             "08_generate_1year", "09_evaluation"]
+PACKAGES = ["torch", "numpy", "pandas", "scipy", "statsmodels", "arch", "papermill", "jupyter-book",
+            "myst-nb", "plotly", "matplotlib"]
+
+
+# --- atomic files ------------------------------------------------------------------------------
+
+def atomic_write_bytes(path, payload: bytes) -> None:
+    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def _jsonable(o):
+    if isinstance(o, dict):
+        return {str(k): _jsonable(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_jsonable(v) for v in o]
+    if isinstance(o, np.ndarray):
+        return _jsonable(o.tolist())
+    if isinstance(o, (np.floating, float)):
+        return None if not np.isfinite(o) else float(o)
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.bool_):
+        return bool(o)
+    return o
+
+
+def read_metrics(run_dir) -> dict:
+    path = Path(run_dir) / "metrics.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def update_metrics(run_dir, **sections) -> dict:
+    """Merge top-level sections into run_dir/metrics.json (atomic); returns the whole document."""
+    m = read_metrics(run_dir)
+    m.update(_jsonable(sections))
+    atomic_write_text(Path(run_dir) / "metrics.json", json.dumps(m, indent=2, sort_keys=True) + "\n")
+    return m
+
+
+def _set_status(run_dir, name, state, **extra):
+    status = read_metrics(run_dir).get("status", {})
+    status[name] = {"state": state, **extra}
+    update_metrics(run_dir, status=status)
+
+
+# --- provenance ----------------------------------------------------------------------------------
+
+def provenance() -> dict:
+    """Git commit (with a dirty flag) and package versions: what a number in the book came from."""
+    from importlib import metadata
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                                timeout=10).stdout.strip() or None
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                                    capture_output=True, text=True, timeout=10).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = None, None
+    versions = {}
+    for pkg in PACKAGES:
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return {"git_commit": commit, "git_dirty": dirty, "python": platform.python_version(),
+            "platform": platform.platform(), "packages": versions,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def params_hash(p: dict) -> str:
+    body = {k: v for k, v in p.items() if k != "provenance"}
+    return hashlib.sha256(json.dumps(_jsonable(body), sort_keys=True).encode()).hexdigest()[:16]
+
+
+# --- a run, as notebooks see it ----------------------------------------------------------------
+
+@dataclass
+class Run:
+    params: dict
+    data: _data.Dataset
+    run_dir: Path
+    splits: dict          # name -> half-open day-index range
+
+    def metrics(self) -> dict:
+        return read_metrics(self.run_dir)
+
+    def update_metrics(self, **sections) -> dict:
+        return update_metrics(self.run_dir, **sections)
+
+
+def default_run_dir(p: dict) -> Path:
+    return ROOT / "runs" / p["profile"]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    try:
+        import torch
+        torch.manual_seed(seed)
+    except ImportError:
+        pass
+
+
+def open_run(params_path, run_dir=None) -> Run:
+    """Load and validate params and data, create the run directory, record params + provenance."""
+    p = _params.load(params_path)
+    ds = _data.load_for(p)
+    run_dir = Path(run_dir) if run_dir else default_run_dir(p)
+    for sub in ("notebooks", "checkpoints", "logs", "backfill"):
+        (run_dir / sub).mkdir(parents=True, exist_ok=True)
+    record = dict(p, provenance={**provenance(), "params_hash": params_hash(p),
+                                 "params_source": str(Path(params_path).resolve()),
+                                 "data_fingerprint": _data.fingerprint(ds)})
+    atomic_write_text(run_dir / "params.yaml", yaml.safe_dump(_jsonable(record), sort_keys=False))
+    if "profile" not in read_metrics(run_dir):
+        update_metrics(run_dir, profile=p["profile"])
+    seed_everything(p["seed"])
+    return Run(p, ds, run_dir, _data.splits(ds, p))
+
+
+# --- executing notebooks -----------------------------------------------------------------------
+
+def available_notebooks() -> list[str]:
+    return [n for n in NOTEBOOKS if (ROOT / "notebooks" / f"{n}.ipynb").exists()]
+
+
+def select(names: list[str], start: str | None = None, only: str | None = None) -> list[str]:
+    """Notebooks from `start` on (or just `only`), given by number ('03') or full name."""
+    def find(tag):
+        hits = [n for n in names if n == tag or n.split("_")[0] == str(tag).zfill(2)]
+        if not hits:
+            raise SystemExit(f"backfill: no notebook '{tag}' (have: {', '.join(n[:2] for n in names)})")
+        return names.index(hits[0])
+    if only is not None:
+        return [names[find(only)]]
+    return names[find(start):] if start is not None else list(names)
+
+
+def run(params_path, start=None, only=None, force=False, run_dir=None, log=print) -> int:
+    """Execute the notebooks in order with papermill; 0 on success, 1 when a notebook failed.
+
+    Finished notebooks (status ok, same params) are skipped unless `force`. A failing notebook stops
+    the run, is saved as NN.failed.ipynb and is marked failed (with its cell) in metrics.json."""
+    import papermill as pm
+
+    params_path = Path(params_path).resolve()
+    p = _params.load(params_path)          # bad params fail here, before anything is written
+    _data.load_for(p)                      # so does bad data
+    run_dir = Path(run_dir).resolve() if run_dir else default_run_dir(p)
+    (run_dir / "notebooks").mkdir(parents=True, exist_ok=True)
+    h = params_hash(p)
+    todo = select(available_notebooks(), start, only)
+    status = read_metrics(run_dir).get("status", {})
+    update_metrics(run_dir, profile=p["profile"])
+    for i, name in enumerate(todo, 1):
+        out = run_dir / "notebooks" / f"{name}.ipynb"
+        st = status.get(name, {})
+        if not force and st.get("state") == "ok" and st.get("params_hash") == h and out.exists():
+            log(f"[{i}/{len(todo)}] {name}: done before, skipped (use --force to re-run)")
+            continue
+        log(f"[{i}/{len(todo)}] {name}: running ...", )
+        _set_status(run_dir, name, "running", params_hash=h)
+        t0 = time.time()
+        tmp = out.with_name(f".{name}.running.ipynb")
+        try:
+            pm.execute_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"), str(tmp),
+                                parameters={"params_path": str(params_path), "run_dir": str(run_dir)},
+                                cwd=str(ROOT / "notebooks"), progress_bar=False, kernel_name="python3")
+        except Exception as e:  # papermill's execution error, or a kernel that died
+            failed = out.with_name(f"{name}.failed.ipynb")
+            if tmp.exists():
+                os.replace(tmp, failed)
+            cell = getattr(e, "exec_count", None) or getattr(e, "cell_index", None)
+            err = f"{getattr(e, 'ename', type(e).__name__)}: {getattr(e, 'evalue', str(e))}".strip()
+            err = err.splitlines()[0] if err else type(e).__name__
+            _set_status(run_dir, name, "failed", cell=cell, error=err, params_hash=h,
+                        seconds=round(time.time() - t0, 1))
+            update_metrics(run_dir, run_state="failed")
+            log(f"[{i}/{len(todo)}] {name}: FAILED in cell {cell}: {err}\n  see {failed}")
+            return 1
+        os.replace(tmp, out)
+        _set_status(run_dir, name, "ok", params_hash=h, seconds=round(time.time() - t0, 1))
+        log(f"[{i}/{len(todo)}] {name}: ok ({time.time() - t0:.1f} s)")
+    status = read_metrics(run_dir).get("status", {})
+    for name in available_notebooks():
+        status.setdefault(name, {"state": "skipped"})
+    update_metrics(run_dir, status=status,
+                   run_state="ok" if all(s["state"] == "ok" for s in status.values()) else "partial")
+    return 0
+
+
+# --- the book ----------------------------------------------------------------------------------
+
+def build_book(run_dir, log=print) -> Path:
+    """Stage the book pages and config beside the run's executed notebooks and build the HTML."""
+    import plotly
+    run_dir = Path(run_dir).resolve()
+    done = [n for n in NOTEBOOKS if (run_dir / "notebooks" / f"{n}.ipynb").exists()]
+    if not done:
+        raise SystemExit(f"backfill: {run_dir} has no executed notebooks; run `python -m backfill run` first")
+    shutil.copytree(ROOT / "book", run_dir / "book", dirs_exist_ok=True)
+    shutil.copy2(ROOT / "_config.yml", run_dir / "_config.yml")
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    for part in toc.get("parts", []):
+        part["chapters"] = [c for c in part["chapters"]
+                            if not c["file"].startswith("notebooks/") or Path(c["file"]).name in done]
+    toc["parts"] = [pt for pt in toc.get("parts", []) if pt["chapters"]]
+    atomic_write_text(run_dir / "_toc.yml", yaml.safe_dump(toc, sort_keys=False))
+    static = run_dir / "_static"
+    static.mkdir(exist_ok=True)
+    shutil.copy2(Path(plotly.__file__).parent / "package_data" / "plotly.min.js", static / "plotly.min.js")
+    cmd = [str(Path(sys.executable).parent / "jupyter-book"), "build", str(run_dir), "--path-output",
+           str(run_dir), "--keep-going"]
+    log("building the book: " + " ".join(cmd))
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    (run_dir / "logs").mkdir(exist_ok=True)
+    atomic_write_text(run_dir / "logs" / "book_build.log", res.stdout + res.stderr)
+    index = run_dir / "_build" / "html" / "index.html"
+    if res.returncode != 0 or not index.exists():
+        raise SystemExit(f"backfill: the book build failed (see {run_dir / 'logs' / 'book_build.log'})")
+    log(f"book: {index}")
+    return index
