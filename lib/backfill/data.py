@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,21 +160,27 @@ def load_npz(path) -> Dataset:
     The reference layout (surface, ret, price, skews, slopes, levels) loads on its 5x5 grid."""
     path = Path(path)
     try:
-        z = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise DataError(f"cannot read {path}: {e}") from None
-    with z:
-        for key in ("surface", "ret"):
-            if key not in z.files:
-                raise DataError(f"{path} has no '{key}' array (found: {', '.join(z.files)})")
-        surface = np.asarray(z["surface"], dtype=np.float64)
-        ret = np.asarray(z["ret"], dtype=np.float64)
-        dates = _parse_dates(z["dates"] if "dates" in z.files else None, path)
-        if surface.ndim == 3 and surface.shape[1:] != (5, 5) and not {"maturities", "moneyness"} <= set(z.files):
-            raise DataError(f"{path} has a {surface.shape[1]}x{surface.shape[2]} grid: it needs "
-                            f"'maturities' and 'moneyness' arrays (only 5x5 defaults to the reference grid)")
-        mat = np.asarray(z["maturities"], float) if "maturities" in z.files else REFERENCE_MATURITIES.copy()
-        mon = np.asarray(z["moneyness"], float) if "moneyness" in z.files else REFERENCE_MONEYNESS.copy()
+        with np.load(path, allow_pickle=False) as z:
+            return _from_npz(z, path)
+    except DataError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        hint = " (store dates as strings, not objects)" if "allow_pickle" in str(e) else ""
+        raise DataError(f"cannot read {path}: {type(e).__name__}: {e}{hint}") from None
+
+
+def _from_npz(z, path) -> Dataset:
+    for key in ("surface", "ret"):
+        if key not in z.files:
+            raise DataError(f"{path} has no '{key}' array (found: {', '.join(z.files)})")
+    surface = np.asarray(z["surface"], dtype=np.float64)
+    ret = np.asarray(z["ret"], dtype=np.float64)
+    dates = _parse_dates(z["dates"] if "dates" in z.files else None, path)
+    if surface.ndim == 3 and surface.shape[1:] != (5, 5) and not {"maturities", "moneyness"} <= set(z.files):
+        raise DataError(f"{path} has a {surface.shape[1]}x{surface.shape[2]} grid: it needs "
+                        f"'maturities' and 'moneyness' arrays (only 5x5 defaults to the reference grid)")
+    mat = np.asarray(z["maturities"], float) if "maturities" in z.files else REFERENCE_MATURITIES.copy()
+    mon = np.asarray(z["moneyness"], float) if "moneyness" in z.files else REFERENCE_MONEYNESS.copy()
     return Dataset(surface, ret, dates, mat, mon, source=str(path))
 
 
@@ -228,7 +236,7 @@ def load_default(cache_dir=None) -> Dataset:
     arrays = calibrated.make_default_arrays()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-    np.savez(tmp, surface=arrays["surface"], ret=arrays["ret"], dates=arrays["dates"],
+    np.savez(tmp, surface=arrays["surface"], ret=arrays["ret"], dates=np.asarray(arrays["dates"], dtype="U10"),
              maturities=arrays["maturities"], moneyness=arrays["moneyness"],
              vix_corr=np.float64(arrays["vix_corr"]))
     os.replace(tmp, path)
@@ -287,7 +295,8 @@ def _span_indices(ds: Dataset, span, key) -> tuple[int, int]:
         raise DataError(f"data.{key} is given by date but the data has no dates; use day indices")
     lo, hi = ds.dates[0], ds.dates[-1]
     da, db = np.datetime64(a, "D"), np.datetime64(b, "D")
-    if db < lo or da > hi:
+    slack = np.timedelta64(7, "D")     # calendar dates may fall on holidays/weekends at either end
+    if da < lo - slack or db > hi + slack:
         raise DataError(f"data.{key} span {a}..{b} is outside the data ({lo}..{hi})")
     i0 = int(np.searchsorted(ds.dates, da, "left"))
     i1 = int(np.searchsorted(ds.dates, db, "right"))

@@ -236,8 +236,9 @@ def validate(p: dict) -> dict:
         _fail("model.ex_feats_dim", f"must be 3 (return, skew, slope), got {m['ex_feats_dim']}")
     if not 0 <= m["mem_dropout"] < 1:
         _fail("model.mem_dropout", f"must be in [0, 1), got {m['mem_dropout']}")
-    if m["kl_weight"] < 0 or m["re_feat_weight"] < 0:
-        _fail("model.kl_weight", "and model.re_feat_weight must be >= 0")
+    for key in ("kl_weight", "re_feat_weight"):
+        if m[key] < 0:
+            _fail(f"model.{key}", f"must be >= 0, got {m[key]}")
     q = m["quantiles"]
     if not m["use_quantile_regression"]:
         _fail("model.use_quantile_regression", "must be true (the decoder is a quantile decoder)")
@@ -252,8 +253,11 @@ def validate(p: dict) -> dict:
         _fail("model.device", f"must be 'auto', 'cpu' or 'cuda', got {m['device']!r}")
 
     marks = [t["phase1_epochs"], t["phase2_epochs"], t["phase3_epochs"], t["phase4_epochs"]]
-    if marks[0] < 1 or any(b < a for a, b in zip(marks, marks[1:])):
-        _fail("training.phase1_epochs", f"phase epoch marks must be cumulative and >= 1, got {marks}")
+    if marks[0] < 1:
+        _fail("training.phase1_epochs", f"must be >= 1, got {marks[0]}")
+    for i in range(1, 4):
+        if marks[i] < marks[i - 1]:
+            _fail(f"training.phase{i + 1}_epochs", f"phase epoch marks must be cumulative, got {marks}")
     if t["total_epochs"] != marks[-1]:
         _fail("training.total_epochs", f"must equal training.phase4_epochs ({marks[-1]}), got "
               f"{t['total_epochs']}")
@@ -290,10 +294,12 @@ def validate(p: dict) -> dict:
     for key, v in p["gates"].items():
         if v <= 0:
             _fail(f"gates.{key}", f"must be > 0, got {v}")
-    if g["offset_fast"] > g["horizon"] or g["offset_ensemble"] > g["horizon"]:
-        _fail("generation.offset_fast", f"offsets must be <= generation.horizon ({g['horizon']})")
-    if min(g["offset_fast"], g["offset_ensemble"], g["horizon"], g["days_6month"], g["days_1year"]) < 1:
-        _fail("generation.horizon", "horizon, offsets and day counts must be >= 1")
+    for key in ("horizon", "offset_fast", "offset_ensemble", "days_6month", "days_1year"):
+        if g[key] < 1:
+            _fail(f"generation.{key}", f"must be >= 1, got {g[key]}")
+    for key in ("offset_fast", "offset_ensemble"):
+        if g[key] > g["horizon"]:
+            _fail(f"generation.{key}", f"offset {g[key]} must be <= generation.horizon ({g['horizon']})")
     for name, start in g["windows"].items():
         if _parse_date(start) is None and not isinstance(start, int):
             _fail(f"generation.windows.{name}", f"must be a date or day index, got {start!r}")

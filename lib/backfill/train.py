@@ -346,3 +346,23 @@ def read_history(run_dir, number: int):
     import pandas as pd
     path = Path(run_dir) / "logs" / f"phase{number}.csv"
     return pd.read_csv(path) if path.exists() else pd.DataFrame(columns=CSV_FIELDS)
+
+
+def phase_record(summary: dict) -> dict:
+    """The `phases` entry of metrics.json for one phase summary."""
+    va, tr = summary["val_eval"], summary["train_eval"]
+    rec = {k: summary[k] for k in ("name", "epochs", "seconds", "device", "final_train_loss", "final_val_loss")}
+    if "rmse_by_horizon" in va:
+        rec.update(val_rmse_by_horizon=va["rmse_by_horizon"], val_ci_violation_by_horizon=va["ci_by_horizon"],
+                   train_rmse_by_horizon=tr["rmse_by_horizon"], train_ci_violation_by_horizon=tr["ci_by_horizon"])
+    else:
+        rec.update(val_rmse=va["rmse"], val_ci_violation=va["ci_violation"], train_rmse=tr["rmse"],
+                   val_by_offset={k: v for k, v in va.items() if k.startswith("offset_")})
+    return rec
+
+
+def is_full_plan(p: dict) -> bool:
+    """True when the params train to the seed's plan: its epochs, learning rate, batch size, all windows."""
+    t = p["training"]
+    return ([t[f"phase{i}_epochs"] for i in (1, 2, 3, 4)] == [200, 350, 475, 600] and t["learning_rate"] == 1e-5
+            and t["batch_size"] == 32 and t["max_train_windows"] is None and p["model"]["context_len"] == 60)

@@ -1,0 +1,182 @@
+"""Figures, tables and glue for the notebooks and the book.
+
+Plotly figures are displayed through `show`, which emits a mime bundle that JupyterLab renders
+natively and whose HTML part works in the built book (plotly.js is served from the book's _static).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from . import data as _data
+from . import metrics as _metrics
+
+CRISIS_FILL = "rgba(214, 39, 40, 0.12)"
+
+
+def show(fig) -> None:
+    """Display a plotly figure interactively in JupyterLab and in the built book."""
+    import json
+    from IPython.display import display
+    html = fig.to_html(full_html=False, include_plotlyjs=False, config={"responsive": True})
+    display({"application/vnd.plotly.v1+json": json.loads(fig.to_json()), "text/html": html}, raw=True)
+
+
+def glue(key: str, value, fmt: str | None = None):
+    """Publish a headline number or table to the book (myst_nb.glue), hidden in the notebook."""
+    from myst_nb import glue as _glue
+    if fmt is not None and isinstance(value, (int, float, np.floating, np.integer)):
+        value = format(float(value), fmt)
+    _glue(key, value, display=False)
+    return value
+
+
+def _x(ds):
+    return pd.to_datetime(ds.day_labels()) if ds.dates is not None else np.arange(ds.n_days)
+
+
+def atm_term_structure(ds, crisis_mask=None, title="ATM implied volatility by maturity"):
+    """Line chart of the ATM vol of every maturity through time, crisis regime shaded."""
+    import plotly.graph_objects as go
+    ix = _data.feature_indices(ds.maturities, ds.moneyness)
+    x = _x(ds)
+    fig = go.Figure()
+    for i, T in enumerate(ds.maturities):
+        fig.add_trace(go.Scattergl(x=x, y=ds.surface[:, i, ix["atm"]], mode="lines", name=f"T={T:.3g}y",
+                                   line={"width": 1}))
+    for a, b in _data.regime_spells(crisis_mask) if crisis_mask is not None else []:
+        fig.add_vrect(x0=x[a], x1=x[b - 1], fillcolor=CRISIS_FILL, line_width=0, annotation_text="crisis",
+                      annotation_position="top left")
+    fig.update_layout(title=title, yaxis_title="implied vol", height=420, legend_title="maturity")
+    return fig
+
+
+def surface_3d(surface, maturities, moneyness, title="", name="surface", opacity=1.0, fig=None):
+    """A 3-D surface plot (moneyness x maturity x vol); pass `fig` to overlay a second surface."""
+    import plotly.graph_objects as go
+    fig = fig or go.Figure()
+    fig.add_trace(go.Surface(x=np.asarray(moneyness), y=np.asarray(maturities), z=np.asarray(surface),
+                             name=name, opacity=opacity, showscale=fig.data == (), colorscale="Viridis"))
+    fig.update_layout(title=title, height=450, scene={"xaxis_title": "moneyness K/S",
+                                                      "yaxis_title": "maturity (y)",
+                                                      "zaxis_title": "implied vol"})
+    return fig
+
+
+def grid_heatmap(values, maturities, moneyness, title, fmt=".3f", colorscale="Viridis"):
+    """Heatmap of one number per grid point (maturity rows x moneyness columns)."""
+    import plotly.graph_objects as go
+    v = np.asarray(values)
+    fig = go.Figure(go.Heatmap(z=v, x=[f"{m:.2f}" for m in moneyness], y=[f"{t:.3g}y" for t in maturities],
+                               colorscale=colorscale, text=np.vectorize(lambda a: format(a, fmt))(v),
+                               texttemplate="%{text}"))
+    fig.update_layout(title=title, xaxis_title="moneyness K/S", yaxis_title="maturity", height=380)
+    return fig
+
+
+def acf_figure(acf: dict, reference: dict | None = None, title="Mean autocorrelation over grid points"):
+    import plotly.graph_objects as go
+    lags = sorted(acf)
+    fig = go.Figure(go.Scatter(x=lags, y=[acf[k] for k in lags], mode="lines", name="this data"))
+    if reference:
+        fig.add_trace(go.Scatter(x=list(reference), y=list(reference.values()), mode="markers+text",
+                                 name="seed table 1.1 (real SPX)", marker={"size": 10},
+                                 text=[f"{v:.2f}" for v in reference.values()], textposition="top center"))
+    fig.update_layout(title=title, xaxis_title="lag (trading days)", yaxis_title="ACF", height=380)
+    return fig
+
+
+def loss_curves(history: pd.DataFrame, title: str):
+    """Train/validation loss and validation RMSE per epoch of one phase."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("loss", "validation RMSE (vol points)"))
+    x = history["global_epoch"]
+    fig.add_trace(go.Scatter(x=x, y=history["train_loss"], name="train loss", mode="lines+markers"), 1, 1)
+    fig.add_trace(go.Scatter(x=x, y=history["val_loss"], name="validation loss", mode="lines+markers"), 1, 1)
+    fig.add_trace(go.Scatter(x=x, y=history["val_rmse"], name="validation RMSE", mode="lines+markers"), 1, 2)
+    fig.update_xaxes(title_text="epoch (curriculum)")
+    fig.update_layout(title=title, height=380)
+    return fig
+
+
+def by_horizon_figure(values: dict, title: str, yaxis: str):
+    """Bar chart of a metric by horizon (or by pass)."""
+    import plotly.graph_objects as go
+    keys = list(values)
+    fig = go.Figure(go.Bar(x=[str(k) for k in keys], y=[values[k] for k in keys],
+                           text=[f"{values[k]:.4f}" for k in keys], textposition="outside"))
+    fig.update_layout(title=title, yaxis_title=yaxis, height=360)
+    return fig
+
+
+def check_mark(ok: bool | None, marginal: bool = False) -> str:
+    if ok is None:
+        return "⚠️"
+    return "✅" if ok and not marginal else ("⚠️" if ok or marginal else "❌")
+
+
+def criteria_table(rows: list[dict]) -> pd.DataFrame:
+    """rows of {criterion, value, threshold, op ('<' or '>')} -> a table with ✅/⚠️/❌ beside each."""
+    out = []
+    for r in rows:
+        v, thr, op = r["value"], r["threshold"], r.get("op", "<")
+        ok = None if v is None or not np.isfinite(v) else (v < thr if op == "<" else v > thr)
+        out.append({"criterion": r["criterion"], "measured": v, "threshold": f"{op} {thr:g}",
+                    "result": check_mark(ok)})
+    return pd.DataFrame(out)
+
+
+def availability_table(p: dict, span: tuple[int, int], seed_counts: dict | None = None) -> pd.DataFrame:
+    """The seed's section-3 data-availability table, recomputed on a day span."""
+    n = span[1] - span[0]
+    rows = []
+    for phase, L in _data.phase_window_lengths(p).items():
+        k = len(_data.window_starts(span, L))
+        row = {"phase": phase, "window length (days)": L, "windows available": k,
+               "% retained": round(100 * k / n, 1)}
+        if seed_counts:
+            row["seed's count"] = seed_counts.get(phase)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def high_vol_spells(series: np.ndarray, threshold: float) -> np.ndarray:
+    """Lengths (days) of the runs where a series stays above `threshold`."""
+    return np.array([b - a for a, b in _data.regime_spells(np.asarray(series) > threshold)], dtype=int)
+
+
+def garch_half_life(ret: np.ndarray) -> dict:
+    """GJR-GARCH(1,1) (skew-t) on the returns: persistence and the half-life of a variance shock."""
+    from arch import arch_model
+    res = arch_model(100 * np.asarray(ret), p=1, o=1, q=1, dist="skewt").fit(disp="off")
+    pr = res.params
+    persistence = float(pr["alpha[1]"] + pr["beta[1]"] + 0.5 * pr["gamma[1]"])
+    return {"persistence": persistence, "half_life_days": float(np.log(0.5) / np.log(persistence)),
+            "params": {k: float(v) for k, v in pr.items()}}
+
+
+def vix_correlation(ds) -> float | None:
+    """Correlation of the ~1-month ATM vol with the VIX shipped in arch, on the dates they share."""
+    if ds.dates is None:
+        return None
+    from arch.data import vix
+    v = vix.load()["vix"].dropna()
+    ix = _data.feature_indices(ds.maturities, ds.moneyness)
+    m1 = int(np.argmin(np.abs(ds.maturities - 1 / 12)))
+    common, i_ds, i_v = np.intersect1d(ds.day_labels(), np.array(v.index.strftime("%Y-%m-%d")),
+                                       return_indices=True)
+    if len(common) < 30:
+        return None
+    return float(np.corrcoef(ds.surface[i_ds, m1, ix["atm"]], v.to_numpy(float)[i_v])[0, 1])
+
+
+def data_summary(ds, acf_lags=(20, 60, 90)) -> dict:
+    """The `data` section of metrics.json."""
+    arb = _metrics.arbitrage_share(ds.surface, ds.maturities, ds.moneyness)
+    labels = ds.day_labels()
+    return {"days": ds.n_days, "grid": list(ds.grid), "maturities": ds.maturities.tolist(),
+            "moneyness": ds.moneyness.tolist(), "date_range": [str(labels[0]), str(labels[-1])],
+            "source": ds.source, "fingerprint": _data.fingerprint(ds), "vix_corr": vix_correlation(ds),
+            "arbitrage_free_share": 1.0 - arb["any"], "calendar_violation_share": arb["calendar"],
+            "butterfly_violation_share": arb["butterfly"]}
