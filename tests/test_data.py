@@ -167,10 +167,6 @@ def test_missing_file(tmp_path):
     _load_bad(path, "not found", str(path))
 
 
-_BADZIP = ("load_npz catches only OSError/ValueError around np.load (and nothing around the array "
-           "reads): a truncated .npz raises zipfile.BadZipFile instead of DataError")
-
-
 def test_truncated_npz_is_a_data_error(tmp_path):
     good = _npz(tmp_path, "good.npz", surface=_surface(50, 5, 5), ret=np.zeros(50))
     blob = good.read_bytes()

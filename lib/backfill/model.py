@@ -174,7 +174,8 @@ class LossWeights:
 
 def day_loss(model: CVAE, out: dict, surface, feats, days: slice, w: LossWeights) -> dict:
     """Loss on the given days of one forward pass (targets in vols/raw features, compared standardised):
-    pinball(surface quantiles) + feat_weight * L2(return [or all features]) + kl_weight * KL."""
+    pinball(surface quantiles) + feat_weight * L2(return [or all features]) + kl_weight * KL, the KL
+    over every day up to the last loss day (the posteriors those predictions were decoded from)."""
     tgt_s = model.norm_s(surface[:, days])
     tgt_f = model.norm_f(feats[:, days])
     rec = pinball(out["q"][:, days], tgt_s, w.quantiles, w.quantile_weights)
@@ -182,6 +183,6 @@ def day_loss(model: CVAE, out: dict, surface, feats, days: slice, w: LossWeights
     if w.ret_only:
         diff = diff[..., :1]
     feat = diff.pow(2).mean() if w.feat_loss == "l2" else diff.abs().mean()
-    kl = kl_divergence(out["mu"], out["logvar"])
+    kl = kl_divergence(out["mu"][:, :days.stop], out["logvar"][:, :days.stop])   # days the loss depends on
     total = rec + w.feat_weight * feat + w.kl_weight * kl
     return {"loss": total, "pinball": rec.detach(), "feat": feat.detach(), "kl": kl.detach()}

@@ -27,7 +27,7 @@ def glue(key: str, value, fmt: str | None = None):
     from myst_nb import glue as _glue
     if fmt is not None and isinstance(value, (int, float, np.floating, np.integer)):
         value = format(float(value), fmt)
-    _glue(key, value, display=False)
+    _glue(key, str(value), display=False)      # pasted with {glue:text}`doc::key:s` in the book
     return value
 
 

@@ -62,7 +62,7 @@ def rollout(model: CVAE, surface, feats, C: int, H: int, O: int, S: int, *, matu
     (posterior z). In generation only the first C days of `surface` are read (plus realised returns
     of later days when returns == 'realized'; pass them in feats, NaN elsewhere is fine otherwise).
     Returns per step: dict(out=model output (standardised, C+H days), q=(B, H, Q, n_mat, n_mon) vols,
-    feat=(B, H, F) raw, start=first window day predicted)."""
+    feat=(B, H, F) raw, start=first window day predicted, ctx_surface/ctx_feats=the assembled context)."""
     L = surface.shape[1]
     check_rollout(C, H, O, S, None if generate else L)
     if returns not in ("realized", "predicted"):
@@ -94,7 +94,7 @@ def rollout(model: CVAE, surface, feats, C: int, H: int, O: int, S: int, *, matu
             ret = f[:, :, 0]
         bank_s.append(med)
         bank_f.append(torch.stack([ret, skew, slope], -1))
-        steps.append({"out": out, "q": q, "feat": f, "start": t0})
+        steps.append({"out": out, "q": q, "feat": f, "start": t0, "ctx_surface": ctx_s, "ctx_feats": ctx_f})
     return steps
 
 

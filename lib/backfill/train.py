@@ -243,6 +243,7 @@ def train_phase(run, number: int, stop_after: int | None = None, progress: bool 
         raise TrainingError(f"phase {number}: no {spec.window}-day window fits the "
                             f"{'training' if len(train_st) == 0 else 'validation'} split")
 
+    pipeline.seed_everything(p["seed"] * 1000 + number)     # independent of what ran before
     model = build_model(p, ds, run.splits["train"]).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=t["learning_rate"])
     start_epoch, history = 0, []

@@ -1,0 +1,110 @@
+"""Integration: the whole pipeline on params/test.yaml through the CLI, the run contract, the book."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from backfill import pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+TEST_PARAMS = ROOT / "params" / "test.yaml"
+
+
+def cli(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "backfill", *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    rd = tmp_path_factory.mktemp("run") / "test"
+    res = cli("run", TEST_PARAMS, "--run-dir", rd)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return rd
+
+
+def test_run_leaves_the_contract(run_dir):
+    m = json.loads((run_dir / "metrics.json").read_text())
+    names = pipeline.available_notebooks()
+    assert m["profile"] == "test" and m["run_state"] == "ok"
+    assert {n: s["state"] for n, s in m["status"].items()} == {n: "ok" for n in names}
+    for n in names:
+        assert (run_dir / "notebooks" / f"{n}.ipynb").exists()
+    d = m["data"]
+    assert d["days"] == 5030 and d["grid"] == [5, 5] and d["date_range"] == ["1999-01-05", "2018-12-31"]
+    assert d["vix_corr"] >= 0.8 and d["arbitrage_free_share"] >= 0.99
+    assert set(m["autocorrelation"]) >= {"20", "60", "90"}
+    if "05_phase4_ar_h90" in names:
+        assert set(m["phases"]) == {"phase1", "phase2", "phase3", "phase4"}
+        for n in (1, 2, 3, 4):
+            assert (run_dir / "checkpoints" / f"phase{n}.pt").exists()
+            assert (run_dir / "logs" / f"phase{n}.csv").exists()
+        assert (run_dir / "checkpoints" / "last.pt").exists()
+        assert list((run_dir / "logs" / "tensorboard").glob("events.out.tfevents.*"))
+        assert m["phases"]["phase2"]["criteria"]["decision"] in ("PASS", "MARGINAL", "FAIL")
+    rec = yaml.safe_load((run_dir / "params.yaml").read_text())
+    assert rec["model"]["context_len"] == 10
+    prov = rec["provenance"]
+    assert prov["packages"]["torch"].startswith("2.13.0") and "git_commit" in prov and prov["data_fingerprint"]
+
+
+def test_rerun_skips_finished_notebooks_and_same_params_give_identical_data(run_dir, tmp_path):
+    res = cli("run", TEST_PARAMS, "--run-dir", run_dir)
+    assert res.returncode == 0
+    assert res.stdout.count("done before, skipped") == len(pipeline.available_notebooks())
+    other = tmp_path / "again"
+    res = cli("run", TEST_PARAMS, "--run-dir", other, "--only", "01")
+    assert res.returncode == 0, res.stderr
+    a = json.loads((run_dir / "metrics.json").read_text())
+    b = json.loads((other / "metrics.json").read_text())
+    assert a["data"] == b["data"] and a["autocorrelation"] == b["autocorrelation"]
+    assert b["status"]["01_data_autocorrelation"]["state"] == "ok"
+
+
+def test_a_failing_notebook_marks_the_run_failed(run_dir, tmp_path):
+    import shutil
+    broken = tmp_path / "broken"
+    shutil.copytree(run_dir, broken)
+    (broken / "checkpoints" / "phase1.pt").write_bytes(b"not a checkpoint")
+    res = cli("run", TEST_PARAMS, "--run-dir", broken, "--from", "02", "--force")
+    assert res.returncode == 1
+    m = json.loads((broken / "metrics.json").read_text())
+    st = m["status"]["02_phase1_teacher_forcing"]
+    assert st["state"] == "failed" and isinstance(st["cell"], int) and st["error"]
+    assert m["run_state"] == "failed"
+    assert "02_phase1_teacher_forcing: FAILED in cell" in res.stdout
+    assert (broken / "notebooks" / "02_phase1_teacher_forcing.failed.ipynb").exists()
+    # the earlier good output of that notebook is not overwritten by the failed one
+    assert (broken / "notebooks" / "02_phase1_teacher_forcing.ipynb").exists()
+
+
+def test_book_builds_with_glued_numbers(run_dir):
+    res = cli("book", run_dir)
+    assert res.returncode == 0, res.stdout + res.stderr
+    index = run_dir / "_build" / "html" / "index.html"
+    assert index.exists() and str(index) in res.stdout
+    log = (run_dir / "logs" / "book_build.log").read_text()
+    assert "WARNING" not in log, [ln for ln in log.splitlines() if "WARNING" in ln][:5]
+    html = (run_dir / "_build" / "html" / "book" / "summary.html").read_text() \
+        if (run_dir / "_build" / "html" / "book" / "summary.html").exists() else index.read_text()
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert "5030" in html and "1999-01-05 to 2018-12-31" in html
+    assert f"{m['data']['vix_corr']:.3f}" in html
+    nb01 = (run_dir / "_build" / "html" / "notebooks" / "01_data_autocorrelation.html").read_text()
+    assert "plotly-graph-div" in nb01 and "Plotly.newPlot" in nb01
+    assert (run_dir / "_build" / "html" / "_static" / "plotly.min.js").exists()
+
+
+def test_bad_params_leave_the_run_untouched(run_dir, tmp_path):
+    p = yaml.safe_load(TEST_PARAMS.read_text())
+    p["training"]["phase4_offsets"] = [5, 12]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(p))
+    before = (run_dir / "metrics.json").read_bytes()
+    res = cli("run", bad, "--run-dir", run_dir)
+    assert res.returncode == 2
+    assert res.stderr.strip() == "backfill: params: 'training.phase4_offsets' offset 12 must be in [1, horizon=9]"
+    assert (run_dir / "metrics.json").read_bytes() == before

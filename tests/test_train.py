@@ -1,0 +1,99 @@
+"""Curriculum training: resume equals an uninterrupted run, NaN stops with the checkpoint intact,
+the loss goes down, phases chain through their checkpoints."""
+import copy
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from backfill import data, params, pipeline, train
+
+
+@pytest.fixture(scope="module")
+def base():
+    p = params.load(params.profile_path("test"))
+    p["training"].update(phase1_epochs=3, phase2_epochs=4, phase3_epochs=5, phase4_epochs=6, total_epochs=6,
+                         max_train_windows=48, max_val_windows=16)
+    return p, data.load_for(p)
+
+
+def _run(base, tmp_path, name, ds=None, **training):
+    p, d = copy.deepcopy(base[0]), ds or base[1]
+    p["training"].update(training)
+    rd = tmp_path / name
+    return pipeline.Run(p, d, rd, data.splits(d, p))
+
+
+def test_phase_specs_follow_the_params(base):
+    specs = train.phase_specs(params.load(params.profile_path("full")))
+    assert [s.epochs for s in specs] == [200, 150, 125, 125]
+    assert [s.window for s in specs] == [61, 150, 240, 330]
+    assert specs[1].weights == {1: 1.0, 7: 0.9, 14: 0.8, 30: 0.6, 60: 0.4, 90: 0.3}
+    assert specs[3].offsets == [45, 90] and specs[3].steps == 3
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(base, tmp_path):
+    straight = _run(base, tmp_path, "straight")
+    train.train_phase(straight, 1, progress=False)
+    broken = _run(base, tmp_path, "broken")
+    assert train.train_phase(broken, 1, stop_after=1, progress=False) == {"stopped_after": 1}
+    assert not (broken.run_dir / "checkpoints" / "phase1.pt").exists()
+    torch.manual_seed(12345)                      # a resumed process starts from another RNG state
+    np.random.seed(999)
+    train.train_phase(broken, 1, progress=False)
+    a = train.load_checkpoint(straight.run_dir / "checkpoints" / "phase1.pt")["model"]
+    b = train.load_checkpoint(broken.run_dir / "checkpoints" / "phase1.pt")["model"]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    hist = train.read_history(broken.run_dir, 1)
+    assert list(hist["epoch"]) == [1, 2, 3]
+
+
+def test_nan_stops_training_and_keeps_the_last_checkpoint(base, tmp_path):
+    run = _run(base, tmp_path, "nan")
+    train.train_phase(run, 1, stop_after=1, progress=False)
+    last = run.run_dir / "checkpoints" / "last.pt"
+    before = last.read_bytes()
+    poisoned = dataclasses.replace(run.data, surface=run.data.surface.copy())
+    i0, i1 = run.splits["train"]
+    poisoned.surface[i0:i1, 2, 2] = np.nan
+    bad = pipeline.Run(run.params, poisoned, run.run_dir, run.splits)
+    with pytest.raises(train.TrainingError, match=r"phase 1, epoch 2, batch 1: loss is nan.*last good checkpoint"):
+        train.train_phase(bad, 1, progress=False)
+    assert last.read_bytes() == before
+    assert not (run.run_dir / "checkpoints" / "phase1.pt").exists()
+    # the intact checkpoint still resumes on clean data
+    train.train_phase(run, 1, progress=False)
+    assert (run.run_dir / "checkpoints" / "phase1.pt").exists()
+
+
+def test_loss_decreases_and_phases_chain(base, tmp_path):
+    run = _run(base, tmp_path, "chain", phase1_epochs=6, phase2_epochs=7, phase3_epochs=8, phase4_epochs=9,
+               total_epochs=9, max_train_windows=128)
+    s1 = train.train_phase(run, 1, progress=False)
+    h = train.read_history(run.run_dir, 1)
+    assert h["train_loss"].iloc[-1] < 0.7 * h["train_loss"].iloc[0]
+    with pytest.raises(train.TrainingError, match="run phase 3 first"):
+        train.train_phase(run, 4, progress=False)
+    for n in (2, 3, 4):
+        s = train.train_phase(run, n, progress=False)
+    assert set(s["val_eval"]) >= {"offset_5", "offset_9", "rmse", "ci_violation"}
+    assert len(s["val_eval"]["offset_9"]["rmse_by_pass"]) == 3
+    rec = train.phase_record(s1)
+    assert set(rec["val_rmse_by_horizon"]) == {1}
+    # a finished phase returns its stored summary without training again
+    again = train.train_phase(run, 1, progress=False)
+    assert again["val_eval"] == s1["val_eval"]
+
+
+def test_same_params_and_seed_give_identical_metrics(base, tmp_path):
+    a = train.train_phase(_run(base, tmp_path, "a"), 1, progress=False)
+    b = train.train_phase(_run(base, tmp_path, "b"), 1, progress=False)
+    assert a["val_eval"] == b["val_eval"] and a["final_train_loss"] == b["final_train_loss"]
+
+
+def test_full_plan_flag(base):
+    assert train.is_full_plan(params.load(params.profile_path("full")))
+    assert not train.is_full_plan(params.load(params.profile_path("smoke")))
