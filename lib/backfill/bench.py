@@ -1,0 +1,97 @@
+"""`python -m backfill bench`: training throughput per phase at the full model size, to JSON.
+
+Times forward + backward + optimiser step on batches of real windows of the default data (the
+params' batch size, 32 in full.yaml) after warm-up batches, and projects the whole curriculum's
+training time from the full plan's epochs and window counts. Generation timing is added by the
+generation module when it exists.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import data, params, pipeline, train
+from .model import LossWeights
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def time_phase(model, spec, series, starts, p, steps: int, device) -> dict:
+    """Median seconds per training batch of one phase (offset cycling through the phase's list)."""
+    C, w, bs = p["model"]["context_len"], LossWeights.from_params(p), p["training"]["batch_size"]
+    grid = (series.maturities, series.moneyness)
+    opt = torch.optim.Adam(model.parameters(), lr=p["training"]["learning_rate"])
+    use_bf16 = p["training"]["bf16"] and device.type == "cuda"
+    rng = np.random.default_rng(0)
+    times = []
+    for i in range(steps + 2):                          # two warm-up batches
+        x, a = series.windows(rng.choice(starts, bs), spec.window)
+        offset = spec.offsets[i % len(spec.offsets)] if spec.offsets else None
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
+            loss = train.batch_loss(model, spec, x, a, C, w, offset, grid, p["training"]["returns"])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= 2:
+            times.append(time.perf_counter() - t0)
+    sec = float(np.median(times))
+    return {"seconds_per_batch_median": sec, "windows_per_second": bs / sec, "batches_timed": steps,
+            "window_days": spec.window}
+
+
+def main(params_path="params/full.yaml", out="runs/bench.json", steps: int = 5) -> dict:
+    p = params.load(params_path)
+    ds = data.load_for(p)
+    device = train.pick_device(p)
+    sp = data.splits(ds, p)
+    series = train.Series.from_dataset(ds, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    result = {"params": str(params_path), "profile": p["profile"], "device": str(device),
+              "device_name": torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor()
+              or platform.machine(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+              "batch_size": p["training"]["batch_size"], "phases": {}}
+    pipeline.seed_everything(p["seed"])
+    model = train.build_model(p, ds, sp["train"]).to(device)
+    n_params = sum(t.numel() for t in model.parameters())
+    result["model_parameters"] = n_params
+    total = 0.0
+    for spec in train.phase_specs(p):
+        starts = data.window_starts(sp["train"], spec.window)
+        r = time_phase(model, spec, series, starts, p, steps, device)
+        n_windows = len(starts) if p["training"]["max_train_windows"] is None else \
+            min(len(starts), p["training"]["max_train_windows"])
+        r["train_windows_per_epoch"] = n_windows
+        r["epochs"] = spec.epochs
+        r["projected_training_seconds"] = spec.epochs * n_windows / r["windows_per_second"]
+        total += r["projected_training_seconds"]
+        result["phases"][f"phase{spec.number}"] = r
+        print(f"phase {spec.number} ({spec.name}): {r['windows_per_second']:.0f} windows/s, "
+              f"projected {r['projected_training_seconds'] / 60:.1f} min for {spec.epochs} epochs")
+    result["projected_training_minutes"] = total / 60
+    result["projection_note"] = ("training batches only; per-epoch validation adds to it")
+    result["peak_memory_mb"] = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
+                                else _peak_rss_mb())
+    result["peak_memory_kind"] = "CUDA allocated" if device.type == "cuda" else "process max RSS"
+    try:
+        from . import generate
+        result["generation"] = generate.bench(p, ds, device)
+    except ImportError:
+        pass
+    pipeline.atomic_write_text(Path(out), json.dumps(pipeline._jsonable(result), indent=2) + "\n")
+    print(f"projected full curriculum: {result['projected_training_minutes']:.1f} min on {result['device']}; "
+          f"written to {out}")
+    return result
