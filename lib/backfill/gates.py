@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 
 def _check(criterion, value, threshold, op="<"):
     return {"criterion": criterion, "value": None if value is None else float(value),
@@ -64,3 +66,57 @@ def phase_checks(number: int, summary: dict, p: dict) -> list[dict]:
 def evaluate_checks(checks: list[dict], p: dict) -> dict:
     judged = [judge(c, p["gates"]["marginal_band"]) for c in checks]
     return {"decision": decision(judged), "checks": judged}
+
+
+# The seed's fallback advice (sections 7.2, 7.3 and 13.2) beside each gate.
+ADVICE = {
+    "phase1": "Foundation not reached: extend phase 1 before moving on (seed section 2).",
+    "gate1": "If fail: extend phase 2, or fall back to H=60 as the maximum horizon (seed gate 1).",
+    "gate2": "If fail: extend phase 3 or add an explicit AR loss term (seed gate 2).",
+    "phase4": "Error accumulation or CI violations too high: monitor pass by pass, fall back to offset 45 "
+              "(ensemble) or add conformal prediction (seed section 7.2).",
+    "gate3": "PASS: proceed to the 1-year backfill. MARGINAL: try the offset-45 alternative. "
+             "FAIL: debug, retrain or add refinements (seed gate 3).",
+}
+GATE_OF_PHASE = {1: "phase1", 2: "gate1", 3: "gate2", 4: "phase4"}
+
+
+def evaluate_from_checkpoint(run, number: int) -> dict:
+    """Re-evaluate the saved phase checkpoint on the validation split (and in-sample windows)."""
+    from pathlib import Path
+    from . import train
+    from .data import window_starts
+    p = run.params
+    ck = Path(run.run_dir) / "checkpoints" / f"phase{number}.pt"
+    if not ck.exists():
+        raise FileNotFoundError(f"{ck} is missing: run notebook 0{number + 1} (phase {number}) first")
+    device = train.pick_device(p)
+    model = train.model_from_checkpoint(ck, device)
+    spec = train.phase_specs(p)[number - 1]
+    series = train.Series.from_dataset(run.data, device)
+    cap = p["training"]["max_val_windows"]
+    out = {}
+    for split, key in (("train", "train_eval"), ("val", "val_eval")):
+        starts = train._eval_starts(run.splits[split], spec.window, cap)
+        out[key] = train.evaluate(model, spec, series, starts, p)
+    return out
+
+
+def training_gates(run) -> dict:
+    """Every phase criterion and gate 1/2 from the saved checkpoints: {gate: {decision, checks, advice}}."""
+    out = {}
+    for number, gate in GATE_OF_PHASE.items():
+        summary = evaluate_from_checkpoint(run, number)
+        res = evaluate_checks(phase_checks(number, summary, run.params), run.params)
+        out[gate] = {**res, "phase": number, "advice": ADVICE[gate]}
+    return out
+
+
+def gate3_checks(scores: list[dict], p: dict) -> list[dict]:
+    """Gate 3 on 2-pass 6-month backfills: scores = metrics.score_backfill of the normal-regime windows."""
+    g = p["gates"]
+    ratio = float(np.mean([s["rmse_by_pass"][-1] for s in scores]) / np.mean([s["rmse_by_pass"][0] for s in scores]))
+    return [_check("pass 2 / pass 1 RMSE", ratio, g["gate3_pass_ratio"]),
+            _check("CI violations", float(np.mean([s["ci_violation"] for s in scores])), g["gate3_ci_violation"]),
+            _check("co-integration share (normal regime)",
+                   float(np.mean([s["cointegration_share"] for s in scores])), g["gate3_coint_normal"], ">")]

@@ -92,3 +92,60 @@ def ci_violation(lo, hi, truth, axis=None):
     t = np.asarray(truth, dtype=float)
     out = (t < np.asarray(lo)) | (t > np.asarray(hi))
     return float(np.mean(out)) if axis is None else np.mean(out, axis=axis)
+
+
+def rmse_by_segment(pred, truth, segment_of_day) -> dict:
+    """RMSE per pass/segment: pred, truth (days, ...); segment_of_day (days,) int labels."""
+    seg = np.asarray(segment_of_day)
+    return {int(s): rmse(np.asarray(pred)[seg == s], np.asarray(truth)[seg == s]) for s in np.unique(seg)}
+
+
+def coverage(q_pred, truth) -> float:
+    """Share of truth at or below a predicted quantile (should be close to the quantile level)."""
+    return float(np.mean(np.asarray(truth) <= np.asarray(q_pred)))
+
+
+def ewma_realized_vol(ret, lam: float = 0.94, periods: int = 252, warmup: int = 20) -> np.ndarray:
+    """RiskMetrics EWMA volatility of daily log returns, annualised: sqrt(periods * s2_t), where
+    s2_t = lam * s2_{t-1} + (1 - lam) * r_t^2, started from the mean square of the first `warmup` days."""
+    r = np.asarray(ret, dtype=float)
+    s2 = np.empty_like(r)
+    prev = np.mean(r[:warmup] ** 2) if len(r) else 0.0
+    for t, x in enumerate(r):
+        prev = lam * prev + (1 - lam) * x * x
+        s2[t] = prev
+    return np.sqrt(periods * s2)
+
+
+def cointegration_share(iv_paths, rv, alpha: float = 0.05) -> float:
+    """Share of grid points whose IV path is co-integrated with the RV path (Engle-Granger,
+    statsmodels.tsa.stattools.coint, p < alpha). iv_paths (T, ...), rv (T,)."""
+    import warnings
+    from statsmodels.tsa.stattools import coint
+    x = np.asarray(iv_paths, dtype=float).reshape(len(iv_paths), -1)
+    rv = np.asarray(rv, dtype=float)
+    hits = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for j in range(x.shape[1]):
+            y = x[:, j]
+            if np.std(y) < 1e-12 or np.std(rv) < 1e-12:
+                hits.append(False)
+                continue
+            hits.append(coint(y, rv, trend="c", autolag="aic")[1] < alpha)
+    return float(np.mean(hits))
+
+
+def score_backfill(p05, p50, p95, truth, segment, rv, maturities, moneyness) -> dict:
+    """The per-window scores every method gets (VAE, baselines): arrays (days, n_mat, n_mon) over
+    the days where truth is known; segment (days,) pass labels; rv (days,) realised vol."""
+    n = len(truth)
+    p05, p50, p95, seg, rv = p05[:n], p50[:n], p95[:n], np.asarray(segment)[:n], np.asarray(rv)[:n]
+    by_pass = rmse_by_segment(p50, truth, seg)
+    passes = sorted(by_pass)
+    return {"days": n, "rmse": rmse(p50, truth), "rmse_by_pass": [by_pass[s] for s in passes],
+            "pass_ratio_last_first": by_pass[passes[-1]] / by_pass[passes[0]] if by_pass[passes[0]] > 0 else None,
+            "ci_violation": ci_violation(p05, p95, truth),
+            "coverage": {"p05": coverage(p05, truth), "p50": coverage(p50, truth), "p95": coverage(p95, truth)},
+            "cointegration_share": cointegration_share(p50, rv),
+            "arbitrage_share": arbitrage_share(p50, maturities, moneyness)["any"]}

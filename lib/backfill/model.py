@@ -28,12 +28,13 @@ class ModelConfig:
     mem_dropout: float = 0.3
     surface_hidden: tuple = (5, 5, 5)
     quantiles: tuple = (0.05, 0.5, 0.95)
+    context_len: int = 60           # C: days of context the model was trained with
 
     @classmethod
     def from_params(cls, p: dict, grid: tuple[int, int]) -> "ModelConfig":
         m = p["model"]
         return cls(grid[0], grid[1], m["ex_feats_dim"], m["latent_dim"], m["mem_hidden"], m["mem_layers"],
-                   m["mem_dropout"], tuple(m["surface_hidden"]), tuple(m["quantiles"]))
+                   m["mem_dropout"], tuple(m["surface_hidden"]), tuple(m["quantiles"]), m["context_len"])
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -81,6 +82,10 @@ class CVAE(nn.Module):
         self.register_buffer("s_std", torch.ones(cfg.n_maturity, cfg.n_moneyness))
         self.register_buffer("f_mean", torch.zeros(cfg.n_feat))
         self.register_buffer("f_std", torch.ones(cfg.n_feat))
+
+    @property
+    def context_len(self) -> int:
+        return self.cfg.context_len
 
     # --- normalisation helpers ---
     def norm_s(self, x):

@@ -34,6 +34,10 @@ PACKAGES = ["torch", "numpy", "pandas", "scipy", "statsmodels", "arch", "papermi
 
 # --- atomic files ------------------------------------------------------------------------------
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def atomic_write_bytes(path, payload: bytes) -> None:
     """Write to a temporary file beside `path`, then rename: readers never see half a file."""
     path = Path(path)
@@ -42,6 +46,7 @@ def atomic_write_bytes(path, payload: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
+        os.chmod(tmp, 0o666 & ~_UMASK)              # mkstemp makes 0600; give files the usual mode
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -180,3 +180,56 @@ def data_summary(ds, acf_lags=(20, 60, 90)) -> dict:
             "source": ds.source, "fingerprint": _data.fingerprint(ds), "vix_corr": vix_correlation(ds),
             "arbitrage_free_share": 1.0 - arb["any"], "calendar_violation_share": arb["calendar"],
             "butterfly_violation_share": arb["butterfly"]}
+
+
+def fan_chart(bf, i_mat: int, i_mon: int, maturities, moneyness, title: str | None = None):
+    """p05-p95 band, sampling spread, forecast (mean p50) and truth at one grid point across a backfill,
+    pass boundaries marked."""
+    import plotly.graph_objects as go
+    x = pd.to_datetime(bf.dates) if all(str(d)[:2] in ("19", "20") for d in bf.dates) else np.arange(bf.days)
+    pt = lambda a: np.asarray(a)[:, i_mat, i_mon]                                  # noqa: E731
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=x, y=pt(bf.p95), line={"width": 0}, showlegend=False, hoverinfo="skip"))
+    fig.add_trace(go.Scatter(x=x, y=pt(bf.p05), fill="tonexty", fillcolor="rgba(31,119,180,0.2)",
+                             line={"width": 0}, name="p05-p95 (quantile average)"))
+    fig.add_trace(go.Scatter(x=x, y=pt(bf.spread05), line={"dash": "dot", "color": "gray", "width": 1},
+                             name="5-95% of sample p50 paths"))
+    fig.add_trace(go.Scatter(x=x, y=pt(bf.spread95), line={"dash": "dot", "color": "gray", "width": 1},
+                             showlegend=False))
+    fig.add_trace(go.Scatter(x=x, y=pt(bf.p50), line={"color": "rgb(31,119,180)"}, name="forecast (mean p50)"))
+    if bf.truth is not None and len(bf.truth):
+        fig.add_trace(go.Scatter(x=x[:len(bf.truth)], y=pt(bf.truth), line={"color": "black"}, name="truth"))
+    for s in range(1, bf.passes):
+        d = s * bf.offset
+        if d < bf.days:
+            fig.add_vline(x=x[d], line_dash="dash", line_color="firebrick", opacity=0.5)
+    t = title or (f"{bf.name}: T={maturities[i_mat]:.3g}y, K/S={moneyness[i_mon]:.2f} "
+                  f"({bf.passes} passes, offset {bf.offset})")
+    fig.update_layout(title=t, yaxis_title="implied vol", height=400)
+    return fig
+
+
+def pass_end_surfaces(bf, maturities, moneyness):
+    """Generated (forecast) vs true surface on the last day of each pass, side by side in 3-D."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+    ends = [min((s + 1) * bf.offset, bf.days) - 1 for s in range(bf.passes)]
+    ends = [d for d in ends if bf.truth is not None and d < len(bf.truth)]
+    fig = make_subplots(rows=1, cols=max(len(ends), 1), specs=[[{"type": "surface"}] * max(len(ends), 1)],
+                        subplot_titles=[f"end of pass {i + 1}: {bf.dates[d]}" for i, d in enumerate(ends)])
+    for j, d in enumerate(ends, 1):
+        fig.add_trace(go.Surface(x=moneyness, y=maturities, z=bf.p50[d], colorscale="Blues", showscale=False,
+                                 opacity=0.85, name="generated"), 1, j)
+        fig.add_trace(go.Surface(x=moneyness, y=maturities, z=bf.truth[d], colorscale="Reds", showscale=False,
+                                 opacity=0.6, name="truth"), 1, j)
+    fig.update_layout(title=f"{bf.name}: generated (blue) vs true (red) surface at the end of each pass",
+                      height=420)
+    return fig
+
+
+def key_points(maturities, moneyness) -> dict:
+    """The grid points the fan charts follow: ATM 1-month, ATM 1-year, a deep OTM put (lowest K/S, ~3m)."""
+    ix = _data.feature_indices(maturities, moneyness)
+    m1 = int(np.argmin(np.abs(np.asarray(maturities) - 1 / 12)))
+    return {"ATM 1-month": (m1, ix["atm"]), "ATM 1-year": (ix["m1y"], ix["atm"]),
+            "deep OTM put (3-month)": (ix["m3m"], 0)}

@@ -1,0 +1,157 @@
+"""Backfill generation (SPEC section 7): N latent samples per start date, each rolling out its own path.
+
+A backfill of `days` days starting at day index `start` reads the C real days before it as context and
+runs P = ceil(days / O) passes of H days with offset O through `rollout.rollout` (the same context
+assembly as training). Days covered by several passes (O < H) are the mean of those passes' quantiles.
+Samples are batched (chunked to fit memory); the per-sample p05/p50/p95 paths are summarised across
+samples as in SPEC section 9: forecast = mean of p50, interval = [mean p05, mean p95], and the
+5th-95th percentile of the sample p50 paths as the sampling-spread interval.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .rollout import check_rollout, rollout
+
+
+def n_passes(days: int, offset: int) -> int:
+    """Passes needed to backfill `days` days with a given offset: 3 for 252 at O90, 6 at O45."""
+    return math.ceil(days / offset)
+
+
+def coverage(horizon: int, offset: int, passes: int) -> int:
+    """Days covered by `passes` passes: (P-1)O + H (270 for 3 x O90, 315 for 6 x O45)."""
+    return (passes - 1) * offset + horizon
+
+
+def overlap_weights(horizon: int, offset: int, passes: int, days: int) -> np.ndarray:
+    """(passes, days) weights: day d takes the mean over the passes that cover it."""
+    w = np.zeros((passes, days))
+    for s in range(passes):
+        a = s * offset
+        w[s, a:min(a + horizon, days)] = 1.0
+    if (w.sum(0) == 0).any():
+        raise ValueError("some days are covered by no pass")
+    return w / w.sum(0, keepdims=True)
+
+
+@dataclass
+class Backfill:
+    """One backfill window. Arrays are (days, n_mat, n_mon) unless noted."""
+    name: str
+    start: int                       # day index of the first backfilled day
+    days: int
+    horizon: int
+    offset: int
+    passes: int
+    n_samples: int
+    dates: np.ndarray                # (days,) ISO dates or day indices
+    p05: np.ndarray                  # mean over samples of each sample's p05
+    p50: np.ndarray                  # mean over samples of each sample's p50: the point forecast
+    p95: np.ndarray
+    spread05: np.ndarray             # 5th / 95th percentile over samples of the p50 paths
+    spread95: np.ndarray
+    sample_p50: np.ndarray           # (n_keep, days, n_mat, n_mon) a few sample p50 paths, for plots
+    truth: np.ndarray | None         # (days_known, n_mat, n_mon) the real surfaces, where known
+    segment: np.ndarray = field(default=None)   # (days,) 0-based H-day segment ("pass") of each day
+    seconds: float = 0.0
+
+    def save(self, path, maturities, moneyness) -> Path:
+        """Atomically write an .npz with dates, grid and quantiles."""
+        from .pipeline import atomic_write_bytes
+        import io
+        buf = io.BytesIO()
+        np.savez_compressed(
+            buf, name=self.name, start=self.start, days=self.days, horizon=self.horizon, offset=self.offset,
+            passes=self.passes, n_samples=self.n_samples, dates=np.asarray(self.dates).astype(str),
+            maturities=maturities, moneyness=moneyness, quantiles=np.array([0.05, 0.5, 0.95]),
+            p05=self.p05, p50=self.p50, p95=self.p95, spread05=self.spread05, spread95=self.spread95,
+            sample_p50=self.sample_p50, truth=self.truth if self.truth is not None else np.zeros((0,)),
+            segment=self.segment)
+        atomic_write_bytes(path, buf.getvalue())
+        return Path(path)
+
+
+def backfill(model, ds, start: int, days: int, horizon: int, offset: int, n_samples: int, *, seed: int,
+             chunk: int = 250, returns: str = "realized", name: str = "", keep_samples: int = 50,
+             device=None, progress: bool = False) -> Backfill:
+    """Generate a backfill of `days` days from day index `start` (needs `start >= C`)."""
+    from tqdm.auto import tqdm
+    C = model.context_len
+    device = device or next(model.parameters()).device
+    if start < C:
+        raise ValueError(f"backfill start {start} leaves fewer than {C} context days")
+    passes = n_passes(days, offset)
+    check_rollout(C, horizon, offset, passes)
+    span = coverage(horizon, offset, passes)
+    known = min(span, ds.n_days - start)
+    ctx = torch.as_tensor(ds.surface[start - C:start], dtype=torch.float32, device=device)   # (C, n_mat, n_mon)
+    feats = torch.as_tensor(ds.features()[start - C:start + known], dtype=torch.float32, device=device)
+    w = torch.as_tensor(overlap_weights(horizon, offset, passes, span), dtype=torch.float32, device=device)
+    model.eval()
+    t0 = time.perf_counter()
+    outs = []
+    gen = torch.Generator(device=device).manual_seed(int(seed))
+    with torch.no_grad():
+        for b0 in tqdm(range(0, n_samples, chunk), desc=f"backfill {name}".strip(), disable=not progress):
+            B = min(chunk, n_samples - b0)
+            steps = rollout(model, ctx.expand(B, *ctx.shape), feats.expand(B, *feats.shape), C, horizon, offset,
+                            passes, maturities=ds.maturities, moneyness=ds.moneyness, returns=returns,
+                            generate=True, generator=gen)
+            q = torch.zeros(B, span, *steps[0]["q"].shape[2:], device=device)          # (B, span, Q, n_mat, n_mon)
+            for s, st in enumerate(steps):
+                a = s * offset
+                q[:, a:a + horizon] += w[s, a:a + horizon, None, None, None] * st["q"]
+            outs.append(q[:, :days].cpu().numpy())
+    q = np.concatenate(outs)                                                           # (N, days, Q, n_mat, n_mon)
+    seconds = time.perf_counter() - t0
+    mid = model.mid
+    p50s = q[:, :, mid]
+    labels = ds.day_labels()
+    dates = np.array([labels[start + d] if start + d < ds.n_days else "" for d in range(days)])
+    truth = ds.surface[start:start + min(days, ds.n_days - start)]
+    return Backfill(name=name, start=start, days=days, horizon=horizon, offset=offset, passes=passes,
+                    n_samples=n_samples, dates=dates, p05=q[:, :, 0].mean(0), p50=p50s.mean(0),
+                    p95=q[:, :, -1].mean(0), spread05=np.percentile(p50s, 5, axis=0),
+                    spread95=np.percentile(p50s, 95, axis=0), sample_p50=p50s[:keep_samples].astype(np.float32),
+                    truth=truth, segment=np.arange(days) // horizon, seconds=seconds)
+
+
+def window_starts(ds, p: dict, split_span, days: int) -> dict[str, int]:
+    """Named windows from params plus rolling origins every `rolling_every` days over a split."""
+    g, C = p["generation"], p["model"]["context_len"]
+    out = {}
+    for name, when in g["windows"].items():
+        i = ds.index_of(when)
+        if i >= C and i + days <= ds.n_days:
+            out[name] = i
+    a, b = split_span
+    origins = [t for t in range(max(a, C), b - days + 1, g["rolling_every"])]
+    if g["max_rolling"] is not None:
+        origins = origins[:g["max_rolling"]]
+    for t in origins:
+        out[f"rolling_{t}"] = t
+    return out
+
+
+def bench(p: dict, ds, device, n_samples: int = 1000, days: int = 252) -> dict:
+    """Seconds for an N-sample 3-pass (O90) 1-year backfill at the params' model size."""
+    from .train import build_model
+    from .data import splits
+    model = build_model(p, ds, splits(ds, p)["train"]).to(device)
+    g = p["generation"]
+    start = ds.n_days - days - 1
+    bf = backfill(model, ds, start, days, g["horizon"], g["offset_fast"], n_samples, seed=0,
+                  chunk=g["sample_chunk"], device=device)
+    bf45 = backfill(model, ds, start, days, g["horizon"], g["offset_ensemble"], n_samples, seed=0,
+                    chunk=g["sample_chunk"], device=device)
+    return {"samples": n_samples, "days": days, "offset_fast": {"passes": bf.passes, "seconds": bf.seconds},
+            "offset_ensemble": {"passes": bf45.passes, "seconds": bf45.seconds},
+            "chunk": g["sample_chunk"]}
