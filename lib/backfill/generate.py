@@ -155,3 +155,13 @@ def bench(p: dict, ds, device, n_samples: int = 1000, days: int = 252) -> dict:
     return {"samples": n_samples, "days": days, "offset_fast": {"passes": bf.passes, "seconds": bf.seconds},
             "offset_ensemble": {"passes": bf45.passes, "seconds": bf45.seconds},
             "chunk": g["sample_chunk"]}
+
+
+def load_backfill(path) -> Backfill:
+    """Read a backfill .npz written by `Backfill.save`."""
+    z = np.load(path, allow_pickle=False)
+    truth = z["truth"] if z["truth"].ndim == 3 else None
+    return Backfill(name=str(z["name"]), start=int(z["start"]), days=int(z["days"]), horizon=int(z["horizon"]),
+                    offset=int(z["offset"]), passes=int(z["passes"]), n_samples=int(z["n_samples"]),
+                    dates=z["dates"], p05=z["p05"], p50=z["p50"], p95=z["p95"], spread05=z["spread05"],
+                    spread95=z["spread95"], sample_p50=z["sample_p50"], truth=truth, segment=z["segment"])

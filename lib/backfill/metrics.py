@@ -149,3 +149,44 @@ def score_backfill(p05, p50, p95, truth, segment, rv, maturities, moneyness) -> 
             "coverage": {"p05": coverage(p05, truth), "p50": coverage(p50, truth), "p95": coverage(p95, truth)},
             "cointegration_share": cointegration_share(p50, rv),
             "arbitrage_share": arbitrage_share(p50, maturities, moneyness)["any"]}
+
+
+def rmse_by_grid(pred, truth) -> np.ndarray:
+    """(n_mat, n_mon) RMSE over days for each grid point; arrays (days, n_mat, n_mon)."""
+    return rmse(pred, truth, axis=0)
+
+
+def rmse_by_day(pred, truth) -> np.ndarray:
+    """(days,) RMSE over the grid on each backfilled day (horizon day 1, 2, ...)."""
+    d = np.asarray(pred, float) - np.asarray(truth, float)
+    return np.sqrt((d.reshape(len(d), -1) ** 2).mean(1))
+
+
+def ci_width_by_day(lo, hi) -> np.ndarray:
+    """(days,) mean width of the interval over the grid on each day."""
+    w = np.asarray(hi, float) - np.asarray(lo, float)
+    return w.reshape(len(w), -1).mean(1)
+
+
+def newey_west_variance(x, lags: int | None = None) -> float:
+    """Long-run variance of a series with Bartlett weights; default lags floor(4 (T/100)^(2/9))."""
+    x = np.asarray(x, float) - np.mean(x)
+    T = len(x)
+    if lags is None:
+        lags = int(np.floor(4 * (T / 100) ** (2 / 9)))
+    v = x @ x / T
+    for k in range(1, min(lags, T - 1) + 1):
+        v += 2 * (1 - k / (lags + 1)) * (x[k:] @ x[:-k]) / T
+    return float(v)
+
+
+def diebold_mariano(err_a, err_b, lags: int | None = None) -> dict:
+    """DM test on squared-error loss: d_t = mean-over-grid(e_a^2) - mean-over-grid(e_b^2) per day.
+    Negative statistic: method a is more accurate. Two-sided p-value from the normal distribution."""
+    ea = np.asarray(err_a, float).reshape(len(err_a), -1)
+    eb = np.asarray(err_b, float).reshape(len(err_b), -1)
+    d = (ea ** 2).mean(1) - (eb ** 2).mean(1)
+    lrv = newey_west_variance(d, lags)
+    stat = float(np.mean(d) / np.sqrt(lrv / len(d))) if lrv > 0 else float("nan")
+    p = float(2 * norm.sf(abs(stat))) if np.isfinite(stat) else float("nan")
+    return {"dm": stat, "p_value": p, "mean_loss_diff": float(np.mean(d)), "days": len(d)}

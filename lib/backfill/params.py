@@ -146,6 +146,10 @@ SCHEMA = {
         "max_rolling": (int, None),
         "bootstrap_paths": int,
     },
+    "evaluation": {
+        "table_6_2": dict,                 # metric -> [direction, target, stretch, red flag]
+        "deployment": dict,                # criterion -> [direction, threshold]
+    },
 }
 
 _PROFILES_DIR = Path(__file__).resolve().parents[2] / "params"
@@ -305,6 +309,11 @@ def validate(p: dict) -> dict:
             _fail(f"generation.windows.{name}", f"must be a date or day index, got {start!r}")
         if isinstance(start, _dt.date):
             g["windows"][name] = start.isoformat()
+    for table, n in (("table_6_2", 4), ("deployment", 2)):
+        for name, row in p["evaluation"][table].items():
+            if not (isinstance(row, list) and len(row) == n and row[0] in ("<", ">")
+                    and all(_isinstance(v, float) for v in row[1:])):
+                _fail(f"evaluation.{table}.{name}", f"must be [\"<\" or \">\", {n - 1} number(s)], got {row!r}")
     return p
 
 
