@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 PROFILE ?= smoke
 STAMP   := $(VENV)/.installed-stamp
 
-.PHONY: install report test book bench clean-run
+.PHONY: install report test book bench clean-run browser
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -28,8 +28,15 @@ book: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m backfill bench
 
+# Headless Chromium for the browser test of the built book (Debian packages; skipped when unavailable).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) ; } || \
+	  echo "note: chromium could not be installed; the browser test will be skipped"
+
 # Unit, property and integration tests, then nbval over the notebooks on params/test.yaml.
-test: $(STAMP)
+test: $(STAMP) browser
 	rm -rf runs/nbval
 	BACKFILL_PARAMS=$(CURDIR)/params/test.yaml BACKFILL_RUN_DIR=$(CURDIR)/runs/nbval \
 	  $(BIN)/python -m pytest tests --nbval-lax --nbval-current-env notebooks

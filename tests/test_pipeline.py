@@ -108,3 +108,92 @@ def test_bad_params_leave_the_run_untouched(run_dir, tmp_path):
     assert res.returncode == 2
     assert res.stderr.strip() == "backfill: params: 'training.phase4_offsets' offset 12 must be in [1, horizon=9]"
     assert (run_dir / "metrics.json").read_bytes() == before
+
+
+def _browser():
+    """A headless Chromium driven by selenium, or a skip with the reason."""
+    import shutil as _sh
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        pytest.skip("selenium is not installed")
+    chromium, driver = _sh.which("chromium") or _sh.which("chromium-browser"), _sh.which("chromedriver")
+    if not chromium or not driver:
+        pytest.skip("headless Chromium is not available (make test installs Debian's chromium + chromium-driver)")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+              "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"):
+        opts.add_argument(a)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(driver), options=opts)
+
+
+def test_book_in_a_browser(run_dir):
+    """The built book, served on localhost: glued numbers on the summary, rendered plotly figures, no JS errors."""
+    import functools
+    import http.server
+    import threading
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    html = run_dir / "_build" / "html"
+    if not (html / "index.html").exists():
+        assert cli("book", run_dir).returncode == 0
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+    handler = functools.partial(Quiet, directory=str(html))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    browser = _browser()
+    m = json.loads((run_dir / "metrics.json").read_text())
+    try:
+        browser.get(f"{base}/book/summary.html")
+        body = browser.find_element(By.TAG_NAME, "body").text
+        assert "5030 trading days" in body and f"{m['data']['vix_corr']:.3f}" in body
+        last = pipeline.available_notebooks()[-1]
+        if last == "09_evaluation":
+            assert f"{m['rolling']['econometric']['rmse']:.4f}" in body
+            assert m["deployment"]["decision"] in body
+        pages = ["notebooks/01_data_autocorrelation.html", f"notebooks/{last}.html"]
+        for page in pages:
+            browser.get(f"{base}/{page}")
+            WebDriverWait(browser, 30).until(
+                lambda d: d.find_elements(By.CSS_SELECTOR, ".plotly-graph-div .main-svg"))
+            n = browser.execute_script("return document.querySelectorAll('.plotly-graph-div .main-svg').length")
+            assert n >= 1, page
+        # uncaught JavaScript exceptions and failed loads (the browser's own favicon probe aside)
+        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE" and (
+            e.get("source") == "javascript" or (e.get("source") == "network" and "favicon.ico" not in e["message"]))]
+        assert not errors, errors[:3]
+    finally:
+        browser.quit()
+        server.shutdown()
+
+
+def test_any_grid_runs_the_whole_pipeline(tmp_path):
+    """A 6x7 grid with dates, built by the default generator at another grid, through every notebook."""
+    import numpy as np
+    from backfill import calibrated
+    mats = [1 / 12, 1 / 6, 1 / 4, 1 / 2, 1.0, 2.0]
+    mons = [0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3]
+    arr = calibrated.make_default_arrays(maturities=mats, moneyness=mons)
+    npz = tmp_path / "grid6x7.npz"
+    np.savez(npz, surface=arr["surface"], ret=arr["ret"], dates=arr["dates"].astype("U10"),
+             maturities=np.array(mats), moneyness=np.array(mons))
+    p = yaml.safe_load(TEST_PARAMS.read_text())
+    p["data"]["source"] = str(npz)
+    params_file = tmp_path / "grid.yaml"
+    params_file.write_text(yaml.safe_dump(p))
+    rd = tmp_path / "run"
+    res = cli("run", params_file, "--run-dir", rd)
+    assert res.returncode == 0, res.stdout + res.stderr
+    m = json.loads((rd / "metrics.json").read_text())
+    assert m["data"]["grid"] == [6, 7] and m["run_state"] == "ok"
+    saved = sorted((rd / "backfill").glob("*.npz"))
+    if saved:
+        z = np.load(saved[0])
+        assert z["p50"].shape[1:] == (6, 7) and list(z["moneyness"]) == mons

@@ -43,6 +43,8 @@ def fit_econometric(surface, ret, span, lam: float = 0.94) -> Econometric:
 def econometric_backfill(model: Econometric, ds, start: int, days: int, n_paths: int, seed: int,
                          segment_len: int = 90, name: str = "") -> Backfill:
     """Backfill days [start, start+days) given the realised returns and the residual of day start-1."""
+    if start < 1:
+        raise ValueError(f"backfill start {start} has no context day before it")
     rv = ewma_realized_vol(ds.ret, model.lam)
     known = min(days, ds.n_days - start)
     X = Econometric.design(rv[start - 1:start + known], ds.ret[start - 1:start + known])   # (1+known, 3)
@@ -75,6 +77,8 @@ def fit_random_walk(surface, span, max_k: int) -> np.ndarray:
 def random_walk_backfill(changes: np.ndarray, ds, start: int, days: int, segment_len: int = 90,
                          name: str = "") -> Backfill:
     """The last context surface for every day; intervals from the k-day change quantiles."""
+    if start < 1:
+        raise ValueError(f"backfill start {start} has no context day before it")
     known = min(days, ds.n_days - start)
     if len(changes) < days:
         raise ValueError(f"random-walk intervals fitted to {len(changes)} days, backfill needs {days}")

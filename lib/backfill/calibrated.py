@@ -101,11 +101,14 @@ def ssvi_vols(atm_var: np.ndarray, rho: np.ndarray, maturities, moneyness) -> np
     return np.sqrt(w / T[None, :, None])
 
 
-def make_default_arrays(progress: bool = False) -> dict:
+def make_default_arrays(progress: bool = False, maturities=None, moneyness=None) -> dict:
     """Build the default dataset. Returns {'surface': (N, 5, 5) implied vols (day, maturity,
     moneyness), 'ret': (N,) daily log returns, 'dates': (N,) ISO strings, 'maturities',
     'moneyness', 'vix_corr': 1-month ATM vs VIX correlation on the overlap, 'components': dict
-    of fitted and fixed parameters}. Deterministic."""
+    of fitted and fixed parameters}. Deterministic. Another grid (maturities in years, moneyness K/S,
+    both increasing) gives the same market on that grid; the default is the reference 5x5 grid."""
+    mat = MATURITIES if maturities is None else np.asarray(maturities, dtype=float)
+    mon = MONEYNESS if moneyness is None else np.asarray(moneyness, dtype=float)
     from arch.data import sp500, vix
 
     t0 = time.perf_counter()
@@ -116,12 +119,14 @@ def make_default_arrays(progress: bool = False) -> dict:
     h, vbar, garch = _garch(ret)
 
     # ATM term structure (annualised variance), then the VRP scalar from the VIX overlap.
-    model_var = _atm_variance(h, vbar, MATURITIES) * DAYS_PER_YEAR / 1e4    # (N, n_mat)
+    model_var = _atm_variance(h, vbar, mat) * DAYS_PER_YEAR / 1e4    # (N, n_mat)
     v = vix.load()["vix"].dropna()
     v_dates = np.array(v.index.strftime("%Y-%m-%d"))
     common, i_model, i_vix = np.intersect1d(dates, v_dates, return_indices=True)
     vix_var = (v.to_numpy(dtype=float)[i_vix] / 100) ** 2                   # (n_overlap,)
-    vrp = float(vix_var.mean() / model_var[i_model, 0].mean())
+    m1 = int(np.argmin(np.abs(mat - 1 / 12)))                               # ~1-month row
+    atm = int(np.argmin(np.abs(mon - 1.0)))
+    vrp = float(vix_var.mean() / model_var[i_model, m1].mean())
     atm_var = vrp * model_var                                                # (N, n_mat)
     _log(progress, t0, f"VIX overlap {common[0]}..{common[-1]} ({len(common)} days), VRP {vrp:.3f}")
 
@@ -129,7 +134,7 @@ def make_default_arrays(progress: bool = False) -> dict:
     csum = np.concatenate([[0.0], np.cumsum(ret)])
     recent = csum[1:] - csum[np.maximum(np.arange(1, len(ret) + 1) - RHO_WINDOW, 0)]   # (N,)
     rho = np.clip(RHO0 + RHO_BETA * recent, *RHO_BOUNDS)
-    surface = ssvi_vols(atm_var, rho, MATURITIES, MONEYNESS)                 # (N, 5, 5)
+    surface = ssvi_vols(atm_var, rho, mat, mon)                 # (N, 5, 5)
 
     # Persistent per-point observation noise: stationary AR(1), fixed seed.
     z = np.random.default_rng(SEED).standard_normal(surface.shape)
@@ -137,7 +142,7 @@ def make_default_arrays(progress: bool = False) -> dict:
     noise = lfilter([1.0], [1.0, -NOISE_PHI], z, axis=0) * NOISE_STD * np.sqrt(1 - NOISE_PHI**2)
     surface = surface + noise
 
-    vix_corr = float(np.corrcoef(surface[i_model, 0, 2], np.sqrt(vix_var))[0, 1])
+    vix_corr = float(np.corrcoef(surface[i_model, m1, atm], np.sqrt(vix_var))[0, 1])
     _log(progress, t0, f"done: surface {surface.shape}, 1m ATM vs VIX corr {vix_corr:.3f}")
     components = {**{f"garch_{k}": v for k, v in garch.items()},
                   "garch_unconditional_var_pct2": float(vbar), "vrp_variance_factor": vrp,
@@ -146,5 +151,5 @@ def make_default_arrays(progress: bool = False) -> dict:
                   "rho_min": RHO_BOUNDS[0], "rho_max": RHO_BOUNDS[1],
                   "rho_window_days": float(RHO_WINDOW), "noise_std": NOISE_STD,
                   "noise_phi": NOISE_PHI, "noise_seed": float(SEED)}
-    return {"surface": surface, "ret": ret, "dates": dates, "maturities": MATURITIES.copy(),
-            "moneyness": MONEYNESS.copy(), "vix_corr": vix_corr, "components": components}
+    return {"surface": surface, "ret": ret, "dates": dates, "maturities": mat.copy(),
+            "moneyness": mon.copy(), "vix_corr": vix_corr, "components": components}

@@ -7,7 +7,8 @@ import pandas as pd
 
 from . import baselines, gates, metrics
 
-SCALARS = ("rmse", "ci_violation", "cointegration_share", "arbitrage_share", "pass_ratio_last_first")
+SCALARS = ("rmse", "ci_violation", "ci_violation_sampling_spread", "cointegration_share", "arbitrage_share",
+           "pass_ratio_last_first")
 
 
 def method_backfills(run, vae: dict, days: int) -> dict:
@@ -37,7 +38,8 @@ def score(run, bfs: dict) -> dict:
         n = len(any_bf.truth)
         rv_w = rv[any_bf.start:any_bf.start + n]
         out[name] = {m: metrics.score_backfill(b.p05, b.p50, b.p95, b.truth, b.segment, rv_w, ds.maturities,
-                                               ds.moneyness) for m, b in methods.items()}
+                                               ds.moneyness, spread=(b.spread05, b.spread95) if b.n_samples else None)
+                     for m, b in methods.items()}
         out[name]["truth"] = {"cointegration_share": metrics.cointegration_share(any_bf.truth, rv_w),
                               "arbitrage_share": metrics.arbitrage_share(any_bf.truth, ds.maturities,
                                                                          ds.moneyness)["any"]}
@@ -52,7 +54,8 @@ def rolling_summary(scores: dict) -> dict:
     out = {}
     for method in roll[0]:
         keys = [k for k in SCALARS if k in roll[0][method]]
-        out[method] = {k: float(np.mean([r[method][k] for r in roll if r[method][k] is not None])) for k in keys}
+        out[method] = {k: float(np.mean(v)) if (v := [r[method][k] for r in roll if r[method][k] is not None]) else None
+                       for k in keys}
         if "rmse_by_pass" in roll[0][method]:
             n = min(len(r[method]["rmse_by_pass"]) for r in roll)
             out[method]["rmse_by_pass"] = [float(np.mean([r[method]["rmse_by_pass"][i] for r in roll]))
@@ -131,10 +134,12 @@ def table_6_3(scores: dict, methods: list[str], passes: dict) -> pd.DataFrame:
     rows = []
     for m in methods:
         h = headline(scores, m)
+        src = rolling_summary(scores).get(m, {})
         rows.append({"model": m, "RMSE": h["overall_rmse"], "CI violations": h["ci_violation"],
+                     "CI violations (sampling spread)": src.get("ci_violation_sampling_spread"),
                      "co-integration (crisis)": h["cointegration_crisis"],
                      "co-integration (normal)": h["cointegration_normal"], "passes": passes.get(m, "-")})
-    truth = {"model": "truth", "RMSE": None, "CI violations": None,
+    truth = {"model": "truth", "RMSE": None, "CI violations": None, "CI violations (sampling spread)": None,
              "co-integration (crisis)": scores.get("crisis", {}).get("truth", {}).get("cointegration_share"),
              "co-integration (normal)": scores.get("normal", {}).get("truth", {}).get("cointegration_share"),
              "passes": "-"}

@@ -136,9 +136,10 @@ def cointegration_share(iv_paths, rv, alpha: float = 0.05) -> float:
     return float(np.mean(hits))
 
 
-def score_backfill(p05, p50, p95, truth, segment, rv, maturities, moneyness) -> dict:
+def score_backfill(p05, p50, p95, truth, segment, rv, maturities, moneyness, spread=None) -> dict:
     """The per-window scores every method gets (VAE, baselines): arrays (days, n_mat, n_mon) over
-    the days where truth is known; segment (days,) pass labels; rv (days,) realised vol."""
+    the days where truth is known; segment (days,) pass labels; rv (days,) realised vol; spread an
+    optional (lo, hi) sampling-spread interval (5th-95th percentile of the sample p50 paths)."""
     n = len(truth)
     p05, p50, p95, seg, rv = p05[:n], p50[:n], p95[:n], np.asarray(segment)[:n], np.asarray(rv)[:n]
     by_pass = rmse_by_segment(p50, truth, seg)
@@ -148,7 +149,8 @@ def score_backfill(p05, p50, p95, truth, segment, rv, maturities, moneyness) -> 
             "ci_violation": ci_violation(p05, p95, truth),
             "coverage": {"p05": coverage(p05, truth), "p50": coverage(p50, truth), "p95": coverage(p95, truth)},
             "cointegration_share": cointegration_share(p50, rv),
-            "arbitrage_share": arbitrage_share(p50, maturities, moneyness)["any"]}
+            "arbitrage_share": arbitrage_share(p50, maturities, moneyness)["any"],
+            "ci_violation_sampling_spread": None if spread is None else ci_violation(spread[0][:n], spread[1][:n], truth)}
 
 
 def rmse_by_grid(pred, truth) -> np.ndarray:
@@ -182,7 +184,8 @@ def newey_west_variance(x, lags: int | None = None) -> float:
 
 def diebold_mariano(err_a, err_b, lags: int | None = None) -> dict:
     """DM test on squared-error loss: d_t = mean-over-grid(e_a^2) - mean-over-grid(e_b^2) per day.
-    Negative statistic: method a is more accurate. Two-sided p-value from the normal distribution."""
+    Negative statistic: method a is more accurate. Two-sided p-value from the normal distribution;
+    both are NaN when the loss differential has no variance (e.g. identical forecasts)."""
     ea = np.asarray(err_a, float).reshape(len(err_a), -1)
     eb = np.asarray(err_b, float).reshape(len(err_b), -1)
     d = (ea ** 2).mean(1) - (eb ** 2).mean(1)

@@ -247,6 +247,7 @@ def build_book(run_dir, log=print) -> Path:
     done = [n for n in NOTEBOOKS if (run_dir / "notebooks" / f"{n}.ipynb").exists()]
     if not done:
         raise SystemExit(f"backfill: {run_dir} has no executed notebooks; run `python -m backfill run` first")
+    shutil.rmtree(run_dir / "_build", ignore_errors=True)       # a fresh build: no stale pages
     shutil.copytree(ROOT / "book", run_dir / "book", dirs_exist_ok=True)
     shutil.copy2(ROOT / "_config.yml", run_dir / "_config.yml")
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
@@ -267,5 +268,23 @@ def build_book(run_dir, log=print) -> Path:
     index = run_dir / "_build" / "html" / "index.html"
     if res.returncode != 0 or not index.exists():
         raise SystemExit(f"backfill: the book build failed (see {run_dir / 'logs' / 'book_build.log'})")
+    _dedupe_inline_scripts(run_dir / "_build" / "html")
     log(f"book: {index}")
     return index
+
+
+def _dedupe_inline_scripts(html_dir: Path) -> None:
+    """sphinx-thebe (pulled in by Jupyter Book 1) emits its inline `const THEBE_JS_URL = ...` script twice
+    on this Sphinx version, a JavaScript error on every page; keep the first copy only."""
+    for page in html_dir.rglob("*.html"):
+        lines = page.read_text().splitlines(keepends=True)
+        seen, out = set(), []
+        for ln in lines:
+            key = ln.strip()
+            if key.startswith("<script>const THEBE_JS_URL"):
+                if key in seen:
+                    continue
+                seen.add(key)
+            out.append(ln)
+        if len(out) != len(lines):
+            page.write_text("".join(out))

@@ -1,0 +1,496 @@
+"""Evaluation (SPEC sections 8-9): the econometric and random-walk baselines, the metrics every method is
+scored with (RMSE by pass / grid / day, CI violation, coverage, co-integration, Newey-West, Diebold-Mariano)
+and the evaluation helpers (rolling summary, grading, DM tables). Small synthetic data, fixed seeds."""
+import math
+
+import numpy as np
+import pytest
+
+from backfill import baselines, evaluate, metrics
+from backfill.data import Dataset
+from backfill.generate import Backfill
+
+MAT = np.array([0.5, 1.0])
+MON = np.array([0.9, 1.0, 1.1])
+GRID = (2, 3)
+
+
+def _phi(x):
+    """Standard normal CDF, by hand (not scipy) so the p-value check is independent of the code."""
+    return 0.5 * (1.0 + math.erf(x / math.sqrt(2.0)))
+
+
+def test_ewma_realized_vol_hand_case():
+    # constant returns: s2 stays r^2, RV = sqrt(252) |r|; then zero returns: s2 decays by lam per day
+    r = np.r_[np.full(20, 0.01), np.zeros(3)]
+    rv = metrics.ewma_realized_vol(r)
+    np.testing.assert_allclose(rv[:20], math.sqrt(252) * 0.01)
+    np.testing.assert_allclose(rv[20:], np.sqrt(252 * 1e-4 * 0.94 ** np.arange(1, 4)))
+    # the start: mean square of the first `warmup` days, then one update with r_0
+    r2 = np.r_[0.02, np.zeros(19)]
+    s2_0 = 0.94 * (0.02**2 / 20) + 0.06 * 0.02**2
+    assert metrics.ewma_realized_vol(r2)[0] == pytest.approx(math.sqrt(252 * s2_0))
+
+
+# --- econometric baseline ----------------------------------------------------------------------
+
+N_SIM = 3000
+A_TRUE = np.array([0.05, 0.08, 0.10, 0.04, 0.06, 0.12])
+B_TRUE = np.array([0.9, 0.7, 0.5, 1.0, 0.8, 0.6])
+C_TRUE = np.array([-1.5, -1.0, -0.5, -2.0, -1.2, -0.8])
+PHI_TRUE = np.array([0.6, 0.66, 0.72, 0.78, 0.84, 0.9])
+SIG_U = 0.005
+
+
+@pytest.fixture(scope="module")
+def econ_data():
+    """IV simulated from the baseline's own model: IV = a + b RV + c r + u, u AR(1) per grid point with
+    innovations correlated across the grid (equicorrelation 0.5)."""
+    rng = np.random.default_rng(20240)
+    nu = 5
+    r = 0.01 * rng.standard_t(nu, N_SIM) / np.sqrt(nu / (nu - 2))
+    rv = metrics.ewma_realized_vol(r)
+    G = A_TRUE.size
+    corr = 0.5 * np.ones((G, G)) + 0.5 * np.eye(G)
+    eps = SIG_U * rng.standard_normal((N_SIM, G)) @ np.linalg.cholesky(corr).T
+    u = np.zeros((N_SIM, G))
+    u[0] = eps[0] / np.sqrt(1 - PHI_TRUE**2)
+    for t in range(1, N_SIM):
+        u[t] = PHI_TRUE * u[t - 1] + eps[t]
+    iv = A_TRUE + B_TRUE * rv[:, None] + C_TRUE * r[:, None] + u
+    ds = Dataset(surface=iv.reshape(N_SIM, *GRID), ret=r, dates=None, maturities=MAT, moneyness=MON)
+    return ds, rv, u
+
+
+def test_econometric_recovers_simulated_coefficients(econ_data):
+    ds, _, u = econ_data
+    model = baselines.fit_econometric(ds.surface, ds.ret, (0, N_SIM))
+    assert model.coef.shape == (3, 6)
+    assert model.phi.shape == (6,)
+    assert model.innov.shape == (N_SIM - 1, 6)
+    np.testing.assert_allclose(model.coef[0], A_TRUE, atol=0.02)
+    np.testing.assert_allclose(model.coef[1], B_TRUE, atol=0.1)
+    np.testing.assert_allclose(model.coef[2], C_TRUE, atol=0.1)
+    # phi: within sampling error of the truth (SE ~ sqrt((1 - phi^2) / N) <= 0.015), and close to the
+    # infeasible estimate from the true residuals (what OLS residuals should reproduce)
+    np.testing.assert_allclose(model.phi, PHI_TRUE, atol=0.05)
+    phi_u = (u[1:] * u[:-1]).sum(0) / (u[:-1] ** 2).sum(0)
+    np.testing.assert_allclose(model.phi, phi_u, atol=0.01)
+    # the innovations are the AR(1) residuals: their scale and cross-grid correlation come back
+    np.testing.assert_allclose(model.innov.std(0), SIG_U, rtol=0.1)
+    c = np.corrcoef(model.innov.T)[np.triu_indices(6, 1)]
+    np.testing.assert_allclose(c, 0.5, atol=0.08)
+
+
+def test_econometric_backfill_quantiles_and_ar_decay(econ_data):
+    ds0, rv, _ = econ_data
+    model = baselines.fit_econometric(ds0.surface, ds0.ret, (0, 2500))
+    start, days = 2700, 40
+    # a large last-context residual: +5 vol points on every grid point on day start-1
+    surface = ds0.surface.copy()
+    surface[start - 1] += 0.05
+    ds = Dataset(surface=surface, ret=ds0.ret, dates=None, maturities=MAT, moneyness=MON)
+    bf = baselines.econometric_backfill(model, ds, start, days, n_paths=200, seed=7, segment_len=15, name="w")
+    assert isinstance(bf, Backfill)
+    assert bf.name == "w" and bf.start == start and bf.days == days and bf.n_samples == 200
+    assert bf.p05.shape == bf.p50.shape == bf.p95.shape == (days, *GRID)
+    assert np.all(bf.p05 <= bf.p50) and np.all(bf.p50 <= bf.p95)
+    assert np.all(bf.p95 - bf.p05 > 0)
+    np.testing.assert_array_equal(bf.truth, surface[start:start + days])
+    np.testing.assert_array_equal(bf.segment, np.arange(days) // 15)
+    assert bf.passes == 3
+    np.testing.assert_array_equal(bf.dates, np.arange(start, start + days).astype(str))
+
+    # deterministic formula: a + b RV + c r + phi^k u0, with u0 the residual of day start-1
+    X = np.column_stack([np.ones(days + 1), rv[start - 1:start + days], ds.ret[start - 1:start + days]])
+    mean = X @ model.coef                                             # (1+days, G)
+    u0 = surface[start - 1].reshape(-1) - mean[0]
+    assert np.all(u0 > 0.03)                                          # the shock is really there
+    k = np.arange(1, days + 1)[:, None]
+    formula = mean[1:] + model.phi**k * u0
+    p50 = bf.p50.reshape(days, -1)
+    first = slice(0, 5)
+    np.testing.assert_allclose(p50[first], formula[first], atol=0.003)
+    # pulled towards the residual: well above the unconditional mean on day 1 ...
+    assert np.all(p50[0] - mean[1] > 0.5 * model.phi * u0)
+    # ... and decaying: after 40 days the pull is much smaller (phi^40 <= 0.015)
+    assert np.all(np.abs((p50[-1] - mean[-1])) < 0.5 * np.abs(p50[0] - mean[1]))
+    # the interval widens with the horizon as innovations accumulate
+    w = (bf.p95 - bf.p05).reshape(days, -1)
+    assert np.all(w[-1] > w[0])
+    # ... and is a 90% interval: width ~ 2 * 1.645 * sd of the accumulated AR(1) innovations,
+    # sd_k^2 = s^2 (1 - phi^(2k)) / (1 - phi^2) (innovations near-normal); averaged over days and grid
+    s2 = model.innov.var(0)
+    sd = np.sqrt(s2 * (1 - model.phi ** (2 * k)) / (1 - model.phi**2))
+    ratio = np.mean(w / (2 * 1.6449 * sd))
+    assert 0.9 < ratio < 1.1
+
+
+def test_econometric_backfill_reproducible_with_seed(econ_data):
+    ds, _, _ = econ_data
+    model = baselines.fit_econometric(ds.surface, ds.ret, (0, 2000))
+    a = baselines.econometric_backfill(model, ds, 2500, 10, n_paths=50, seed=3)
+    b = baselines.econometric_backfill(model, ds, 2500, 10, n_paths=50, seed=3)
+    c = baselines.econometric_backfill(model, ds, 2500, 10, n_paths=50, seed=4)
+    np.testing.assert_array_equal(a.p05, b.p05)
+    assert not np.array_equal(a.p05, c.p05)
+    assert a.name == "econometric"
+
+
+# --- random-walk baseline ----------------------------------------------------------------------
+
+def _trend_dataset(n=60):
+    t = np.arange(n, dtype=float)
+    slopes = np.array([[1, 2, 3], [-1, 0.5, 4]]) * 1e-3
+    surface = 0.2 + t[:, None, None] * slopes
+    return Dataset(surface=surface, ret=np.zeros(n), dates=None, maturities=MAT, moneyness=MON), slopes
+
+
+def test_random_walk_quantiles_on_linear_trend():
+    ds, slopes = _trend_dataset()
+    ch = baselines.fit_random_walk(ds.surface, (0, 40), max_k=5)
+    assert ch.shape == (5, 2, 6)
+    for k in range(1, 6):
+        np.testing.assert_allclose(ch[k - 1, 0], k * slopes.reshape(-1), atol=1e-12)
+        np.testing.assert_allclose(ch[k - 1, 1], k * slopes.reshape(-1), atol=1e-12)
+
+
+def test_random_walk_quantiles_on_alternating_series():
+    # x alternates 0, 1, 0, 1, ...: 1-day changes are +-1 (half each), 2-day changes are all 0,
+    # 3-day changes +-1 again: the 5th / 95th percentiles are -1 / +1, 0 / 0, -1 / +1.
+    x = (np.arange(41) % 2).astype(float)
+    surface = np.broadcast_to(x[:, None, None], (41, *GRID))
+    ch = baselines.fit_random_walk(surface, (0, 41), max_k=3)
+    np.testing.assert_allclose(ch[0, 0], -1)
+    np.testing.assert_allclose(ch[0, 1], 1)
+    np.testing.assert_allclose(ch[1], 0)
+    np.testing.assert_allclose(ch[2, 0], -1)
+    np.testing.assert_allclose(ch[2, 1], 1)
+    # the span is honoured: on days 0..1 only (one 1-day change, +1) both percentiles are +1
+    np.testing.assert_allclose(baselines.fit_random_walk(surface, (0, 2), max_k=1)[0], 1)
+
+
+def test_random_walk_backfill_is_last_context_surface():
+    ds, slopes = _trend_dataset()
+    ch = baselines.fit_random_walk(ds.surface, (0, 40), max_k=10)
+    start, days = 45, 10
+    bf = baselines.random_walk_backfill(ch, ds, start, days, segment_len=4)
+    assert bf.name == "random_walk" and bf.n_samples == 0
+    assert bf.p50.shape == (days, *GRID)
+    for d in range(days):
+        np.testing.assert_array_equal(bf.p50[d], ds.surface[start - 1])
+    # interval: last surface + k * slope (both ends equal on a linear trend)
+    k = np.arange(1, days + 1)[:, None, None]
+    np.testing.assert_allclose(bf.p05, ds.surface[start - 1] + k * slopes, atol=1e-12)
+    np.testing.assert_allclose(bf.p95, ds.surface[start - 1] + k * slopes, atol=1e-12)
+    # on a linear trend the interval end is exactly the truth
+    np.testing.assert_allclose(bf.p95, bf.truth, atol=1e-12)
+    np.testing.assert_array_equal(bf.segment, np.arange(days) // 4)
+    assert bf.passes == 3
+
+
+def test_random_walk_backfill_truncates_at_end_of_data():
+    ds, _ = _trend_dataset(60)
+    ch = baselines.fit_random_walk(ds.surface, (0, 40), max_k=10)
+    bf = baselines.random_walk_backfill(ch, ds, 55, 10)
+    assert bf.days == 5 and bf.p50.shape == (5, *GRID) and bf.truth.shape == (5, *GRID)
+
+
+def test_random_walk_backfill_rejects_too_short_changes():
+    ds, _ = _trend_dataset()
+    ch = baselines.fit_random_walk(ds.surface, (0, 40), max_k=5)
+    with pytest.raises(ValueError, match="5 days"):
+        baselines.random_walk_backfill(ch, ds, 45, 6)
+    baselines.random_walk_backfill(ch, ds, 45, 5)          # exactly enough is fine
+
+
+# --- co-integration ----------------------------------------------------------------------------
+
+def test_cointegration_share_detects_cointegrated_pairs():
+    rng = np.random.default_rng(11)
+    T, G = 500, 6
+    x = np.cumsum(rng.standard_normal(T))
+    noise = np.zeros((T, G))
+    e = rng.standard_normal((T, G))
+    for t in range(1, T):                                   # stationary AR(1) noise, phi 0.5
+        noise[t] = 0.5 * noise[t - 1] + e[t]
+    y = 2 + 0.5 * x[:, None] + noise
+    assert metrics.cointegration_share(y.reshape(T, 2, 3), x) >= 0.9
+
+
+def test_cointegration_share_rejects_independent_random_walks():
+    rng = np.random.default_rng(12)
+    T, G = 500, 10
+    x = np.cumsum(rng.standard_normal(T))
+    y = np.cumsum(rng.standard_normal((T, G)), axis=0)
+    assert metrics.cointegration_share(y.reshape(T, 2, 5), x) <= 0.2
+
+
+def test_cointegration_share_constant_point_counts_as_not_cointegrated():
+    rng = np.random.default_rng(13)
+    T = 300
+    x = np.cumsum(rng.standard_normal(T))
+    y = np.stack([2 + 0.5 * x + rng.standard_normal(T), np.full(T, 0.2)], axis=1)
+    assert metrics.cointegration_share(y, x) == pytest.approx(0.5)
+
+
+# --- Newey-West and Diebold-Mariano ------------------------------------------------------------
+
+def test_newey_west_lags0_is_population_variance():
+    x = np.random.default_rng(1).standard_normal(37)
+    assert metrics.newey_west_variance(x, lags=0) == pytest.approx(np.var(x), rel=1e-12)
+    assert metrics.newey_west_variance(x, lags=0) != pytest.approx(np.var(x, ddof=1), rel=1e-6)
+
+
+def test_newey_west_bartlett_hand_case():
+    # x = [1, 3, 2, 6], mean 3, demeaned [-2, 0, -1, 3]:
+    # g0 = 14/4 = 3.5, g1 = (0 + 0 - 3)/4 = -0.75, g2 = (2 + 0)/4 = 0.5, g3 = -6/4 = -1.5
+    x = [1.0, 3.0, 2.0, 6.0]
+    assert metrics.newey_west_variance(x, lags=1) == pytest.approx(3.5 + 2 * (1 / 2) * -0.75)          # 2.75
+    assert metrics.newey_west_variance(x, lags=2) == pytest.approx(3.5 + 2 * (2 / 3) * -0.75 + 2 * (1 / 3) * 0.5)
+    # lags beyond T-1 are truncated at T-1, Bartlett weights still 1 - k/(lags+1)
+    assert metrics.newey_west_variance(x, lags=5) == pytest.approx(
+        3.5 + 2 * (5 / 6) * -0.75 + 2 * (4 / 6) * 0.5 + 2 * (3 / 6) * -1.5)
+
+
+def test_newey_west_default_lags():
+    x = np.random.default_rng(2).standard_normal(100)      # floor(4 (100/100)^(2/9)) = 4
+    assert metrics.newey_west_variance(x) == pytest.approx(metrics.newey_west_variance(x, lags=4))
+    assert metrics.newey_west_variance(x) != pytest.approx(metrics.newey_west_variance(x, lags=3))
+
+
+def test_diebold_mariano_hand_case():
+    # d_t = mean-over-grid(e_a^2) - mean-over-grid(e_b^2) = [1, 3, 1, 3]: mean 2, population variance 1
+    ea = np.array([[1.0, 1.0], [2.0, 2.0], [1.0, 1.0], [2.0, 2.0]])
+    eb = np.array([[0.0, 0.0], [1.0, 1.0], [0.0, 0.0], [1.0, 1.0]])
+    r = metrics.diebold_mariano(ea, eb, lags=0)
+    assert r["days"] == 4
+    assert r["mean_loss_diff"] == pytest.approx(2.0)
+    assert r["dm"] == pytest.approx(2.0 / math.sqrt(1.0 / 4))                      # 4
+    assert r["p_value"] == pytest.approx(2 * (1 - _phi(4.0)), rel=1e-6)
+    # lags=1: demeaned d = [-1, 1, -1, 1], g1 = -3/4, lrv = 1 + 2 * 0.5 * -0.75 = 0.25 -> DM = 8
+    r1 = metrics.diebold_mariano(ea, eb, lags=1)
+    assert r1["dm"] == pytest.approx(2.0 / math.sqrt(0.25 / 4))
+    assert r1["p_value"] == pytest.approx(2 * (1 - _phi(8.0)), abs=1e-12)
+
+
+def test_diebold_mariano_detects_better_method_and_is_antisymmetric():
+    rng = np.random.default_rng(5)
+    ea = rng.normal(0, 0.01, (250, *GRID))
+    eb = rng.normal(0, 0.03, (250, *GRID))
+    r = metrics.diebold_mariano(ea, eb)
+    assert r["dm"] < 0 and r["p_value"] < 0.01 and r["mean_loss_diff"] < 0
+    s = metrics.diebold_mariano(eb, ea)
+    assert s["dm"] == pytest.approx(-r["dm"])
+    assert s["p_value"] == pytest.approx(r["p_value"])
+    assert s["mean_loss_diff"] == pytest.approx(-r["mean_loss_diff"])
+    # equally accurate methods: no significant difference
+    ec = rng.normal(0, 0.01, (250, *GRID))
+    assert metrics.diebold_mariano(ea, ec)["p_value"] > 0.01
+
+
+def test_diebold_mariano_identical_errors():
+    e = np.random.default_rng(6).normal(0, 0.02, (30, *GRID))
+    r = metrics.diebold_mariano(e, e.copy())
+    assert r["mean_loss_diff"] == 0.0
+    assert not r["p_value"] < 0.05                          # nan (zero variance) is never significant
+
+
+# --- RMSE by pass, CI violation, coverage: score_backfill ---------------------------------------
+
+def _hand_case():
+    """6 days on a 2x3 grid, flat truth 0.2; pass 0 (days 0-2) errors +-0.01, pass 1 (days 3-5) +-0.03,
+    constant across the grid each day so every surface stays flat (arbitrage-free)."""
+    truth = np.full((6, *GRID), 0.2)
+    err = np.array([0.01, -0.01, 0.01, 0.03, -0.03, 0.03])
+    p50 = truth + err[:, None, None]
+    p05 = p50 - 0.02
+    p95 = p50 + 0.02
+    segment = np.array([0, 0, 0, 1, 1, 1])
+    return p05, p50, p95, truth, segment
+
+
+def test_rmse_by_segment_hand_case():
+    p05, p50, p95, truth, seg = _hand_case()
+    by = metrics.rmse_by_segment(p50, truth, seg)
+    assert set(by) == {0, 1}
+    assert by[0] == pytest.approx(0.01)
+    assert by[1] == pytest.approx(0.03)
+    # labels need not be contiguous or start at 0
+    by2 = metrics.rmse_by_segment(p50, truth, np.array([5, 2, 5, 2, 5, 2]))
+    assert by2[5] == pytest.approx(math.sqrt((0.01**2 + 0.01**2 + 0.03**2) / 3))
+    assert by2[2] == pytest.approx(math.sqrt((0.01**2 + 0.03**2 + 0.03**2) / 3))
+
+
+def test_score_backfill_hand_case():
+    p05, p50, p95, truth, seg = _hand_case()
+    # every day the interval is p50 +- 0.02: days with |err| = 0.01 cover the truth, days with
+    # |err| = 0.03 miss it -> 3 of 6 days, 18 of 36 points outside.
+    # Make the count less symmetric: on day 0 narrow the interval at two points so they miss too.
+    p05 = p05.copy()
+    p95 = p95.copy()
+    p05[0, 0, 0] = p50[0, 0, 0] - 0.001          # err +0.01: truth = p50 - 0.01 < p05 -> miss
+    p95[0, 1, 2] = p50[0, 1, 2] + 0.001          # truth below p50 -> still inside (p05 unchanged)
+    rv = 0.15 + 0.01 * np.arange(6)
+    s = metrics.score_backfill(p05, p50, p95, truth, seg, rv, MAT, MON)
+    assert s["days"] == 6
+    assert s["rmse_by_pass"] == pytest.approx([0.01, 0.03])
+    assert s["pass_ratio_last_first"] == pytest.approx(3.0)
+    assert s["rmse"] == pytest.approx(math.sqrt((3 * 0.01**2 + 3 * 0.03**2) / 6))
+    assert s["ci_violation"] == pytest.approx(19 / 36)
+    # coverage: truth <= p05 on days with err +0.03 (days 3, 5) plus the narrowed point -> 13/36;
+    # truth <= p50 on days with err > 0 (days 0, 2, 3, 5) -> 24/36;
+    # truth <= p95 everywhere except day 4 (err -0.03, truth above p95) -> 30/36
+    assert s["coverage"]["p05"] == pytest.approx(13 / 36)
+    assert s["coverage"]["p50"] == pytest.approx(24 / 36)
+    assert s["coverage"]["p95"] == pytest.approx(30 / 36)
+    assert s["arbitrage_share"] == 0.0
+    assert 0.0 <= s["cointegration_share"] <= 1.0
+
+
+def test_score_backfill_trims_to_known_truth_and_handles_zero_first_pass():
+    p05, p50, p95, truth, seg = _hand_case()
+    p50z = p50.copy()
+    p50z[:3] = truth[:3]                                     # perfect first pass
+    # forecasts run 2 days past the known truth: only the first 4 days are scored
+    ext = lambda a: np.concatenate([a, a[-2:]])              # noqa: E731
+    s = metrics.score_backfill(ext(p05), ext(p50z), ext(p95), truth[:4], np.r_[seg, 1, 1],
+                               np.full(8, 0.15), MAT, MON)
+    assert s["days"] == 4
+    assert s["rmse_by_pass"] == pytest.approx([0.0, 0.03])
+    assert s["pass_ratio_last_first"] is None
+
+
+def test_arbitrage_share_in_score_counts_bad_surfaces():
+    p05, p50, p95, truth, seg = _hand_case()
+    bad = p50.copy()
+    bad[1, 1, :] = 0.10                                     # 1y total variance 0.01 < 6m 0.5*0.19^2: calendar
+    s = metrics.score_backfill(p05, bad, p95, truth, seg, np.full(6, 0.15), MAT, MON)
+    assert s["arbitrage_share"] == pytest.approx(1 / 6)
+
+
+def test_coverage_and_ci_violation_boundaries():
+    q = np.array([1.0, 2.0, 3.0, 4.0])
+    truth = np.array([1.0, 2.5, 2.0, 5.0])
+    assert metrics.coverage(q, truth) == pytest.approx(0.5)            # ties count as covered
+    # interval [q-1, q]: truth on an end is inside; 2.5 > 2 and 5 > 4 are outside
+    assert metrics.ci_violation(q - 1, q, truth) == pytest.approx(0.5)
+    assert metrics.ci_violation(q - 1, q, np.array([-0.5, 1.0, 2.0, 3.0])) == pytest.approx(0.25)
+
+
+# --- RMSE by grid / by day, CI width -----------------------------------------------------------
+
+def test_rmse_by_grid_day_and_ci_width():
+    truth = np.zeros((2, 2, 3))
+    pred = np.zeros((2, 2, 3))
+    pred[0] = [[1, 2, 3], [4, 5, 6]]
+    pred[1] = [[1, 0, 3], [0, 5, 0]]
+    g = metrics.rmse_by_grid(pred, truth)
+    assert g.shape == GRID
+    np.testing.assert_allclose(g, [[1, math.sqrt(2), 3], [math.sqrt(8), 5, math.sqrt(18)]])
+    d = metrics.rmse_by_day(pred, truth)
+    assert d.shape == (2,)
+    np.testing.assert_allclose(d, [math.sqrt(91 / 6), math.sqrt(35 / 6)])
+    lo = np.zeros((3, 2, 3))
+    hi = np.ones((3, 2, 3)) * np.array([1.0, 2.0, 3.0])[:, None, None]
+    hi[2, 0, 0] = 9.0
+    w = metrics.ci_width_by_day(lo, hi)
+    np.testing.assert_allclose(w, [1.0, 2.0, (5 * 3 + 9) / 6])
+
+
+# --- evaluate: rolling summary, grading, DM tables ---------------------------------------------
+
+def _scores(rmse, ci, by_pass, ratio):
+    return {"rmse": rmse, "ci_violation": ci, "cointegration_share": 0.5, "arbitrage_share": 0.0,
+            "pass_ratio_last_first": ratio, "rmse_by_pass": by_pass}
+
+
+def test_rolling_summary_averages_only_rolling_windows():
+    scores = {
+        "rolling_000": {"vae_o90": _scores(0.01, 0.10, [0.01, 0.02, 0.03], 3.0),
+                        "truth": {"cointegration_share": 0.8, "arbitrage_share": 0.0}},
+        "rolling_021": {"vae_o90": _scores(0.03, 0.20, [0.02, 0.04], None),
+                        "truth": {"cointegration_share": 0.6, "arbitrage_share": 0.1}},
+        "crisis": {"vae_o90": _scores(1.0, 1.0, [1.0, 1.0, 1.0], 9.0),
+                   "truth": {"cointegration_share": 0.0, "arbitrage_share": 1.0}},
+    }
+    out = evaluate.rolling_summary(scores)
+    assert set(out) == {"vae_o90", "truth"}
+    v = out["vae_o90"]
+    assert v["rmse"] == pytest.approx(0.02)
+    assert v["ci_violation"] == pytest.approx(0.15)
+    assert v["pass_ratio_last_first"] == pytest.approx(3.0)          # the None is skipped
+    assert v["rmse_by_pass"] == pytest.approx([0.015, 0.03])         # truncated to the shortest
+    assert v["windows"] == 2
+    assert out["truth"] == {"cointegration_share": pytest.approx(0.7), "arbitrage_share": pytest.approx(0.05),
+                            "windows": 2}
+    assert evaluate.rolling_summary({"crisis": scores["crisis"]}) == {}
+
+
+@pytest.mark.parametrize("value, expected", [
+    (0.10, "⭐ stretch"), (0.12, "✅ target"), (0.13, "✅ target"), (0.15, "⚠️ between"),
+    (0.16, "⚠️ between"), (0.18, "⚠️ between"), (0.19, "❌ red flag"), (None, "❌"), (float("nan"), "❌")])
+def test_grade_lower_is_better(value, expected):
+    assert evaluate._grade(value, ["<", 0.15, 0.12, 0.18]) == expected
+
+
+@pytest.mark.parametrize("value, expected", [
+    (0.80, "⭐ stretch"), (0.70, "✅ target"), (0.60, "✅ target"), (0.55, "⚠️ between"),
+    (0.50, "⚠️ between"), (0.45, "⚠️ between"), (0.40, "❌ red flag"), (None, "❌")])
+def test_grade_higher_is_better(value, expected):
+    assert evaluate._grade(value, [">", 0.55, 0.70, 0.45]) == expected
+
+
+def _bf(name, start, p50, truth):
+    days = len(p50)
+    z = np.zeros_like(p50)
+    return Backfill(name=name, start=start, days=days, horizon=90, offset=90, passes=1, n_samples=1,
+                    dates=np.arange(start, start + days).astype(str), p05=p50 - 0.01, p50=p50, p95=p50 + 0.01,
+                    spread05=z, spread95=z, sample_p50=np.zeros((0, *GRID)), truth=truth,
+                    segment=np.zeros(days, int))
+
+
+def test_dm_tests_named_windows_and_rolling_pool():
+    rng = np.random.default_rng(9)
+    bfs = {}
+    sizes = {"crisis": (0, 30), "rolling_000": (100, 20), "rolling_021": (121, 25)}
+    errs = {}
+    for name, (start, days) in sizes.items():
+        truth = 0.2 + 0.01 * rng.standard_normal((days, *GRID))
+        e_vae = rng.normal(0, 0.005, truth.shape)
+        e_eco = rng.normal(0, 0.02, truth.shape)
+        e_rw = rng.normal(0, 0.03, truth.shape)
+        errs[name] = (e_vae, e_eco, e_rw)
+        bfs[name] = {"vae_o90": _bf(name, start, truth + e_vae, truth),
+                     "econometric": _bf(name, start, truth + e_eco, truth),
+                     "random_walk": _bf(name, start, truth + e_rw, truth)}
+    out = evaluate.dm_tests(bfs, "vae_o90")
+    assert set(out) == {"crisis", "rolling_pooled"}
+    assert set(out["crisis"]) == {"vae_o90 vs econometric", "vae_o90 vs random_walk"}
+    assert set(out["rolling_pooled"]) == {"vae_o90 vs econometric", "vae_o90 vs random_walk"}
+    c = out["crisis"]["vae_o90 vs econometric"]
+    assert c["days"] == 30 and c["dm"] < 0 and c["p_value"] < 0.01
+    want = metrics.diebold_mariano(errs["crisis"][0], errs["crisis"][1])
+    assert c["dm"] == pytest.approx(want["dm"])
+    pooled = out["rolling_pooled"]["vae_o90 vs random_walk"]
+    assert pooled["days"] == 20 + 25
+    roll = ["rolling_000", "rolling_021"]
+    want = metrics.diebold_mariano(np.concatenate([errs[w][0] for w in roll]),
+                                   np.concatenate([errs[w][2] for w in roll]))
+    assert pooled["dm"] == pytest.approx(want["dm"])
+    assert pooled["mean_loss_diff"] == pytest.approx(want["mean_loss_diff"])
+
+
+def test_dm_tests_scores_only_known_truth():
+    # forecasts longer than the known truth (end of data): errors use the first len(truth) days only
+    rng = np.random.default_rng(10)
+    truth = 0.2 + 0.01 * rng.standard_normal((12, *GRID))
+    pv = np.concatenate([truth + 0.001, np.full((5, *GRID), 9.0)])
+    pe = np.concatenate([truth + 0.01 * rng.standard_normal(truth.shape), np.full((5, *GRID), -9.0)])
+    out = evaluate.dm_tests({"normal": {"vae_o90": _bf("normal", 0, pv, truth),
+                                        "econometric": _bf("normal", 0, pe, truth)}}, "vae_o90")
+    r = out["normal"]["vae_o90 vs econometric"]
+    assert r["days"] == 12
+    assert "rolling_pooled" not in out
+    want = metrics.diebold_mariano(pv[:12] - truth, pe[:12] - truth)
+    assert r["dm"] == pytest.approx(want["dm"])
