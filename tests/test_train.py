@@ -97,3 +97,14 @@ def test_same_params_and_seed_give_identical_metrics(base, tmp_path):
 def test_full_plan_flag(base):
     assert train.is_full_plan(params.load(params.profile_path("full")))
     assert not train.is_full_plan(params.load(params.profile_path("smoke")))
+
+
+def test_checkpoints_depend_only_on_training_params(base):
+    p = copy.deepcopy(base[0])
+    h = pipeline.params_hash(p, pipeline.TRAINING_SECTIONS)
+    p["gates"]["gate1_h90_rmse_val"] = 0.5
+    p["generation"]["n_samples"] = 99
+    assert pipeline.params_hash(p, pipeline.TRAINING_SECTIONS) == h      # no retraining for a threshold
+    assert pipeline.params_hash(p) != pipeline.params_hash(base[0])       # but the notebooks re-run
+    p["training"]["learning_rate"] = 1e-4
+    assert pipeline.params_hash(p, pipeline.TRAINING_SECTIONS) != h

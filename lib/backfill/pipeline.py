@@ -115,8 +115,13 @@ def provenance() -> dict:
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
-def params_hash(p: dict) -> str:
-    body = {k: v for k, v in p.items() if k != "provenance"}
+TRAINING_SECTIONS = ("seed", "data", "model", "training")
+
+
+def params_hash(p: dict, sections=None) -> str:
+    """Hash of the params (or of some sections: checkpoints only depend on TRAINING_SECTIONS, so
+    editing a gate threshold re-runs notebooks without retraining)."""
+    body = {k: v for k, v in p.items() if k != "provenance" and (sections is None or k in sections)}
     return hashlib.sha256(json.dumps(_jsonable(body), sort_keys=True).encode()).hexdigest()[:16]
 
 
