@@ -132,8 +132,10 @@ def evaluate(model, spec: PhaseSpec, series: Series, starts, p: dict, batch: int
     res = {"loss": [], "n_windows": len(starts)}
     offsets = spec.offsets or [None]
     preds = {o: ([], [], [], []) for o in offsets}         # p50, lo, hi, truth per offset
+    last_ctx = []                                          # (B, n_mat, n_mon) the last real context day
     for b0 in range(0, len(starts), batch):
         x, a = series.windows(starts[b0:b0 + batch], spec.window)
+        last_ctx.append(x[:, C - 1].float().cpu().numpy())
         for o in offsets:
             res["loss"].append(float(batch_loss(model, spec, x, a, C, w, o, grid, returns)))
             if spec.kind == "ar":
@@ -149,20 +151,33 @@ def evaluate(model, spec: PhaseSpec, series: Series, starts, p: dict, batch: int
                 lst.append(v.float().cpu().numpy())
     model.train(was_training)
     res["loss"] = float(np.mean(res["loss"]))
+    last = np.concatenate(last_ctx)                                              # (N, n_mat, n_mon)
     for o in offsets:
         med, lo, hi, tr = (np.concatenate(v) for v in preds[o])
+        first = med[:, 0, 0] if spec.kind == "ar" else med[:, 0]                 # first forecast day
+        # sanity: does the forecast follow the context? (near 0 = context-blind; the truth is near 1)
+        res["context_corr"] = _corr(last.mean((1, 2)), first.mean((1, 2)))
+        res["context_corr_truth"] = _corr(last.mean((1, 2)), (tr[:, 0, 0] if spec.kind == "ar" else tr[:, 0]).mean((1, 2)))
         if spec.kind == "ar":
+            naive = np.broadcast_to(last[:, None, None], tr.shape)               # persistence forecast
             by_pass = [rmse(med[:, s], tr[:, s]) for s in range(spec.steps)]
             res[f"offset_{o}"] = {"rmse": rmse(med, tr), "rmse_by_pass": by_pass,
                                   "pass_ratio": by_pass[-1] / by_pass[0] if by_pass[0] > 0 else float("nan"),
-                                  "ci_violation": ci_violation(lo, hi, tr)}
+                                  "ci_violation": ci_violation(lo, hi, tr),
+                                  "persistence_rmse_by_pass": [rmse(naive[:, s], tr[:, s]) for s in range(spec.steps)]}
         else:
+            naive = np.broadcast_to(last[:, None], tr.shape)
             res["rmse_by_horizon"] = {h: rmse(med[:, :h], tr[:, :h]) for h in spec.horizons}
             res["ci_by_horizon"] = {h: ci_violation(lo[:, :h], hi[:, :h], tr[:, :h]) for h in spec.horizons}
+            res["persistence_rmse_by_horizon"] = {h: rmse(naive[:, :h], tr[:, :h]) for h in spec.horizons}
     if spec.kind == "ar":
         res["rmse"] = float(np.mean([res[f"offset_{o}"]["rmse"] for o in offsets]))
         res["ci_violation"] = float(np.mean([res[f"offset_{o}"]["ci_violation"] for o in offsets]))
     return res
+
+
+def _corr(a, b) -> float:
+    return float(np.corrcoef(a, b)[0, 1]) if np.std(a) > 0 and np.std(b) > 0 else float("nan")
 
 
 def _eval_starts(span, length, cap):
@@ -353,8 +368,10 @@ def phase_record(summary: dict) -> dict:
     """The `phases` entry of metrics.json for one phase summary."""
     va, tr = summary["val_eval"], summary["train_eval"]
     rec = {k: summary[k] for k in ("name", "epochs", "seconds", "device", "final_train_loss", "final_val_loss")}
+    rec["val_context_corr"] = va.get("context_corr")
     if "rmse_by_horizon" in va:
         rec.update(val_rmse_by_horizon=va["rmse_by_horizon"], val_ci_violation_by_horizon=va["ci_by_horizon"],
+                   val_persistence_rmse_by_horizon=va["persistence_rmse_by_horizon"],
                    train_rmse_by_horizon=tr["rmse_by_horizon"], train_ci_violation_by_horizon=tr["ci_by_horizon"])
     else:
         rec.update(val_rmse=va["rmse"], val_ci_violation=va["ci_violation"], train_rmse=tr["rmse"],
