@@ -326,3 +326,10 @@ def test_longest_window_full():
 
 def test_longest_window_test():
     assert params.longest_window(params.load(params.profile_path("test"))) == 10 + 2 * 9 + 9 == 37
+
+
+@pytest.mark.parametrize("path", sorted((Path(params.__file__).resolve().parents[2] / "params").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_committed_params_file_is_valid(path):
+    p = params.load(path)
+    assert p["profile"] == path.stem
