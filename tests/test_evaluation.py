@@ -494,3 +494,33 @@ def test_dm_tests_scores_only_known_truth():
     assert "rolling_pooled" not in out
     want = metrics.diebold_mariano(pv[:12] - truth, pe[:12] - truth)
     assert r["dm"] == pytest.approx(want["dm"])
+
+
+def test_tables_6_2_6_3_and_deployment_on_hand_made_scores():
+    from backfill import params as _params
+    p = _params.load(_params.profile_path("test"))
+
+    def s(rmse, p1, p3, ci, co, arb=0.0):
+        return {"rmse": rmse, "rmse_by_pass": [p1, p3], "ci_violation": ci, "ci_violation_sampling_spread": None,
+                "cointegration_share": co, "arbitrage_share": arb, "pass_ratio_last_first": p3 / p1}
+    truth = {"cointegration_share": 0.9, "arbitrage_share": 0.0}
+    scores = {
+        "crisis": {"vae": s(0.2, 0.1, 0.3, 0.5, 0.60), "econometric": s(0.1, 0.1, 0.1, 0.6, 1.0), "truth": truth},
+        "normal": {"vae": s(0.1, 0.1, 0.1, 0.3, 0.96), "econometric": s(0.1, 0.1, 0.1, 0.6, 1.0), "truth": truth},
+        "rolling_1": {"vae": s(0.10, 0.08, 0.12, 0.30, 0.9), "econometric": s(0.12, 0.1, 0.14, 0.6, 1.0), "truth": truth},
+        "rolling_2": {"vae": s(0.12, 0.10, 0.14, 0.34, 0.9), "econometric": s(0.14, 0.1, 0.16, 0.7, 1.0), "truth": truth},
+    }
+    t62 = evaluate.table_6_2(scores, ["vae", "econometric"], p).set_index("metric")
+    assert t62.loc["overall_rmse", "vae"] == "0.1100 ⭐"                   # mean of rolling: < 0.12 stretch
+    assert t62.loc["ci_violation", "vae"] == "0.3200 ✅"                   # 0.32 is not < 0.32: target only
+    assert t62.loc["cointegration_crisis", "vae"] == "0.6000 ✅"
+    assert t62.loc["cointegration_normal", "vae"] == "0.9600 ⭐"
+    assert t62.loc["ci_violation", "econometric"] == "0.6500 ❌"
+    t63 = evaluate.table_6_3(scores, ["vae", "econometric"], {"vae": 3}).set_index("model")
+    assert t63.loc["vae", "RMSE"] == pytest.approx(0.11) and t63.loc["vae", "passes"] == 3
+    assert t63.loc["truth", "co-integration (crisis)"] == 0.9
+    dep = evaluate.deployment_checks(scores, "vae", p)
+    marks = {c["criterion"]: c["mark"] for c in dep["checks"]}
+    assert marks["overall_rmse"] == "✅" and marks["ci_violation"] == "⚠️"     # 0.32 within 10% of 0.35
+    assert dep["checks"][-1]["value"] == pytest.approx(1 - 0.11 / 0.13)      # RMSE gain over econometric
+    assert dep["decision"] in ("MARGINAL", "FAIL")

@@ -119,13 +119,18 @@ def headline(scores: dict, method: str, crisis: str = "crisis", normal: str = "n
     return out
 
 
-def table_6_2(scores: dict, method: str, p: dict) -> pd.DataFrame:
-    h = headline(scores, method)
+def table_6_2(scores: dict, methods: list[str], p: dict) -> pd.DataFrame:
+    """The seed's deployment table: each metric's target / stretch / red flag, and every method's value
+    with its grade (⭐ stretch, ✅ target, ⚠️ between target and red flag, ❌ red flag)."""
+    heads = {m: headline(scores, m) for m in methods}
     rows = []
     for name, row in p["evaluation"]["table_6_2"].items():
-        v = h.get(name)
-        rows.append({"metric": name, "measured": v, "target": f"{row[0]} {row[1]:g}", "stretch": f"{row[0]} {row[2]:g}",
-                     "red flag": f"{'>' if row[0] == '<' else '<'} {row[3]:g}", "result": _grade(v, row)})
+        r = {"metric": name, "target": f"{row[0]} {row[1]:g}", "stretch": f"{row[0]} {row[2]:g}",
+             "red flag": f"{'>' if row[0] == '<' else '<'} {row[3]:g}"}
+        for m in methods:
+            v = heads[m].get(name)
+            r[m] = "n/a" if v is None or not np.isfinite(v) else f"{v:.4f} {_grade(v, row).split()[0]}"
+        rows.append(r)
     return pd.DataFrame(rows)
 
 
