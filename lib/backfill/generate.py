@@ -81,9 +81,11 @@ class Backfill:
 
 def backfill(model, ds, start: int, days: int, horizon: int, offset: int, n_samples: int, *, seed: int,
              chunk: int = 250, returns: str = "realized", name: str = "", keep_samples: int = 50,
-             device=None, progress: bool = False) -> Backfill:
+             device=None, progress: bool | None = None) -> Backfill:
     """Generate a backfill of `days` days from day index `start` (needs `start >= C`)."""
     from tqdm.auto import tqdm
+    from .pipeline import show_progress
+    progress = show_progress() if progress is None else progress
     C = model.context_len
     device = device or next(model.parameters()).device
     if start < C:

@@ -174,6 +174,11 @@ def open_run(params_path, run_dir=None) -> Run:
 
 # --- executing notebooks -----------------------------------------------------------------------
 
+def show_progress() -> bool:
+    """Progress bars in interactive sessions; off in batch runs (their text would clutter the book)."""
+    return os.environ.get("BACKFILL_BATCH") != "1"
+
+
 def available_notebooks() -> list[str]:
     return [n for n in NOTEBOOKS if (ROOT / "notebooks" / f"{n}.ipynb").exists()]
 
@@ -199,6 +204,7 @@ def run(params_path, start=None, only=None, force=False, run_dir=None, log=print
 
     params_path = Path(params_path).resolve()
     p = _params.load(params_path)          # bad params fail here, before anything is written
+    os.environ["BACKFILL_BATCH"] = "1"     # inherited by the kernels papermill starts
     _data.load_for(p)                      # so does bad data
     run_dir = Path(run_dir).resolve() if run_dir else default_run_dir(p)
     (run_dir / "notebooks").mkdir(parents=True, exist_ok=True)

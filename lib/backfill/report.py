@@ -90,7 +90,7 @@ def loss_curves(history: pd.DataFrame, title: str):
     """Train/validation loss and validation RMSE per epoch of one phase."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("loss", "validation RMSE (vol points)"))
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("loss", "validation RMSE (implied vol)"))
     x = history["global_epoch"]
     fig.add_trace(go.Scatter(x=x, y=history["train_loss"], name="train loss", mode="lines+markers"), 1, 1)
     fig.add_trace(go.Scatter(x=x, y=history["val_loss"], name="validation loss", mode="lines+markers"), 1, 1)

@@ -226,7 +226,7 @@ CSV_FIELDS = ["phase", "epoch", "global_epoch", "train_loss", "val_loss", "val_r
               "seconds", "rmse_by"]
 
 
-def train_phase(run, number: int, stop_after: int | None = None, progress: bool = True) -> dict:
+def train_phase(run, number: int, stop_after: int | None = None, progress: bool | None = None) -> dict:
     """Train curriculum phase `number` (1..4) of a run; returns its summary (also in metrics.json).
 
     Resumes from checkpoints/last.pt when it belongs to this phase and these params; starts from
@@ -283,6 +283,7 @@ def train_phase(run, number: int, stop_after: int | None = None, progress: bool 
 
     writer = SummaryWriter(str(log_dir / "tensorboard"))
     csv_path = log_dir / f"phase{number}.csv"
+    progress = pipeline.show_progress() if progress is None else progress
     bar = tqdm(range(start_epoch, spec.epochs), desc=f"phase {number} ({spec.name})", disable=not progress,
                initial=start_epoch, total=spec.epochs)
     use_bf16 = t["bf16"] and device.type == "cuda"
