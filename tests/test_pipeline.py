@@ -77,8 +77,13 @@ def test_a_failing_notebook_marks_the_run_failed(run_dir, tmp_path):
     assert m["run_state"] == "failed"
     assert "02_phase1_teacher_forcing: FAILED in cell" in res.stdout
     assert (broken / "notebooks" / "02_phase1_teacher_forcing.failed.ipynb").exists()
-    # the earlier good output of that notebook is not overwritten by the failed one
-    assert (broken / "notebooks" / "02_phase1_teacher_forcing.ipynb").exists()
+    # the earlier outputs of that notebook and the ones after it are set aside, not mixed into a book
+    nb = broken / "notebooks"
+    assert not (nb / "02_phase1_teacher_forcing.ipynb").exists() and not (nb / "03_phase2_multihorizon.ipynb").exists()
+    assert (nb / "stale" / "03_phase2_multihorizon.ipynb").exists() and (nb / "01_data_autocorrelation.ipynb").exists()
+    assert m["status"]["03_phase2_multihorizon"]["state"] == "stale"
+    res = cli("book", broken)
+    assert res.returncode != 0 and "failed" in res.stderr and "02_phase1_teacher_forcing" in res.stderr
 
 
 def test_book_builds_with_glued_numbers(run_dir):

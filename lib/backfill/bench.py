@@ -1,9 +1,8 @@
 """`python -m backfill bench`: training throughput per phase at the full model size, to JSON.
 
 Times forward + backward + optimiser step on batches of real windows of the default data (the
-params' batch size, 32 in full.yaml) after warm-up batches, and projects the whole curriculum's
-training time from the full plan's epochs and window counts. Generation timing is added by the
-generation module when it exists.
+params' batch size, 32 in full.yaml) after warm-up batches, projects the whole curriculum's
+training time from the full plan's epochs and window counts, and times a 1000-sample 1-year backfill.
 """
 from __future__ import annotations
 
@@ -83,14 +82,11 @@ def main(params_path="params/full.yaml", out="runs/bench.json", steps: int = 5) 
               f"projected {r['projected_training_seconds'] / 60:.1f} min for {spec.epochs} epochs")
     result["projected_training_minutes"] = total / 60
     result["projection_note"] = ("training batches only; per-epoch validation adds to it")
+    from . import generate
+    result["generation"] = generate.bench(p, ds, device)
     result["peak_memory_mb"] = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
                                 else _peak_rss_mb())
     result["peak_memory_kind"] = "CUDA allocated" if device.type == "cuda" else "process max RSS"
-    try:
-        from . import generate
-        result["generation"] = generate.bench(p, ds, device)
-    except ImportError:
-        pass
     pipeline.atomic_write_text(Path(out), json.dumps(pipeline._jsonable(result), indent=2) + "\n")
     print(f"projected full curriculum: {result['projected_training_minutes']:.1f} min on {result['device']}; "
           f"written to {out}")

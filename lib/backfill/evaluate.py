@@ -66,7 +66,9 @@ def rolling_summary(scores: dict) -> dict:
 
 def dm_tests(bfs: dict, reference: str) -> dict:
     """Diebold-Mariano (squared error, Newey-West) of `reference` against every other method, per named
-    window and pooled over the rolling origins."""
+    window and pooled over the rolling origins. Path forecasts have errors correlated over many days, so
+    the Newey-West bandwidth is H-1 within a window (the standard choice for H-step forecasts) and the
+    window length when pooling overlapping rolling windows."""
     out = {}
     pooled = {}
     for name, methods in bfs.items():
@@ -82,9 +84,10 @@ def dm_tests(bfs: dict, reference: str) -> dict:
                 pooled[key][0].append(e_ref)
                 pooled[key][1].append(e)
             else:
-                out.setdefault(name, {})[key] = metrics.diebold_mariano(e_ref, e)
+                out.setdefault(name, {})[key] = metrics.diebold_mariano(e_ref, e, lags=max(ref.horizon - 1, 0))
     if pooled:
-        out["rolling_pooled"] = {k: metrics.diebold_mariano(np.concatenate(a), np.concatenate(b))
+        days = max(len(x) for x in next(iter(pooled.values()))[0])
+        out["rolling_pooled"] = {k: metrics.diebold_mariano(np.concatenate(a), np.concatenate(b), lags=days)
                                  for k, (a, b) in pooled.items()}
     return out
 

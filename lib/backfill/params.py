@@ -248,8 +248,9 @@ def validate(p: dict) -> dict:
         _fail("model.use_quantile_regression", "must be true (the decoder is a quantile decoder)")
     if len(q) != m["num_quantiles"]:
         _fail("model.quantiles", f"has {len(q)} values but model.num_quantiles is {m['num_quantiles']}")
-    if sorted(q) != q or not all(0 < x < 1 for x in q) or 0.5 not in q:
-        _fail("model.quantiles", f"must be increasing, inside (0, 1) and include 0.5, got {q}")
+    if sorted(q) != q or not all(0 < x < 1 for x in q) or not {0.05, 0.5, 0.95} <= set(q) \
+            or q[0] != 0.05 or q[-1] != 0.95:
+        _fail("model.quantiles", f"must be increasing from 0.05 to 0.95 and include 0.5 (the CI is p05-p95), got {q}")
     if len(m["quantile_loss_weights"]) != len(q):
         _fail("model.quantile_loss_weights", f"needs one weight per quantile ({len(q)}), got "
               f"{len(m['quantile_loss_weights'])}")

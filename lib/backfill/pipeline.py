@@ -118,10 +118,12 @@ def provenance() -> dict:
 TRAINING_SECTIONS = ("seed", "data", "model", "training")
 
 
-def params_hash(p: dict, sections=None) -> str:
+def params_hash(p: dict, sections=None, data_fingerprint: str | None = None) -> str:
     """Hash of the params (or of some sections: checkpoints only depend on TRAINING_SECTIONS, so
-    editing a gate threshold re-runs notebooks without retraining)."""
+    editing a gate threshold re-runs notebooks without retraining) and of the data's fingerprint, so
+    that changed data invalidates finished notebooks and checkpoints."""
     body = {k: v for k, v in p.items() if k != "provenance" and (sections is None or k in sections)}
+    body["_data_fingerprint"] = data_fingerprint
     return hashlib.sha256(json.dumps(_jsonable(body), sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -162,7 +164,7 @@ def open_run(params_path, run_dir=None) -> Run:
     run_dir = Path(run_dir) if run_dir else default_run_dir(p)
     for sub in ("notebooks", "checkpoints", "logs", "backfill"):
         (run_dir / sub).mkdir(parents=True, exist_ok=True)
-    record = dict(p, provenance={**provenance(), "params_hash": params_hash(p),
+    record = dict(p, provenance={**provenance(), "params_hash": params_hash(p, data_fingerprint=_data.fingerprint(ds)),
                                  "params_source": str(Path(params_path).resolve()),
                                  "data_fingerprint": _data.fingerprint(ds)})
     atomic_write_text(run_dir / "params.yaml", yaml.safe_dump(_jsonable(record), sort_keys=False))
@@ -205,13 +207,13 @@ def run(params_path, start=None, only=None, force=False, run_dir=None, log=print
     params_path = Path(params_path).resolve()
     p = _params.load(params_path)          # bad params fail here, before anything is written
     os.environ["BACKFILL_BATCH"] = "1"     # inherited by the kernels papermill starts
-    _data.load_for(p)                      # so does bad data
+    ds = _data.load_for(p)                 # so does bad data
     run_dir = Path(run_dir).resolve() if run_dir else default_run_dir(p)
     (run_dir / "notebooks").mkdir(parents=True, exist_ok=True)
-    h = params_hash(p)
+    h = params_hash(p, data_fingerprint=_data.fingerprint(ds))
     todo = select(available_notebooks(), start, only)
     status = read_metrics(run_dir).get("status", {})
-    update_metrics(run_dir, profile=p["profile"])
+    update_metrics(run_dir, profile=p["profile"], run_state="running")
     for i, name in enumerate(todo, 1):
         out = run_dir / "notebooks" / f"{name}.ipynb"
         st = status.get(name, {})
@@ -226,10 +228,11 @@ def run(params_path, start=None, only=None, force=False, run_dir=None, log=print
             pm.execute_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"), str(tmp),
                                 parameters={"params_path": str(params_path), "run_dir": str(run_dir)},
                                 cwd=str(ROOT / "notebooks"), progress_bar=False, kernel_name="python3")
-        except Exception as e:  # papermill's execution error, or a kernel that died
+        except BaseException as e:  # papermill's execution error, a dead kernel, or Ctrl-C
             failed = out.with_name(f"{name}.failed.ipynb")
             if tmp.exists():
                 os.replace(tmp, failed)
+            _set_aside([n for n in NOTEBOOKS[NOTEBOOKS.index(name):]], run_dir)
             cell = getattr(e, "exec_count", None) or getattr(e, "cell_index", None)
             err = f"{getattr(e, 'ename', type(e).__name__)}: {getattr(e, 'evalue', str(e))}".strip()
             err = err.splitlines()[0] if err else type(e).__name__
@@ -237,6 +240,8 @@ def run(params_path, start=None, only=None, force=False, run_dir=None, log=print
                         seconds=round(time.time() - t0, 1))
             update_metrics(run_dir, run_state="failed")
             log(f"[{i}/{len(todo)}] {name}: FAILED in cell {cell}: {err}\n  see {failed}")
+            if not isinstance(e, Exception):
+                raise
             return 1
         os.replace(tmp, out)
         _set_status(run_dir, name, "ok", params_hash=h, seconds=round(time.time() - t0, 1))
@@ -249,13 +254,33 @@ def run(params_path, start=None, only=None, force=False, run_dir=None, log=print
     return 0
 
 
+def _set_aside(names: list[str], run_dir: Path) -> None:
+    """Move executed copies that no longer match the run (a failed notebook and those after it) to
+    notebooks/stale/, and mark them, so that no book mixes them with the new results."""
+    status = read_metrics(run_dir).get("status", {})
+    for n in names:
+        old = run_dir / "notebooks" / f"{n}.ipynb"
+        if old.exists():
+            (run_dir / "notebooks" / "stale").mkdir(exist_ok=True)
+            os.replace(old, run_dir / "notebooks" / "stale" / old.name)
+        if n in status and status[n].get("state") == "ok":
+            status[n] = {"state": "stale"}
+    update_metrics(run_dir, status=status)
+
+
 # --- the book ----------------------------------------------------------------------------------
 
 def build_book(run_dir, log=print) -> Path:
     """Stage the book pages and config beside the run's executed notebooks and build the HTML."""
     import plotly
     run_dir = Path(run_dir).resolve()
-    done = [n for n in NOTEBOOKS if (run_dir / "notebooks" / f"{n}.ipynb").exists()]
+    m = read_metrics(run_dir)
+    if m.get("run_state") == "failed":
+        failed = [n for n, s in m.get("status", {}).items() if s.get("state") == "failed"]
+        raise SystemExit(f"backfill: the run in {run_dir} failed ({', '.join(failed)}); fix it and re-run "
+                         f"before building its book")
+    done = [n for n in NOTEBOOKS if (run_dir / "notebooks" / f"{n}.ipynb").exists()
+            and m.get("status", {}).get(n, {}).get("state", "ok") == "ok"]
     if not done:
         raise SystemExit(f"backfill: {run_dir} has no executed notebooks; run `python -m backfill run` first")
     shutil.rmtree(run_dir / "_build", ignore_errors=True)       # a fresh build: no stale pages

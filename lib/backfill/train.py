@@ -237,7 +237,8 @@ def train_phase(run, number: int, stop_after: int | None = None, progress: bool 
 
     p, ds, run_dir = run.params, run.data, Path(run.run_dir)
     spec = phase_specs(p)[number - 1]
-    h = pipeline.params_hash(run.params, pipeline.TRAINING_SECTIONS)
+    from .data import fingerprint
+    h = pipeline.params_hash(run.params, pipeline.TRAINING_SECTIONS, fingerprint(ds))
     ck_dir, log_dir = run_dir / "checkpoints", run_dir / "logs"
     ck_dir.mkdir(parents=True, exist_ok=True)
     log_dir.mkdir(parents=True, exist_ok=True)
