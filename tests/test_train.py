@@ -79,7 +79,8 @@ def test_loss_decreases_and_phases_chain(base, tmp_path):
         train.train_phase(run, 4, progress=False)
     for n in (2, 3, 4):
         s = train.train_phase(run, n, progress=False)
-    assert set(s["val_eval"]) >= {"offset_5", "offset_9", "rmse", "ci_violation"}
+    assert set(s["val_eval"]) >= {"offset_5", "offset_9", "rmse", "ci_violation", "context_beta", "context_beta_truth"}
+    assert len(s["val_eval"]["offset_9"]["persistence_rmse_by_pass"]) == 3
     assert len(s["val_eval"]["offset_9"]["rmse_by_pass"]) == 3
     rec = train.phase_record(s1)
     assert set(rec["val_rmse_by_horizon"]) == {1}
@@ -108,3 +109,10 @@ def test_checkpoints_depend_only_on_training_params(base):
     assert pipeline.params_hash(p) != pipeline.params_hash(base[0])       # but the notebooks re-run
     p["training"]["learning_rate"] = 1e-4
     assert pipeline.params_hash(p, pipeline.TRAINING_SECTIONS) != h
+
+
+def test_context_slope_hand_case():
+    x = np.array([0.1, 0.2, 0.3, 0.4])
+    assert train._slope(x, 0.5 * x + 0.2) == pytest.approx(0.5)       # keeps half of a context shock
+    assert train._slope(x, np.full(4, 0.23)) == pytest.approx(0.0, abs=1e-12)   # context-blind
+    assert np.isnan(train._slope(np.full(4, 0.2), x))

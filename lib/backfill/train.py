@@ -154,10 +154,11 @@ def evaluate(model, spec: PhaseSpec, series: Series, starts, p: dict, batch: int
     last = np.concatenate(last_ctx)                                              # (N, n_mat, n_mon)
     for o in offsets:
         med, lo, hi, tr = (np.concatenate(v) for v in preds[o])
-        first = med[:, 0, 0] if spec.kind == "ar" else med[:, 0]                 # first forecast day
-        # sanity: does the forecast follow the context? (near 0 = context-blind; the truth is near 1)
-        res["context_corr"] = _corr(last.mean((1, 2)), first.mean((1, 2)))
-        res["context_corr_truth"] = _corr(last.mean((1, 2)), (tr[:, 0, 0] if spec.kind == "ar" else tr[:, 0]).mean((1, 2)))
+        # sanity: how much of the context's level does the forecast keep over its horizon? The slope of
+        # the forecast's mean level on the last context day's level, across windows, beside the truth's
+        lvl = last.mean((1, 2))
+        res["context_beta"] = _slope(lvl, med.reshape(len(med), -1).mean(1))
+        res["context_beta_truth"] = _slope(lvl, tr.reshape(len(tr), -1).mean(1))
         if spec.kind == "ar":
             naive = np.broadcast_to(last[:, None, None], tr.shape)               # persistence forecast
             by_pass = [rmse(med[:, s], tr[:, s]) for s in range(spec.steps)]
@@ -176,8 +177,9 @@ def evaluate(model, spec: PhaseSpec, series: Series, starts, p: dict, batch: int
     return res
 
 
-def _corr(a, b) -> float:
-    return float(np.corrcoef(a, b)[0, 1]) if np.std(a) > 0 and np.std(b) > 0 else float("nan")
+def _slope(x, y) -> float:
+    """OLS slope of y on x (nan when x does not vary)."""
+    return float(np.polyfit(x, y, 1)[0]) if np.std(x) > 0 else float("nan")
 
 
 def _eval_starts(span, length, cap):
@@ -370,7 +372,8 @@ def phase_record(summary: dict) -> dict:
     """The `phases` entry of metrics.json for one phase summary."""
     va, tr = summary["val_eval"], summary["train_eval"]
     rec = {k: summary[k] for k in ("name", "epochs", "seconds", "device", "final_train_loss", "final_val_loss")}
-    rec["val_context_corr"] = va.get("context_corr")
+    rec["val_context_beta"] = va.get("context_beta")
+    rec["val_context_beta_truth"] = va.get("context_beta_truth")
     if "rmse_by_horizon" in va:
         rec.update(val_rmse_by_horizon=va["rmse_by_horizon"], val_ci_violation_by_horizon=va["ci_by_horizon"],
                    val_persistence_rmse_by_horizon=va["persistence_rmse_by_horizon"],
