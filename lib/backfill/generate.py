@@ -151,9 +151,9 @@ def bench(p: dict, ds, device, n_samples: int = 1000, days: int = 252) -> dict:
     g = p["generation"]
     start = ds.n_days - days - 1
     bf = backfill(model, ds, start, days, g["horizon"], g["offset_fast"], n_samples, seed=0,
-                  chunk=g["sample_chunk"], device=device)
+                  chunk=g["sample_chunk"], device=device, progress=False)
     bf45 = backfill(model, ds, start, days, g["horizon"], g["offset_ensemble"], n_samples, seed=0,
-                    chunk=g["sample_chunk"], device=device)
+                    chunk=g["sample_chunk"], device=device, progress=False)
     return {"samples": n_samples, "days": days, "offset_fast": {"passes": bf.passes, "seconds": bf.seconds},
             "offset_ensemble": {"passes": bf45.passes, "seconds": bf45.seconds},
             "chunk": g["sample_chunk"]}
