@@ -19,9 +19,9 @@ def setup():
 # --- passes and coverage: the seed's section 5 -------------------------------------------------
 
 def test_passes_and_days_covered_match_the_seed():
-    assert generate.n_passes(252, 90) == 3 and generate.coverage(90, 90, 3) == 270
-    assert generate.n_passes(252, 45) == 6 and generate.coverage(90, 45, 6) == 315
-    assert generate.n_passes(180, 90) == 2 and generate.coverage(90, 90, 2) == 180
+    assert generate.n_passes(252, 90) == 3 and generate.days_covered(90, 90, 3) == 270
+    assert generate.n_passes(252, 45) == 6 and generate.days_covered(90, 45, 6) == 315
+    assert generate.n_passes(180, 90) == 2 and generate.days_covered(90, 90, 2) == 180
 
 
 def test_offset45_overlap_weights_are_exact():

@@ -26,7 +26,7 @@ def n_passes(days: int, offset: int) -> int:
     return math.ceil(days / offset)
 
 
-def coverage(horizon: int, offset: int, passes: int) -> int:
+def days_covered(horizon: int, offset: int, passes: int) -> int:
     """Days covered by `passes` passes: (P-1)O + H (270 for 3 x O90, 315 for 6 x O45)."""
     return (passes - 1) * offset + horizon
 
@@ -92,7 +92,7 @@ def backfill(model, ds, start: int, days: int, horizon: int, offset: int, n_samp
         raise ValueError(f"backfill start {start} leaves fewer than {C} context days")
     passes = n_passes(days, offset)
     check_rollout(C, horizon, offset, passes)
-    span = coverage(horizon, offset, passes)
+    span = days_covered(horizon, offset, passes)
     known = min(span, ds.n_days - start)
     ctx = torch.as_tensor(ds.surface[start - C:start], dtype=torch.float32, device=device)   # (C, n_mat, n_mon)
     feats = torch.as_tensor(ds.features()[start - C:start + known], dtype=torch.float32, device=device)

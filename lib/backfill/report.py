@@ -110,23 +110,6 @@ def by_horizon_figure(values: dict, title: str, yaxis: str):
     return fig
 
 
-def check_mark(ok: bool | None, marginal: bool = False) -> str:
-    if ok is None:
-        return "⚠️"
-    return "✅" if ok and not marginal else ("⚠️" if ok or marginal else "❌")
-
-
-def criteria_table(rows: list[dict]) -> pd.DataFrame:
-    """rows of {criterion, value, threshold, op ('<' or '>')} -> a table with ✅/⚠️/❌ beside each."""
-    out = []
-    for r in rows:
-        v, thr, op = r["value"], r["threshold"], r.get("op", "<")
-        ok = None if v is None or not np.isfinite(v) else (v < thr if op == "<" else v > thr)
-        out.append({"criterion": r["criterion"], "measured": v, "threshold": f"{op} {thr:g}",
-                    "result": check_mark(ok)})
-    return pd.DataFrame(out)
-
-
 def availability_table(p: dict, span: tuple[int, int], seed_counts: dict | None = None) -> pd.DataFrame:
     """The seed's section-3 data-availability table, recomputed on a day span."""
     n = span[1] - span[0]
