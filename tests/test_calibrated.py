@@ -82,3 +82,60 @@ def test_ssvi_parameters_inside_bounds(data):
     assert c["ssvi_eta"] * (1 + abs(c["rho_min"])) <= 2 and 0 < c["ssvi_gamma"] <= 0.5
     assert -1 < c["rho_min"] <= c["rho0"] <= c["rho_max"] < 0
     assert 0.9 < c["garch_persistence"] < 1 and c["vrp_variance_factor"] > 1
+
+
+# --- any grid ------------------------------------------------------------------------------------
+
+MAT6 = [1 / 12, 1 / 6, 1 / 4, 1 / 2, 1.0, 2.0]
+MON7 = [0.9, 0.933, 0.967, 1.0, 1.033, 1.067, 1.1]
+
+
+@pytest.fixture(scope="module")
+def data6x7():
+    return make_default_arrays(maturities=MAT6, moneyness=MON7)
+
+
+def test_6x7_grid_shape_and_arbitrage(data, data6x7):
+    s = data6x7["surface"]
+    assert s.shape == (len(data["ret"]), 6, 7)
+    assert np.array_equal(data6x7["ret"], data["ret"]) and np.array_equal(data6x7["dates"], data["dates"])
+    np.testing.assert_array_equal(data6x7["maturities"], MAT6)
+    np.testing.assert_array_equal(data6x7["moneyness"], MON7)
+    assert np.all(np.isfinite(s)) and s.min() > 0
+    share = arbitrage_share(s, MAT6, MON7)                 # measured: 0 violations
+    assert 1 - share["any"] >= 0.99
+
+
+def test_6x7_grid_same_calibration(data, data6x7):
+    # the 1-month ATM series (and every point shared with the 5x5 grid) is the 5x5 build's, bit for bit
+    np.testing.assert_array_equal(data6x7["surface"][:, 0, 3], data["surface"][:, 0, 2])
+    np.testing.assert_array_equal(data6x7["surface"][:, [0, 2, 3, 4, 5], 3], data["surface"][:, :, 2])
+    assert data6x7["components"] == data["components"] and data6x7["vix_corr"] == data["vix_corr"]
+
+
+def test_calibration_does_not_need_the_1m_atm_point(data):
+    mat, mon = [0.1, 0.3, 1.5], [0.95, 1.02, 1.08]
+    d = make_default_arrays(maturities=mat, moneyness=mon)
+    assert d["surface"].shape == (len(data["ret"]), 3, 3)
+    assert d["components"]["vrp_variance_factor"] == data["components"]["vrp_variance_factor"]
+    assert d["vix_corr"] == data["vix_corr"]
+    assert arbitrage_share(d["surface"], mat, mon)["any"] <= 0.01
+
+
+def test_default_cache_per_grid(tmp_path, data, data6x7):
+    from backfill import data as data_mod
+    grid = {"maturities": MAT6, "moneyness": MON7}
+    p5, p6 = data_mod.default_cache_path(tmp_path), data_mod.default_cache_path(tmp_path, grid)
+    assert p5.name == "default_v1.npz"                     # the 5x5 cache name is unchanged
+    assert p6 != p5 and p6.name.startswith("default_v1_")
+    assert data_mod.default_cache_path(tmp_path, {"maturities": MAT6, "moneyness": MON7[:-1]}) != p6
+    ds6 = data_mod.load_default(tmp_path, grid)
+    assert p6.exists() and not p5.exists()
+    assert ds6.grid == (6, 7) and np.array_equal(ds6.surface, data6x7["surface"])
+    ds5 = data_mod.load_default(tmp_path)
+    assert p5.exists() and ds5.grid == (5, 5) and np.array_equal(ds5.surface, data["surface"])
+    again = data_mod.load("default", cache_dir=tmp_path, grid=grid)
+    assert "cached" in again.source and np.array_equal(again.surface, ds6.surface)
+    p6.write_bytes(p5.read_bytes())                        # a cache of the wrong grid is rebuilt
+    ds = data_mod.load_default(tmp_path, grid)
+    assert "cached" not in ds.source and ds.grid == (6, 7)

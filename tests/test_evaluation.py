@@ -470,14 +470,16 @@ def test_dm_tests_named_windows_and_rolling_pool():
     assert set(out["rolling_pooled"]) == {"vae_o90 vs econometric", "vae_o90 vs random_walk"}
     c = out["crisis"]["vae_o90 vs econometric"]
     assert c["days"] == 30 and c["dm"] < 0 and c["p_value"] < 0.01
-    want = metrics.diebold_mariano(errs["crisis"][0], errs["crisis"][1], lags=89)     # H-1 within a window
-    assert c["dm"] == pytest.approx(want["dm"])
+    # HLN horizon H (capped at half the window, here 15 of 30 days), bandwidth H-1 within a window
+    want = metrics.diebold_mariano(errs["crisis"][0], errs["crisis"][1], lags=14, horizon=15)
+    assert c["dm"] == pytest.approx(want["dm"]) and c["p_value"] == pytest.approx(want["p_value"])
+    assert abs(c["dm"]) < abs(c["dm_raw"])                                           # the HLN shrinkage
     assert c["dm"] != pytest.approx(metrics.diebold_mariano(errs["crisis"][0], errs["crisis"][1])["dm"])
     pooled = out["rolling_pooled"]["vae_o90 vs random_walk"]
     assert pooled["days"] == 20 + 25
     roll = ["rolling_000", "rolling_021"]
     want = metrics.diebold_mariano(np.concatenate([errs[w][0] for w in roll]),
-                                   np.concatenate([errs[w][2] for w in roll]), lags=25)   # the window length
+                                   np.concatenate([errs[w][2] for w in roll]), lags=25, horizon=25)   # window length
     assert pooled["dm"] == pytest.approx(want["dm"])
     assert pooled["mean_loss_diff"] == pytest.approx(want["mean_loss_diff"])
 
@@ -493,7 +495,7 @@ def test_dm_tests_scores_only_known_truth():
     r = out["normal"]["vae_o90 vs econometric"]
     assert r["days"] == 12
     assert "rolling_pooled" not in out
-    want = metrics.diebold_mariano(pv[:12] - truth, pe[:12] - truth, lags=89)
+    want = metrics.diebold_mariano(pv[:12] - truth, pe[:12] - truth, lags=5, horizon=6)
     assert r["dm"] == pytest.approx(want["dm"])
 
 

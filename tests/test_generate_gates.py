@@ -43,7 +43,7 @@ def test_overlapping_days_are_the_mean_of_the_covering_passes(setup):
     bf = generate.backfill(model, ds, start, days, H, O, 1, seed=7)
     # the same rollout by hand, with the same generator seed
     ctx = torch.as_tensor(ds.surface[start - C:start], dtype=torch.float32)[None]
-    feats = torch.as_tensor(ds.features()[start - C:start + 3 * O + H], dtype=torch.float32)[None]
+    feats = torch.as_tensor(ds.features(model.cfg.rv_halflives)[start - C:start + 3 * O + H], dtype=torch.float32)[None]
     with torch.no_grad():
         steps = rollout(model, ctx, feats, C, H, O, generate.n_passes(days, O), maturities=ds.maturities,
                         moneyness=ds.moneyness, generate=True, generator=torch.Generator().manual_seed(7))
@@ -101,12 +101,13 @@ P = {"gates": {"marginal_band": 0.1, "phase1_h1_rmse_train": 0.02, "phase1_h1_rm
                "gate1_h90_rmse_train": 0.07, "gate1_h90_rmse_val": 0.08, "gate1_ci_violation": 0.25,
                "gate2_pass_ratio": 1.5, "gate2_offset_gap": 0.10, "phase4_pass_ratio": 1.5,
                "phase4_offset_gap": 0.15, "phase4_ci_violation": 0.35, "gate3_pass_ratio": 1.5,
-               "gate3_ci_violation": 0.35, "gate3_coint_normal": 0.80},
+               "gate3_ci_violation": 0.35, "gate3_coint_normal": 0.80, "kl_max": 10.0},
      "training": {"phase2_horizons": [1, 90], "phase3_offsets": [30, 60], "phase3_ar_steps": 3,
                   "phase4_offsets": [45, 90], "phase4_ar_steps": 3}}
 
 
-def _decide(number, summary):
+def _decide(number, summary, kl=1.0):
+    summary["val_eval"].setdefault("kl", kl)
     return gates.evaluate_checks(gates.phase_checks(number, summary, P), P)
 
 
@@ -115,7 +116,7 @@ def test_phase1_decisions():
     assert _decide(1, {"train_eval": ev(0.010), "val_eval": ev(0.015)})["decision"] == "PASS"
     assert _decide(1, {"train_eval": ev(0.010), "val_eval": ev(0.026)})["decision"] == "MARGINAL"  # within 10%
     res = _decide(1, {"train_eval": ev(0.010), "val_eval": ev(0.040)})
-    assert res["decision"] == "FAIL" and [c["mark"] for c in res["checks"]] == ["✅", "❌"]
+    assert res["decision"] == "FAIL" and [c["mark"] for c in res["checks"]] == ["✅", "❌", "✅"]
     assert res["checks"][1]["value"] == 0.04 and res["checks"][1]["threshold"] == 0.025
 
 
@@ -140,6 +141,16 @@ def test_gate2_and_phase4_pass_ratio_and_offset_gap():
     assert _decide(4, {"train_eval": {}, "val_eval": ev(0.05, 0.05, 1.6)})["decision"] == "MARGINAL"
     assert _decide(4, {"train_eval": {}, "val_eval": ev(0.05, 0.05, 1.2, ci=0.50)})["decision"] == "FAIL"
     assert gates.offset_gap(0.05, 0.06) == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("number", [1, 2, 3, 4])
+def test_every_phase_checks_the_seeds_kl_criterion(number):
+    ev = {"rmse_by_horizon": {1: 0.01, 90: 0.01}, "ci_by_horizon": {1: 0.1, 90: 0.1}, "ci_violation": 0.1,
+          **{f"offset_{o}": {"rmse": 0.05, "pass_ratio": 1.0} for o in (30, 45, 60, 90)}}
+    assert _decide(number, {"train_eval": ev, "val_eval": dict(ev)}, kl=3.0)["decision"] == "PASS"
+    res = _decide(number, {"train_eval": ev, "val_eval": dict(ev)}, kl=25.0)
+    assert res["decision"] == "FAIL"
+    assert [c["criterion"] for c in res["checks"] if c["mark"] == "❌"] == ["KL to the prior (validation)"]
 
 
 def test_gate3_decisions():

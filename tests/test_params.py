@@ -327,3 +327,57 @@ def test_longest_window_test():
 def test_every_committed_params_file_is_valid(path):
     p = params.load(path)
     assert p["profile"] == path.stem
+
+
+# --- 6. data.grid (the default dataset on any grid) ------------------------------------------------
+
+GRID = {"maturities": [1 / 12, 1 / 6, 1 / 4, 1 / 2, 1.0, 2.0], "moneyness": [0.9, 0.933, 0.967, 1.0, 1.033, 1.067, 1.1]}
+
+
+@pytest.mark.parametrize("name", PROFILES)
+def test_grid_defaults_to_null(name):
+    assert params.load(params.profile_path(name))["data"]["grid"] is None
+
+
+def test_grid_loads(tmp_path):
+    p = _raw()
+    p["data"]["grid"] = GRID
+    assert params.load(_write(tmp_path, p))["data"]["grid"] == GRID
+
+
+@pytest.mark.parametrize("grid", [
+    {"maturities": [0.5, 0.25, 1.0], "moneyness": [0.9, 1.0, 1.1]},       # not increasing
+    {"maturities": [0.25, 0.25], "moneyness": [0.9, 1.0, 1.1]},            # repeated
+    {"maturities": [0.0, 0.5], "moneyness": [0.9, 1.0, 1.1]},              # not positive
+    {"maturities": [0.25, 0.5], "moneyness": [-1.0, 1.0, 1.1]},
+    {"maturities": [0.5], "moneyness": [0.9, 1.0, 1.1]},                   # too few maturities
+    {"maturities": [0.25, 0.5], "moneyness": [0.9, 1.1]},                  # too few strikes
+    {"maturities": [0.25, 0.5], "moneyness": ["a", 1.0, 1.1]},
+    {"maturities": [0.25, 0.5]},                                           # missing key
+    {"maturities": [0.25, 0.5], "moneyness": [0.9, 1.0, 1.1], "strikes": [1]},
+    [0.25, 0.5],                                                           # not a mapping
+])
+def test_bad_grid(tmp_path, grid):
+    p = _raw()
+    p["data"]["grid"] = grid
+    assert "data.grid" in _load_error(tmp_path, p)
+
+
+def test_grid_needs_the_default_source(tmp_path):
+    p = _raw()
+    p["data"]["source"] = str(tmp_path / "surfaces.npz")
+    p["data"]["grid"] = GRID
+    msg = _load_error(tmp_path, p)
+    assert "data.grid" in msg and "default" in msg
+    with pytest.raises(DataError) as ei:                  # data.load refuses it too
+        data.load(str(tmp_path / "surfaces.npz"), grid=GRID)
+    assert "data.grid" in str(ei.value) and "\n" not in str(ei.value)
+
+
+def test_load_for_honours_grid(tmp_path):
+    p = _raw()
+    p["data"]["grid"] = GRID
+    p["data"]["cache_dir"] = str(tmp_path)
+    ds = data.load_for(params.load(_write(tmp_path, p)))
+    assert ds.grid == (6, 7) and list(ds.moneyness) == GRID["moneyness"]
+    assert data.default_cache_path(tmp_path, GRID).exists()

@@ -118,8 +118,8 @@ def test_generation_reads_only_the_context():
     x2 = x.clone()
     x2[:, 10:] = 3.0                                     # future days are not inputs in generation
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
-    o1 = model(x, a, 10, horizon=15, prior_future=True, generator=g1)
-    o2 = model(x2, a, 10, horizon=15, prior_future=True, generator=g2)
+    o1 = model.forecast(x[:, :10], a[:, :10], 15, a[:, 10:], generator=g1)
+    o2 = model.forecast(x2[:, :10], a[:, :10], 15, a[:, 10:], generator=g2)
     assert o1["q"].shape == (2, 25, 3, 5, 5)
     assert torch.equal(o1["q"], o2["q"])
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .generate import Backfill
-from .metrics import ewma_realized_vol
+from .metrics import crps_ensemble, ewma_realized_vol
 
 
 @dataclass
@@ -90,13 +90,15 @@ def random_walk_backfill(changes: np.ndarray, ds, start: int, days: int, segment
 
 def _as_backfill(ds, start, days, known, point, paths, segment_len, name, method, lo=None, hi=None) -> Backfill:
     shape = (known, *ds.grid)
+    crps = None
     if paths is not None:
         lo, med, hi = np.percentile(paths, [5, 50, 95], axis=0)
         point = med
+        crps = crps_ensemble(paths, ds.surface[start:start + known].reshape(known, -1)).reshape(shape)
     labels = ds.day_labels()
     r = lambda a: np.asarray(a).reshape(shape)                                             # noqa: E731
     return Backfill(name=name or method, start=start, days=known, horizon=segment_len, offset=segment_len,
                     passes=int(np.ceil(known / segment_len)), n_samples=0 if paths is None else len(paths),
                     dates=np.asarray(labels[start:start + known]).astype(str), p05=r(lo), p50=r(point), p95=r(hi),
                     spread05=r(lo), spread95=r(hi), sample_p50=np.zeros((0, *ds.grid), np.float32),
-                    truth=ds.surface[start:start + known], segment=np.arange(known) // segment_len)
+                    truth=ds.surface[start:start + known], segment=np.arange(known) // segment_len, crps=crps)

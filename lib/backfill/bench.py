@@ -56,7 +56,7 @@ def main(params_path="params/full.yaml", out="runs/bench.json", steps: int = 5) 
     ds = data.load_for(p)
     device = train.pick_device(p)
     sp = data.splits(ds, p)
-    series = train.Series.from_dataset(ds, device)
+    series = train.Series.from_dataset(ds, device, p["model"]["rv_halflives"])
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     result = {"params": str(params_path), "profile": p["profile"], "device": str(device),

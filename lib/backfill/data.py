@@ -43,10 +43,12 @@ class Dataset:
     def grid(self) -> tuple[int, int]:
         return self.surface.shape[1], self.surface.shape[2]
 
-    def features(self) -> np.ndarray:
-        """(N, 3) extra features per day: [return, skew, slope]."""
+    def features(self, rv_halflives=()) -> np.ndarray:
+        """(N, 3 + len(rv_halflives)) extra features per day: [return, skew, slope, log RV_h ...], RV_h the
+        causal EWMA realised vol of the returns with a half-life of h days (known at each day's close)."""
         skew, slope = skew_slope(self.surface, self.maturities, self.moneyness)
-        return np.stack([self.ret, skew, slope], axis=-1).astype(np.float32)
+        rv = [np.log(ewma_vol(self.ret, h)) for h in rv_halflives]
+        return np.stack([self.ret, skew, slope, *rv], axis=-1).astype(np.float32)
 
     def day_labels(self) -> np.ndarray:
         """ISO dates, or integer day indices when the data has no dates."""
@@ -88,6 +90,18 @@ def skew_slope(surface, maturities, moneyness):
     skew = 0.5 * (row[..., ix["lo"]] + row[..., ix["hi"]]) - row[..., ix["atm"]]
     slope = surface[..., ix["mlast"], ix["atm"]] - surface[..., ix["m3m"], ix["atm"]]
     return skew, slope
+
+
+def ewma_vol(ret, halflife: float, periods: int = 252, warmup: int = 20) -> np.ndarray:
+    """Annualised EWMA volatility of daily log returns with the given half-life in days, causal:
+    s2_t = lam s2_{t-1} + (1 - lam) r_t^2, lam = 0.5^(1/halflife), started from the mean square of the
+    first `warmup` days, floored at 1e-4 so its log is finite."""
+    from scipy.signal import lfilter
+    r2 = np.asarray(ret, dtype=float) ** 2
+    lam = 0.5 ** (1.0 / halflife)
+    s0 = np.mean(r2[:warmup]) if len(r2) else 0.0
+    s2, _ = lfilter([1 - lam], [1, -lam], r2, zi=[lam * s0])
+    return np.sqrt(np.maximum(periods * s2, 1e-8))
 
 
 # --- validation --------------------------------------------------------------------------------
@@ -222,18 +236,54 @@ def default_cache_dir(cache_dir=None) -> Path:
     return Path(cache_dir or os.environ.get("BACKFILL_CACHE") or Path.home() / ".cache" / "backfill")
 
 
-def load_default(cache_dir=None) -> Dataset:
-    """The embedded market-calibrated SPX-like dataset, built once and cached as an .npz."""
+def default_grid(grid=None) -> tuple[np.ndarray, np.ndarray]:
+    """(maturities, moneyness) of the default dataset: data.grid {maturities: [years], moneyness:
+    [K/S]}, or the reference 5x5 grid when None."""
+    if grid is None:
+        return REFERENCE_MATURITIES.copy(), REFERENCE_MONEYNESS.copy()
+    if not isinstance(grid, dict) or set(grid) != {"maturities", "moneyness"}:
+        raise DataError(f"data.grid must map 'maturities' and 'moneyness' to lists of numbers, got {grid!r}")
+    out = []
+    for key, n_min in (("maturities", 2), ("moneyness", 3)):
+        try:
+            a = np.asarray(grid[key], dtype=float)
+        except (TypeError, ValueError):
+            a = np.array([np.nan])
+        if a.ndim != 1 or a.size < n_min or not np.all(np.isfinite(a)) or np.any(a <= 0) or np.any(np.diff(a) <= 0):
+            raise DataError(f"data.grid.{key} must be >= {n_min} positive, strictly increasing numbers, "
+                            f"got {grid[key]!r}")
+        out.append(a)
+    return out[0], out[1]
+
+
+def default_cache_path(cache_dir=None, grid=None) -> Path:
+    """Cache file of the default dataset on a grid: default_<version>.npz for the reference grid
+    (so existing caches stay valid), default_<version>_<grid hash>.npz for any other."""
+    mat, mon = default_grid(grid)
+    name = f"default_{DEFAULT_CACHE_VERSION}"
+    if not (np.array_equal(mat, REFERENCE_MATURITIES) and np.array_equal(mon, REFERENCE_MONEYNESS)):
+        h = hashlib.sha256(np.array([mat.size, mon.size], np.int64).tobytes() + mat.tobytes() + mon.tobytes())
+        name += f"_{h.hexdigest()[:12]}"
+    return default_cache_dir(cache_dir) / f"{name}.npz"
+
+
+def load_default(cache_dir=None, grid=None) -> Dataset:
+    """The embedded market-calibrated SPX-like dataset on a grid (None: the reference 5x5; see
+    default_grid), built once per grid and cached as an .npz."""
     from . import calibrated
-    path = default_cache_dir(cache_dir) / f"default_{DEFAULT_CACHE_VERSION}.npz"
+    mat, mon = default_grid(grid)
+    path = default_cache_path(cache_dir, grid)
     if path.exists():
         try:
             ds = load_npz(path)
-            ds.source = "default (market-calibrated, cached)"
-            return ds
+            if np.array_equal(ds.maturities, mat) and np.array_equal(ds.moneyness, mon):
+                ds.source = "default (market-calibrated, cached)"
+                return ds
         except DataError:
-            path.unlink(missing_ok=True)   # a broken cache is rebuilt, never trusted
-    arrays = calibrated.make_default_arrays()
+            pass
+        path.unlink(missing_ok=True)   # a broken or foreign cache is rebuilt, never trusted
+    arrays = calibrated.make_default_arrays(maturities=None if grid is None else mat,
+                                            moneyness=None if grid is None else mon)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
     np.savez(tmp, surface=arrays["surface"], ret=arrays["ret"], dates=np.asarray(arrays["dates"], dtype="U10"),
@@ -245,10 +295,13 @@ def load_default(cache_dir=None) -> Dataset:
                    source="default (market-calibrated)")
 
 
-def load(source: str, returns_path=None, cache_dir=None, min_len: int = 1) -> Dataset:
-    """Load and validate any supported source ("default", .npz, .csv, .parquet)."""
+def load(source: str, returns_path=None, cache_dir=None, min_len: int = 1, grid=None) -> Dataset:
+    """Load and validate any supported source ("default", .npz, .csv, .parquet); grid (data.grid)
+    only for "default"."""
     if source == "default":
-        ds = load_default(cache_dir)
+        ds = load_default(cache_dir, grid)
+    elif grid is not None:
+        raise DataError(f"data.grid applies only to data.source 'default' ({source} has its own grid)")
     else:
         p = Path(source)
         if not p.exists():
@@ -266,7 +319,8 @@ def load_for(p: dict) -> Dataset:
     """The dataset of a params dict, validated against the params' longest window and splits."""
     from . import params as _params
     d = p["data"]
-    ds = load(d["source"], d["returns_path"], d["cache_dir"], min_len=_params.longest_window(p))
+    ds = load(d["source"], d["returns_path"], d["cache_dir"], min_len=_params.longest_window(p),
+              grid=d.get("grid"))
     if p["model"]["feat_dim"] is not None and list(ds.grid) != list(p["model"]["feat_dim"]):
         raise DataError(f"model.feat_dim is {p['model']['feat_dim']} but the data's grid is "
                         f"{ds.grid[0]}x{ds.grid[1]}")

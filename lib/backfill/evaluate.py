@@ -2,13 +2,17 @@
 baselines, all scored by the same `metrics.score_backfill`, plus the seed's tables 6.2, 6.3 and 13.2."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 
-from . import baselines, gates, metrics
+from . import baselines, conformal, gates, metrics
 
 SCALARS = ("rmse", "ci_violation", "ci_violation_sampling_spread", "cointegration_share", "arbitrage_share",
-           "pass_ratio_last_first")
+           "arbitrage_share_raw", "pass_ratio_last_first", "coverage_p05", "coverage_p50", "coverage_p95",
+           "pinball_p05", "pinball_p50", "pinball_p95", "pinball_mean", "interval_score", "crps")
+CAL = "_cal"          # suffix of a method's conformally calibrated row
 
 
 def method_backfills(run, vae: dict, days: int) -> dict:
@@ -38,7 +42,8 @@ def score(run, bfs: dict) -> dict:
         n = len(any_bf.truth)
         rv_w = rv[any_bf.start:any_bf.start + n]
         out[name] = {m: metrics.score_backfill(b.p05, b.p50, b.p95, b.truth, b.segment, rv_w, ds.maturities,
-                                               ds.moneyness, spread=(b.spread05, b.spread95) if b.n_samples else None)
+                                               ds.moneyness, spread=(b.spread05, b.spread95) if b.n_samples else None,
+                                               crps=b.crps, arbitrage_raw=b.arbitrage_raw)
                      for m, b in methods.items()}
         out[name]["truth"] = {"cointegration_share": metrics.cointegration_share(any_bf.truth, rv_w),
                               "arbitrage_share": metrics.arbitrage_share(any_bf.truth, ds.maturities,
@@ -64,32 +69,65 @@ def rolling_summary(scores: dict) -> dict:
     return out
 
 
-def dm_tests(bfs: dict, reference: str) -> dict:
-    """Diebold-Mariano (squared error, Newey-West) of `reference` against every other method, per named
-    window and pooled over the rolling origins. Path forecasts have errors correlated over many days, so
-    the Newey-West bandwidth is H-1 within a window (the standard choice for H-step forecasts) and the
-    window length when pooling overlapping rolling windows."""
+def calibrate(calib: dict, test: dict) -> tuple[dict, dict]:
+    """Split-conformal calibration per method: fitted on the backfills of validation-split origins `calib`
+    ({window: {method: Backfill}}), per pass (H-day segment) and grid point, applied to every test window.
+    Returns (test with a `<method>_cal` row beside each method, {method: conformal.Calibration})."""
+    cals = {}
+    for m in next(iter(calib.values())):
+        cals[m] = conformal.fit([(np.stack([w[m].p05, w[m].p50, w[m].p95]), w[m].truth, w[m].segment)
+                                 for w in calib.values()])
     out = {}
-    pooled = {}
-    for name, methods in bfs.items():
-        ref = methods[reference]
-        e_ref = ref.p50[:len(ref.truth)] - ref.truth
+    for name, methods in test.items():
+        out[name] = dict(methods)
         for m, b in methods.items():
-            if m == reference:
-                continue
-            e = b.p50[:len(b.truth)] - b.truth
-            key = f"{reference} vs {m}"
-            if name.startswith("rolling_"):
-                pooled.setdefault(key, ([], []))
-                pooled[key][0].append(e_ref)
-                pooled[key][1].append(e)
-            else:
-                out.setdefault(name, {})[key] = metrics.diebold_mariano(e_ref, e, lags=max(ref.horizon - 1, 0))
-    if pooled:
-        days = max(len(x) for x in next(iter(pooled.values()))[0])
-        out["rolling_pooled"] = {k: metrics.diebold_mariano(np.concatenate(a), np.concatenate(b), lags=days)
-                                 for k, (a, b) in pooled.items()}
+            if m in cals:
+                q = conformal.apply(cals[m], np.stack([b.p05, b.p50, b.p95]), b.segment)
+                out[name][m + CAL] = dataclasses.replace(b, p05=q[0], p50=q[1], p95=q[2], n_samples=0, crps=None)
+    return out, cals
+
+
+def _pooled(bfs: dict, fn) -> dict:
+    """{method: concatenation over the rolling origins of fn(Backfill)}."""
+    roll = [w for w in bfs if w.startswith("rolling_")]
+    return {m: np.concatenate([fn(bfs[w][m]) for w in roll]) for m in bfs[roll[0]]} if roll else {}
+
+
+def dm_tests(bfs: dict, reference: str) -> dict:
+    """Diebold-Mariano with the Harvey-Leybourne-Newbold correction (squared error, Bartlett long-run variance)
+    of `reference` against every other method, per named window and pooled over the rolling origins. Path
+    forecasts have errors correlated over many days: within a window the bandwidth is H-1 and the HLN horizon H
+    (the standard choice for H-step forecasts); pooled over overlapping rolling windows, both are the window
+    length. Negative statistic: the reference is more accurate."""
+    out = {}
+    for name, methods in bfs.items():
+        if name.startswith("rolling_"):
+            continue
+        ref = methods[reference]
+        T = len(ref.truth)
+        h = max(min(ref.horizon, T // 2), 1)
+        out[name] = {f"{reference} vs {m}": metrics.diebold_mariano(ref.p50[:T] - ref.truth, b.p50[:T] - b.truth,
+                                                                    lags=h - 1, horizon=h)
+                     for m, b in methods.items() if m != reference}
+    err = _pooled(bfs, lambda b: b.p50[:len(b.truth)] - b.truth)
+    if err:
+        days = max(len(b.truth) for w, ms in bfs.items() if w.startswith("rolling_") for b in ms.values())
+        out["rolling_pooled"] = {f"{reference} vs {m}": metrics.diebold_mariano(err[reference], e, lags=days,
+                                                                                 horizon=days)
+                                 for m, e in err.items() if m != reference}
     return out
+
+
+def confidence_set(bfs: dict, methods: list[str], loss: str = "pinball", size: float = 0.1, seed: int = 0) -> dict:
+    """Model Confidence Set (Hansen, Lunde and Nason; arch.bootstrap.MCS) at level 1 - size over `methods`, on
+    their daily losses pooled over the rolling origins; stationary bootstrap with blocks of a window's length,
+    since a path forecast's losses stay correlated across it. {method: {in_set, p_value}}, plus 'loss'."""
+    losses = _pooled(bfs, lambda b: metrics.daily_loss(loss, b.p05, b.p50, b.p95, b.truth))
+    if not losses:
+        return {}
+    days = max(len(b.truth) for w, ms in bfs.items() if w.startswith("rolling_") for b in ms.values())
+    res = metrics.model_confidence_set({m: losses[m] for m in methods}, size=size, block_size=days, seed=seed)
+    return {"loss": loss, "size": size, "block_size": days, "methods": res}
 
 
 def _grade(value, row) -> str:

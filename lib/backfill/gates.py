@@ -42,14 +42,15 @@ def phase_checks(number: int, summary: dict, p: dict) -> list[dict]:
     t = p["training"]
     if number == 1:
         return [_check("H1 RMSE, in-sample", tr["rmse_by_horizon"][1], g["phase1_h1_rmse_train"]),
-                _check("H1 RMSE, validation", va["rmse_by_horizon"][1], g["phase1_h1_rmse_val"])]
+                _check("H1 RMSE, validation", va["rmse_by_horizon"][1], g["phase1_h1_rmse_val"]),
+                kl_check(summary, p)]
     if number == 2:
         H = max(t["phase2_horizons"])
         out = [_check(f"H{H} RMSE, in-sample", tr["rmse_by_horizon"][H], g["gate1_h90_rmse_train"]),
                _check(f"H{H} RMSE, validation", va["rmse_by_horizon"][H], g["gate1_h90_rmse_val"])]
         out += [_check(f"CI violations, H{h} (validation)", va["ci_by_horizon"][h], g["gate1_ci_violation"])
                 for h in t["phase2_horizons"]]
-        return out
+        return out + [kl_check(summary, p)]
     offs = t[f"phase{number}_offsets"]
     ratio_thr = g["gate2_pass_ratio"] if number == 3 else g["phase4_pass_ratio"]
     gap_thr = g["gate2_offset_gap"] if number == 3 else g["phase4_offset_gap"]
@@ -60,7 +61,13 @@ def phase_checks(number: int, summary: dict, p: dict) -> list[dict]:
                           offset_gap(va[f"offset_{offs[0]}"]["rmse"], va[f"offset_{offs[-1]}"]["rmse"]), gap_thr))
     if number == 4:
         out.append(_check("CI violations (validation)", va["ci_violation"], g["phase4_ci_violation"]))
-    return out
+    return out + [kl_check(summary, p)]
+
+
+def kl_check(summary: dict, p: dict) -> dict:
+    """The seed's table 6.1 criterion "KL loss < 10" on the validation windows (KL to the model's prior per day,
+    summed over latent dimensions)."""
+    return _check("KL to the prior (validation)", summary["val_eval"].get("kl"), p["gates"]["kl_max"])
 
 
 def evaluate_checks(checks: list[dict], p: dict) -> dict:
@@ -93,7 +100,7 @@ def evaluate_from_checkpoint(run, number: int) -> dict:
     device = train.pick_device(p)
     model = train.model_from_checkpoint(ck, device)
     spec = train.phase_specs(p)[number - 1]
-    series = train.Series.from_dataset(run.data, device)
+    series = train.Series.from_dataset(run.data, device, p["model"]["rv_halflives"])
     cap = p["training"]["max_val_windows"]
     out = {}
     for split, key in (("train", "train_eval"), ("val", "val_eval")):

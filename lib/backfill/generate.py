@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .metrics import crps_ensemble
 from .rollout import check_rollout, rollout
 
 
@@ -62,6 +63,8 @@ class Backfill:
     truth: np.ndarray | None         # (days_known, n_mat, n_mon) the real surfaces, where known
     segment: np.ndarray = field(default=None)   # (days,) 0-based H-day segment ("pass") of each day
     seconds: float = 0.0
+    crps: np.ndarray | None = None   # (days_known, n_mat, n_mon) ensemble CRPS of predictive draws, where known
+    arbitrage_raw: float | None = None   # share of days with static arbitrage in p50 before the repair
 
     def save(self, path, maturities, moneyness) -> Path:
         """Atomically write an .npz with dates, grid and quantiles."""
@@ -74,15 +77,30 @@ class Backfill:
             maturities=maturities, moneyness=moneyness, quantiles=np.array([0.05, 0.5, 0.95]),
             p05=self.p05, p50=self.p50, p95=self.p95, spread05=self.spread05, spread95=self.spread95,
             sample_p50=self.sample_p50, truth=self.truth if self.truth is not None else np.zeros((0,)),
-            segment=self.segment)
+            segment=self.segment, crps=self.crps if self.crps is not None else np.zeros((0,)),
+            arbitrage_raw=np.nan if self.arbitrage_raw is None else self.arbitrage_raw)
         atomic_write_bytes(path, buf.getvalue())
         return Path(path)
 
 
+def predictive_draws(q, levels, generator: np.random.Generator) -> np.ndarray:
+    """One draw per latent sample from that sample's predictive distribution: q (N, Q, ...) quantiles with levels
+    0.05 < 0.5 < 0.95 -> (N, ...). The draw is p50 + z * (p50 - p05) / 1.645 for z < 0 and p50 + z * (p95 - p50) /
+    1.645 for z > 0, z ~ N(0, 1): a monotone map of a normal whose 5%, 50% and 95% quantiles are exactly the
+    sample's three. The ensemble over samples is then the VAE's whole predictive distribution (latent mixture and
+    decoder quantiles), which is what a CRPS should score."""
+    lv = list(levels)
+    lo, mid, hi = q[:, lv.index(0.05)], q[:, lv.index(0.5)], q[:, lv.index(0.95)]
+    z = generator.standard_normal(mid.shape)
+    return mid + z * np.where(z < 0, mid - lo, hi - mid) / 1.6448536269514722
+
+
 def backfill(model, ds, start: int, days: int, horizon: int, offset: int, n_samples: int, *, seed: int,
              chunk: int = 250, returns: str = "realized", name: str = "", keep_samples: int = 50,
-             device=None, progress: bool | None = None) -> Backfill:
-    """Generate a backfill of `days` days from day index `start` (needs `start >= C`)."""
+             repair: bool = False, device=None, progress: bool | None = None) -> Backfill:
+    """Generate a backfill of `days` days from day index `start` (needs `start >= C`). With `repair`, each day's
+    p05, p50 and p95 surface is projected onto the arbitrage-free set (`arbitrage.repair`); the share of days
+    with arbitrage before it is kept in `arbitrage_raw`."""
     from tqdm.auto import tqdm
     from .pipeline import show_progress
     progress = show_progress() if progress is None else progress
@@ -95,7 +113,8 @@ def backfill(model, ds, start: int, days: int, horizon: int, offset: int, n_samp
     span = days_covered(horizon, offset, passes)
     known = min(span, ds.n_days - start)
     ctx = torch.as_tensor(ds.surface[start - C:start], dtype=torch.float32, device=device)   # (C, n_mat, n_mon)
-    feats = torch.as_tensor(ds.features()[start - C:start + known], dtype=torch.float32, device=device)
+    feats = torch.as_tensor(ds.features(model.cfg.rv_halflives)[start - C:start + known], dtype=torch.float32,
+                            device=device)
     w = torch.as_tensor(overlap_weights(horizon, offset, passes, span), dtype=torch.float32, device=device)
     model.eval()
     t0 = time.perf_counter()
@@ -113,17 +132,27 @@ def backfill(model, ds, start: int, days: int, horizon: int, offset: int, n_samp
                 q[:, a:a + horizon] += w[s, a:a + horizon, None, None, None] * st["q"]
             outs.append(q[:, :days].cpu().numpy())
     q = np.concatenate(outs)                                                           # (N, days, Q, n_mat, n_mon)
-    seconds = time.perf_counter() - t0
     mid = model.mid
     p50s = q[:, :, mid]
     labels = ds.day_labels()
     dates = np.array([labels[start + d] if start + d < ds.n_days else "" for d in range(days)])
     truth = ds.surface[start:start + min(days, ds.n_days - start)]
+    n = len(truth)
+    draws = predictive_draws(q[:, :n].swapaxes(1, 2), model.cfg.quantiles, np.random.default_rng([int(seed), 1]))
+    p05, p50, p95 = q[:, :, 0].mean(0), p50s.mean(0), q[:, :, -1].mean(0)
+    arb_raw = None
+    if repair:
+        from . import arbitrage
+        from .metrics import arbitrage_share
+        arb_raw = arbitrage_share(p50, ds.maturities, ds.moneyness)["any"]
+        p05, p50, p95 = (arbitrage.repair(a, ds.maturities, ds.moneyness) for a in (p05, p50, p95))
+        p05, p95 = np.minimum(p05, p50), np.maximum(p95, p50)     # repaired one by one: keep them ordered
     return Backfill(name=name, start=start, days=days, horizon=horizon, offset=offset, passes=passes,
-                    n_samples=n_samples, dates=dates, p05=q[:, :, 0].mean(0), p50=p50s.mean(0),
-                    p95=q[:, :, -1].mean(0), spread05=np.percentile(p50s, 5, axis=0),
-                    spread95=np.percentile(p50s, 95, axis=0), sample_p50=p50s[:keep_samples].astype(np.float32),
-                    truth=truth, segment=np.arange(days) // horizon, seconds=seconds)
+                    n_samples=n_samples, dates=dates, p05=p05, p50=p50, p95=p95,
+                    spread05=np.percentile(p50s, 5, axis=0), spread95=np.percentile(p50s, 95, axis=0),
+                    sample_p50=p50s[:keep_samples].astype(np.float32), truth=truth,
+                    segment=np.arange(days) // horizon, seconds=time.perf_counter() - t0,
+                    crps=crps_ensemble(draws, truth) if n else None, arbitrage_raw=arb_raw)
 
 
 def window_starts(ds, p: dict, split_span, days: int) -> dict[str, int]:
@@ -141,6 +170,17 @@ def window_starts(ds, p: dict, split_span, days: int) -> dict[str, int]:
     for t in origins:
         out[f"rolling_{t}"] = t
     return out
+
+
+def calibration_starts(ds, p: dict, split_span, days: int) -> dict[str, int]:
+    """Origins inside the validation split whose whole `days`-day backfill is in it, every `calibration_every`
+    days (at most `max_calibration`): the backfills the conformal calibration is fitted on."""
+    g, C = p["generation"], p["model"]["context_len"]
+    a, b = split_span
+    origins = list(range(max(a, C), b - days + 1, g["calibration_every"]))
+    if g["max_calibration"] is not None:
+        origins = origins[:g["max_calibration"]]
+    return {f"calib_{t}": t for t in origins}
 
 
 def bench(p: dict, ds, device, n_samples: int = 1000, days: int = 252) -> dict:
@@ -163,7 +203,10 @@ def load_backfill(path) -> Backfill:
     """Read a backfill .npz written by `Backfill.save`."""
     z = np.load(path, allow_pickle=False)
     truth = z["truth"] if z["truth"].ndim == 3 else None
+    crps = z["crps"] if "crps" in z.files and z["crps"].ndim == 3 else None
+    arb = float(z["arbitrage_raw"]) if "arbitrage_raw" in z.files and np.isfinite(z["arbitrage_raw"]) else None
     return Backfill(name=str(z["name"]), start=int(z["start"]), days=int(z["days"]), horizon=int(z["horizon"]),
                     offset=int(z["offset"]), passes=int(z["passes"]), n_samples=int(z["n_samples"]),
                     dates=z["dates"], p05=z["p05"], p50=z["p50"], p95=z["p95"], spread05=z["spread05"],
-                    spread95=z["spread95"], sample_p50=z["sample_p50"], truth=truth, segment=z["segment"])
+                    spread95=z["spread95"], sample_p50=z["sample_p50"], truth=truth, segment=z["segment"],
+                    crps=crps, arbitrage_raw=arb)

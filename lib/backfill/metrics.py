@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.stats import norm
+from scipy.stats import t as student_t
 
 
 def _grids(surface, maturities, moneyness):
@@ -136,20 +137,28 @@ def cointegration_share(iv_paths, rv, alpha: float = 0.05) -> float:
     return float(np.mean(hits))
 
 
-def score_backfill(p05, p50, p95, truth, segment, rv, maturities, moneyness, spread=None) -> dict:
+def score_backfill(p05, p50, p95, truth, segment, rv, maturities, moneyness, spread=None, crps=None,
+                   arbitrage_raw=None) -> dict:
     """The per-window scores every method gets (VAE, baselines): arrays (days, n_mat, n_mon) over
     the days where truth is known; segment (days,) pass labels; rv (days,) realised vol; spread an
-    optional (lo, hi) sampling-spread interval (5th-95th percentile of the sample p50 paths)."""
+    optional (lo, hi) sampling-spread interval (5th-95th percentile of the sample p50 paths); crps the
+    per-day, per-point ensemble CRPS where the method has samples; arbitrage_raw the arbitrage share
+    before a repair, where one was made."""
     n = len(truth)
     p05, p50, p95, seg, rv = p05[:n], p50[:n], p95[:n], np.asarray(segment)[:n], np.asarray(rv)[:n]
     by_pass = rmse_by_segment(p50, truth, seg)
     passes = sorted(by_pass)
+    scores = proper_scores(p05, p50, p95, truth)
+    scores["crps"] = None if crps is None else float(np.mean(np.asarray(crps)[:n]))
+    arb = arbitrage_share(p50, maturities, moneyness)["any"]
     return {"days": n, "rmse": rmse(p50, truth), "rmse_by_pass": [by_pass[s] for s in passes],
             "pass_ratio_last_first": by_pass[passes[-1]] / by_pass[passes[0]] if by_pass[passes[0]] > 0 else None,
             "ci_violation": ci_violation(p05, p95, truth),
             "coverage": {"p05": coverage(p05, truth), "p50": coverage(p50, truth), "p95": coverage(p95, truth)},
+            "coverage_p05": coverage(p05, truth), "coverage_p50": coverage(p50, truth),
+            "coverage_p95": coverage(p95, truth), **scores,
             "cointegration_share": cointegration_share(p50, rv),
-            "arbitrage_share": arbitrage_share(p50, maturities, moneyness)["any"],
+            "arbitrage_share": arb, "arbitrage_share_raw": arb if arbitrage_raw is None else float(arbitrage_raw),
             "ci_violation_sampling_spread": None if spread is None else ci_violation(spread[0][:n], spread[1][:n], truth)}
 
 
@@ -182,14 +191,148 @@ def newey_west_variance(x, lags: int | None = None) -> float:
     return float(v)
 
 
-def diebold_mariano(err_a, err_b, lags: int | None = None) -> dict:
+def diebold_mariano(err_a, err_b, lags: int | None = None, horizon: int | None = None) -> dict:
     """DM test on squared-error loss: d_t = mean-over-grid(e_a^2) - mean-over-grid(e_b^2) per day.
-    Negative statistic: method a is more accurate. Two-sided p-value from the normal distribution;
-    both are NaN when the loss differential has no variance (e.g. identical forecasts)."""
+    Negative statistic: method a is more accurate.
+
+    horizon None (the historical behaviour, which evaluate.dm_tests and its tests rely on): the raw
+    statistic with a Bartlett long-run variance (lags default floor(4 (T/100)^(2/9))) and a two-sided
+    normal p-value. horizon given: `dm_test` on d (Harvey-Leybourne-Newbold correction, Student t
+    p-value, bandwidth lags or horizon-1). Statistic and p are NaN when d has no variance."""
     ea = np.asarray(err_a, float).reshape(len(err_a), -1)
     eb = np.asarray(err_b, float).reshape(len(err_b), -1)
-    d = (ea ** 2).mean(1) - (eb ** 2).mean(1)
-    lrv = newey_west_variance(d, lags)
+    d = (ea ** 2).mean(1) - (eb ** 2).mean(1)                        # (days,)
+    if horizon is not None:
+        return dm_test(d, horizon=horizon, lags=lags)
+    if lags is None:
+        lags = int(np.floor(4 * (len(d) / 100) ** (2 / 9)))
+    lrv = long_run_variance(d, lags)
     stat = float(np.mean(d) / np.sqrt(lrv / len(d))) if lrv > 0 else float("nan")
     p = float(2 * norm.sf(abs(stat))) if np.isfinite(stat) else float("nan")
     return {"dm": stat, "p_value": p, "mean_loss_diff": float(np.mean(d)), "days": len(d)}
+
+
+# --- proper scoring rules, DM with small-sample correction, model confidence set ----------------
+
+def pinball_loss(q, truth, tau) -> np.ndarray:
+    """Elementwise quantile (pinball) loss of the tau-quantile forecast q: max(tau u, (tau-1) u),
+    u = truth - q. Its expectation is minimised by the true tau-quantile, so it scores calibration
+    and sharpness together."""
+    u = np.asarray(truth, float) - np.asarray(q, float)
+    return np.maximum(tau * u, (tau - 1.0) * u)
+
+
+def interval_score(lo, hi, truth, alpha: float = 0.1) -> np.ndarray:
+    """Elementwise Winkler / Gneiting-Raftery score of the central (1-alpha) interval [lo, hi]:
+    width plus 2/alpha times the distance by which truth falls outside (lower is better)."""
+    lo, hi, y = (np.asarray(a, float) for a in (lo, hi, truth))
+    return (hi - lo) + (2.0 / alpha) * (np.maximum(lo - y, 0.0) + np.maximum(y - hi, 0.0))
+
+
+def crps_ensemble(samples, truth, chunk: int = 64) -> np.ndarray:
+    """Elementwise CRPS of an ensemble, samples (N, ...), truth (...) -> (...):
+    E|X - y| - 0.5 E|X - X'| with the empirical distribution of the N members (exact, not the
+    'fair' N-1 version). The pair term uses the sorted members, sum_ij |x_i - x_j| =
+    2 sum_i (2i - N - 1) x_(i), so memory is one sorted copy of samples, never N^2; the |X - y|
+    term is accumulated in chunks of members."""
+    x = np.sort(np.asarray(samples), axis=0)                          # (N, ...) sorted members
+    y = np.asarray(truth, float)
+    N = x.shape[0]
+    if N == 0 or x.shape[1:] != y.shape:
+        raise ValueError(f"samples shape {x.shape} does not match truth shape {y.shape} (need N >= 1)")
+    w = (2.0 * np.arange(1, N + 1) - N - 1) / N**2                   # (N,) order-statistic weights
+    pair = np.tensordot(w, x, axes=(0, 0))                            # (...) = 0.5 E|X - X'|
+    absdev = np.zeros(y.shape)
+    for i in range(0, N, chunk):
+        absdev += np.abs(x[i:i + chunk] - y).sum(0)
+    return absdev / N - pair
+
+
+def proper_scores(p05, p50, p95, truth, samples=None) -> dict:
+    """Proper scores of a quantile forecast, means over the days where truth is known and the grid:
+    pinball loss of each quantile and their mean, the 90% interval score, and the ensemble CRPS
+    (None without samples). Arrays (days, n_mat, n_mon); truth (days_known, ...); samples
+    (N, days, n_mat, n_mon)."""
+    y = np.asarray(truth, float)
+    n = len(y)
+    q = {tau: np.asarray(a, float)[:n] for tau, a in ((0.05, p05), (0.5, p50), (0.95, p95))}
+    pin = {tau: float(np.mean(pinball_loss(a, y, tau))) for tau, a in q.items()}
+    return {"pinball_p05": pin[0.05], "pinball_p50": pin[0.5], "pinball_p95": pin[0.95],
+            "pinball_mean": float(np.mean(list(pin.values()))),
+            "interval_score": float(np.mean(interval_score(q[0.05], q[0.95], y, 0.1))),
+            "crps": None if samples is None else float(np.mean(crps_ensemble(np.asarray(samples)[:, :n], y)))}
+
+
+def daily_loss(kind: str, p05, p50, p95, truth) -> np.ndarray:
+    """(days,) loss per day averaged over the grid, over the days where truth is known: 'squared'
+    (p50 error), 'pinball' (mean of the three quantiles' pinball losses) or 'interval' (90% interval
+    score). The per-day series feed `dm_test` and `model_confidence_set`."""
+    y = np.asarray(truth, float)
+    n = len(y)
+    lo, mid, hi = (np.asarray(a, float)[:n] for a in (p05, p50, p95))
+    if kind == "squared":
+        loss = (mid - y) ** 2
+    elif kind == "pinball":
+        loss = (pinball_loss(lo, y, 0.05) + pinball_loss(mid, y, 0.5) + pinball_loss(hi, y, 0.95)) / 3
+    elif kind == "interval":
+        loss = interval_score(lo, hi, y, 0.1)
+    else:
+        raise ValueError(f"unknown loss kind {kind!r}; use 'squared', 'pinball' or 'interval'")
+    return loss.reshape(n, -1).mean(1)
+
+
+def long_run_variance(x, bandwidth) -> float:
+    """Long-run variance of a series (T,) with arch's Bartlett kernel (weights 1 - k/(bandwidth+1),
+    demeaned, inner products divided by T); same numbers as `newey_west_variance(x, lags)`."""
+    from arch.covariance.kernel import Bartlett
+    x = np.asarray(x, float)
+    return float(np.asarray(Bartlett(x, bandwidth=max(float(bandwidth), 0.0)).cov.long_run)[0, 0])
+
+
+def dm_test(d, horizon: int = 1, lags: int | None = None) -> dict:
+    """Diebold-Mariano test on a loss differential d (T,) = loss_a - loss_b, with the
+    Harvey-Leybourne-Newbold small-sample correction for h-step forecasts. Negative: a is better.
+
+    Long-run variance: Bartlett kernel with bandwidth `lags`, default horizon-1 (h-step errors are
+    MA(h-1) under optimal forecasts). dm = dm_raw * sqrt((T + 1 - 2h + h(h-1)/T) / T); p-value
+    two-sided from Student t with T-1 df. dm and p are NaN when the variance is not positive, and
+    when h >= T (the correction factor, sqrt((T-h)(T-h+1))/T, is zero or meaningless there)."""
+    d = np.asarray(d, float).ravel()
+    T, h = len(d), int(horizon)
+    if h < 1:
+        raise ValueError(f"horizon must be >= 1, got {horizon}")
+    lags = max(h - 1, 0) if lags is None else max(int(lags), 0)
+    lrv = long_run_variance(d, lags) if T > 1 else 0.0
+    raw = float(np.mean(d) / np.sqrt(lrv / T)) if lrv > 0 else float("nan")
+    stat = raw * np.sqrt((T + 1 - 2 * h + h * (h - 1) / T) / T) if h < T else float("nan")
+    p = float(2 * student_t.sf(abs(stat), T - 1)) if np.isfinite(stat) else float("nan")
+    return {"dm": float(stat), "dm_raw": raw, "p_value": p, "mean_loss_diff": float(np.mean(d)) if T else float("nan"),
+            "days": T, "lags": lags}
+
+
+def model_confidence_set(losses: dict, size: float = 0.1, block_size: int | None = None, reps: int = 1000,
+                         seed: int = 0) -> dict:
+    """Hansen-Lunde-Nason model confidence set (arch.bootstrap.MCS, 'R' statistic, stationary
+    bootstrap) of methods with loss series losses[method] (T,), equal T. Returns per method
+    {'in_set': p_value > size, 'p_value': MCS p-value}. block_size defaults to round(T^(1/3)) >= 1;
+    the bootstrap is seeded, so the result is deterministic. Methods with identical loss series are
+    tested once (arch divides by a zero variance otherwise) and share the result."""
+    from arch.bootstrap import MCS
+    names = list(losses)
+    L = [np.asarray(losses[m], float).ravel() for m in names]
+    if not names or len({len(x) for x in L}) != 1:
+        raise ValueError(f"losses must be a non-empty dict of equal-length series, got lengths {[len(x) for x in L]}")
+    rep = []                                                          # representative column per method
+    for j, x in enumerate(L):
+        rep.append(next((rep[i] for i in range(j) if np.array_equal(L[i], x)), j))
+    cols = sorted(set(rep))
+    if len(cols) == 1:
+        return {m: {"in_set": True, "p_value": 1.0} for m in names}
+    T = len(L[0])
+    bs = max(1, int(round(T ** (1 / 3)))) if block_size is None else int(block_size)
+    mcs = MCS(np.column_stack([L[c] for c in cols]), size, reps=reps, block_size=bs, method="R",
+              bootstrap="stationary", seed=seed)
+    mcs.compute()
+    pv = mcs.pvalues["Pvalue"]                                        # indexed by column position
+    p = {c: float(pv.loc[k]) for k, c in enumerate(cols)}
+    return {m: {"in_set": bool(p[rep[j]] > size), "p_value": p[rep[j]]} for j, m in enumerate(names)}

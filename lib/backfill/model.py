@@ -1,12 +1,25 @@
-"""The conditional VAE with LSTM memory and a quantile decoder (SPEC section 4).
+"""The conditional VAE with LSTM memory and a quantile decoder (SPEC section 4, amended by issue 8).
 
-Per day t: surface x_t (n_mat x n_mon) and extra features a_t = [return, skew, slope].
-  posterior encoder: dense(x_t) || a_t -> LSTM -> mu_t, logvar_t           (causal in t)
+Per day t: surface x_t (n_mat x n_mon) and features a_t = [return, skew, slope, log RV_h1, ...].
+  posterior encoder: dense(x_t) || a_t -> LSTM -> q(z_t | x_<=t) = N(mu_t, diag sigma_t^2)   (causal in t)
   context encoder:   same structure, own weights, context days only -> embedding c_t
-  decoder:           LSTM over [c_t (zeros on future days) || z_t] -> quantiles of x_t, a_t
-Training draws z from the posterior (reparameterised); generation uses the posterior mean on context
-days and z ~ N(0, I) on future days. Inputs and outputs are standardised with statistics of the
-training split stored in the model (buffers), so a checkpoint is self-contained.
+  decoder:           h_t = LSTM(h_{t-1}, [c_t (zeros on future days) || z_t || e_t]) -> quantiles of y_t, a_t
+where e_t are the inputs a backfill knows on every day from the underlying's returns (the return and
+its realised-volatility features; only with `known_future`).
+
+Two priors (`prior`):
+  standard     p(z_t) = N(0, I): the seed as written. Forecasts draw future z from it.
+  conditional  p(z_t | h_{t-1}, e_t) = N(m(h_{t-1}, e_t), diag s^2(...)): a learned prior that sees only what a
+               forecast may see (the decoder state carries the context and the days already generated). Training
+               minimises KL(q || p) on every day, forecasts draw z_t from the same p day by day, so training and
+               generation draw z from matched distributions and latent paths are coherent in time (VRNN-style).
+
+Two targets (`target`):
+  level   y_t = standardised vol x_t (the seed as written).
+  change  y_t = (log x_t - log x_anchor) / c, x_anchor the last context day: the random walk is the zero point
+          and a forecast can leave the range of the training surfaces.
+Training draws z from the posterior (reparameterised); forecasts use the posterior mean on context days. Inputs are
+standardised with statistics of the training split stored in the model (buffers), so a checkpoint is self-contained.
 """
 from __future__ import annotations
 
@@ -16,12 +29,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+PRIORS = ("standard", "conditional")
+TARGETS = ("level", "change")
+
 
 @dataclass
 class ModelConfig:
     n_maturity: int
     n_moneyness: int
-    n_feat: int = 3
+    n_feat: int = 3                 # [return, skew, slope] + one log-RV feature per half-life
     latent_dim: int = 5
     mem_hidden: int = 100
     mem_layers: int = 2
@@ -29,12 +45,17 @@ class ModelConfig:
     surface_hidden: tuple = (5, 5, 5)
     quantiles: tuple = (0.05, 0.5, 0.95)
     context_len: int = 60           # C: days of context the model was trained with
+    prior: str = "standard"
+    target: str = "level"
+    known_future: bool = False      # the decoder and prior see e_t (return, RV features) on future days
+    rv_halflives: tuple = ()        # half-lives (days) of the log-RV features, in feature order
 
     @classmethod
     def from_params(cls, p: dict, grid: tuple[int, int]) -> "ModelConfig":
         m = p["model"]
-        return cls(grid[0], grid[1], m["ex_feats_dim"], m["latent_dim"], m["mem_hidden"], m["mem_layers"],
-                   m["mem_dropout"], tuple(m["surface_hidden"]), tuple(m["quantiles"]), m["context_len"])
+        return cls(grid[0], grid[1], 3 + len(m["rv_halflives"]), m["latent_dim"], m["mem_hidden"],
+                   m["mem_layers"], m["mem_dropout"], tuple(m["surface_hidden"]), tuple(m["quantiles"]),
+                   m["context_len"], m["prior"], m["target"], m["known_future"], tuple(m["rv_halflives"]))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -65,85 +86,146 @@ class _SeqEncoder(nn.Module):
 class CVAE(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        if cfg.n_feat != 3 + len(cfg.rv_halflives):
+            raise ValueError(f"n_feat {cfg.n_feat} != 3 + {len(cfg.rv_halflives)} RV features")
+        if cfg.prior not in PRIORS or cfg.target not in TARGETS:
+            raise ValueError(f"prior must be one of {PRIORS} and target one of {TARGETS}, got {cfg.prior!r}, "
+                             f"{cfg.target!r}")
         self.cfg = cfg
-        g, q = cfg.n_maturity * cfg.n_moneyness, len(cfg.quantiles)
+        g, q, M, L = cfg.n_maturity * cfg.n_moneyness, len(cfg.quantiles), cfg.mem_hidden, cfg.latent_dim
         self.mid = list(cfg.quantiles).index(0.5)
+        # e_t: the return (column 0) and the RV features (columns 3..), known on every day of a backfill
+        self.exo_idx = [0, *range(3, cfg.n_feat)] if cfg.known_future else []
+        E = len(self.exo_idx)
         self.posterior = _SeqEncoder(cfg)
-        self.to_latent = nn.Linear(cfg.mem_hidden, 2 * cfg.latent_dim)
+        self.to_latent = nn.Linear(M, 2 * L)
         self.context = _SeqEncoder(cfg)
-        self.ctx_proj = nn.Linear(cfg.mem_hidden, cfg.mem_hidden)
-        self.dec_lstm = nn.LSTM(cfg.mem_hidden + cfg.latent_dim, cfg.mem_hidden, cfg.mem_layers,
-                                batch_first=True, dropout=cfg.mem_dropout if cfg.mem_layers > 1 else 0.0)
-        self.dec_dense = _mlp([cfg.mem_hidden, *reversed(cfg.surface_hidden)])
+        self.ctx_proj = nn.Linear(M, M)
+        self.dec_lstm = nn.LSTM(M + L + E, M, cfg.mem_layers, batch_first=True,
+                                dropout=cfg.mem_dropout if cfg.mem_layers > 1 else 0.0)
+        self.dec_dense = _mlp([M, *reversed(cfg.surface_hidden)])
         self.surface_head = nn.Linear(cfg.surface_hidden[0], q * g)
-        self.feat_head = nn.Linear(cfg.mem_hidden, cfg.n_feat)
-        # standardisation (set from the training split by train.fit_normaliser)
+        self.feat_head = nn.Linear(M, cfg.n_feat)
+        if cfg.prior == "conditional":
+            self.prior_net = nn.Sequential(_mlp([M + E, M]), nn.Linear(M, 2 * L))
+        # standardisation (set from the training split by train.build_model)
         self.register_buffer("s_mean", torch.zeros(cfg.n_maturity, cfg.n_moneyness))
         self.register_buffer("s_std", torch.ones(cfg.n_maturity, cfg.n_moneyness))
         self.register_buffer("f_mean", torch.zeros(cfg.n_feat))
         self.register_buffer("f_std", torch.ones(cfg.n_feat))
+        self.register_buffer("c_std", torch.ones(cfg.n_maturity, cfg.n_moneyness))   # scale of log changes
 
     @property
     def context_len(self) -> int:
         return self.cfg.context_len
 
-    # --- normalisation helpers ---
+    # --- normalisation and the target space ---
     def norm_s(self, x):
         return (x - self.s_mean) / self.s_std
 
     def norm_f(self, a):
         return (a - self.f_mean) / self.f_std
 
+    def to_feat(self, f_norm):
+        return f_norm * self.f_std + self.f_mean
+
+    def to_target(self, surface, anchor):
+        """Vols (B, T, n_mat, n_mon) -> the decoder's target space, given the anchor (B, n_mat, n_mon)."""
+        if self.cfg.target == "level":
+            return self.norm_s(surface)
+        return (torch.log(surface) - torch.log(anchor).unsqueeze(1)) / self.c_std
+
+    def to_vol(self, q, anchor):
+        """Decoder outputs (B, T, Q, n_mat, n_mon) in the target space -> implied vols."""
+        if self.cfg.target == "level":
+            return q * self.s_std + self.s_mean
+        return anchor[:, None, None] * torch.exp(q * self.c_std)
+
+    # --- pieces ---
     def _quantiles(self, raw):                     # raw (B, T, Q, G) -> monotone in Q
         mid = raw[:, :, self.mid:self.mid + 1]
         up = mid + torch.cumsum(F.softplus(raw[:, :, self.mid + 1:]), dim=2)
         down = mid - torch.cumsum(F.softplus(raw[:, :, :self.mid].flip(2)), dim=2).flip(2)
         return torch.cat([down, mid, up], dim=2)
 
-    def forward(self, surface, feats, context_len: int, horizon: int | None = None,
-                prior_future: bool = False, generator: torch.Generator | None = None,
-                prior_scale: float = 1.0, sample_posterior: bool = True) -> dict:
-        """surface (B, T_in, n_mat, n_mon) in vols, feats (B, T_in, F) raw.
-
-        Training (prior_future=False): T = T_in days, z from the posterior on every day.
-        Generation (prior_future=True): only the first `context_len` input days are read; the
-        posterior mean is used on them and z ~ N(0, I) on the `horizon` future days
-        (`prior_scale` 0 gives the prior mean, a deterministic point forecast).
-        `sample_posterior=False` uses the posterior mean instead of a reparameterised draw.
-        Returns standardised outputs: 'q' (B, T, Q, n_mat, n_mon), 'feat' (B, T, F), 'mu'/'logvar'
-        (B, T_post, L) for the days whose posterior was used."""
-        cfg, C = self.cfg, context_len
-        B = surface.shape[0]
-        xs = self.norm_s(surface).flatten(2)                      # (B, T_in, G)
-        fs = self.norm_f(feats)                                   # (B, T_in, F)
-        if prior_future:
-            xs, fs = xs[:, :C], fs[:, :C]
-            T = C + int(horizon)
-        else:
-            T = xs.shape[1]
-        stats = self.to_latent(self.posterior(xs, fs))            # (B, T_post, 2L)
-        mu, logvar = stats.chunk(2, dim=-1)
-        logvar = logvar.clamp(-12.0, 8.0)
-        if prior_future:
-            z_fut = torch.randn(B, T - C, cfg.latent_dim, generator=generator, device=xs.device)
-            z = torch.cat([mu, prior_scale * z_fut.to(mu.dtype)], dim=1)   # (B, T, L)
-        elif not sample_posterior:
-            z = mu
-        else:
-            z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
-        ctx = self.ctx_proj(self.context(xs[:, :C], fs[:, :C]))   # (B, C, M)
-        ctx = torch.cat([ctx, ctx.new_zeros(B, T - C, ctx.shape[-1])], dim=1)   # zeros on future days
-        h, _ = self.dec_lstm(torch.cat([ctx, z], dim=-1))         # (B, T, M)
+    def _heads(self, h) -> tuple:                  # h (B, T, M) -> q (B, T, Q, n_mat, n_mon), feat (B, T, F)
+        cfg, (B, T) = self.cfg, h.shape[:2]
         raw = self.surface_head(self.dec_dense(h)).view(B, T, len(cfg.quantiles), -1)
         q = self._quantiles(raw).view(B, T, len(cfg.quantiles), cfg.n_maturity, cfg.n_moneyness)
-        return {"q": q, "feat": self.feat_head(h), "mu": mu, "logvar": logvar}
+        return q, self.feat_head(h)
 
-    def to_vol(self, q_norm):
-        """Standardised surface quantiles (..., n_mat, n_mon) -> implied vols."""
-        return q_norm * self.s_std + self.s_mean
+    def _posterior(self, xs, fs):                  # (B, T, G), (B, T, F) -> mu, logvar (B, T, L)
+        mu, logvar = self.to_latent(self.posterior(xs, fs)).chunk(2, dim=-1)
+        return mu, logvar.clamp(-12.0, 8.0)
 
-    def to_feat(self, f_norm):
-        return f_norm * self.f_std + self.f_mean
+    def _context(self, xs, fs):                    # context days only -> (B, C, M)
+        return self.ctx_proj(self.context(xs, fs))
+
+    def prior(self, h_prev, exo):
+        """p(z_t | h_{t-1}, e_t): h_prev (B, T, M) the decoder state before day t, exo (B, T, E) -> mu, logvar."""
+        if self.cfg.prior == "standard":
+            z = h_prev.new_zeros(*h_prev.shape[:2], self.cfg.latent_dim)
+            return z, z
+        mu, logvar = self.prior_net(torch.cat([h_prev, exo], -1)).chunk(2, dim=-1)
+        return mu, logvar.clamp(-12.0, 8.0)
+
+    # --- training ---
+    def forward(self, surface, feats, context_len: int, sample_posterior: bool = True) -> dict:
+        """Training pass: surface (B, T, n_mat, n_mon) in vols and feats (B, T, F) raw, every day real; the
+        first `context_len` days are the context. z comes from the posterior on every day (its mean with
+        `sample_posterior=False`). Returns 'q' (B, T, Q, n_mat, n_mon) in the target space, 'feat' (B, T, F)
+        standardised, 'mu'/'logvar' the posterior and 'prior_mu'/'prior_logvar' the prior (B, T, L), and
+        'anchor' (B, n_mat, n_mon) the last context day in vols."""
+        C, (B, T) = context_len, surface.shape[:2]
+        xs, fs = self.norm_s(surface).flatten(2), self.norm_f(feats)            # (B, T, G), (B, T, F)
+        mu, logvar = self._posterior(xs, fs)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if sample_posterior else mu
+        ctx = self._context(xs[:, :C], fs[:, :C])
+        ctx = torch.cat([ctx, ctx.new_zeros(B, T - C, ctx.shape[-1])], dim=1)  # zeros on future days
+        exo = fs[..., self.exo_idx]                                             # (B, T, E)
+        h, _ = self.dec_lstm(torch.cat([ctx, z, exo], dim=-1))                  # (B, T, M)
+        h_prev = torch.cat([h.new_zeros(B, 1, h.shape[-1]), h[:, :-1]], dim=1)
+        pmu, plogvar = self.prior(h_prev, exo)
+        q, feat = self._heads(h)
+        return {"q": q, "feat": feat, "mu": mu, "logvar": logvar, "prior_mu": pmu, "prior_logvar": plogvar,
+                "anchor": surface[:, C - 1]}
+
+    # --- generation ---
+    def forecast(self, ctx_surface, ctx_feats, horizon: int, future_feats=None, *,
+                 generator: torch.Generator | None = None, prior_scale: float = 1.0) -> dict:
+        """Forecast `horizon` days after a context: ctx_surface (B, C, n_mat, n_mon) vols, ctx_feats (B, C, F) raw,
+        future_feats (B, horizon, F) raw (only e_t is read, and only with known_future). The context days use
+        the posterior mean; each future day draws z_t from the prior (`prior_scale` 0: the prior mean, a
+        deterministic point forecast). Returns the keys of `forward` for the C + horizon days (no posterior on
+        future days: 'mu'/'logvar' cover the context)."""
+        cfg, (B, C), H = self.cfg, ctx_surface.shape[:2], int(horizon)
+        xs, fs = self.norm_s(ctx_surface).flatten(2), self.norm_f(ctx_feats)
+        mu, logvar = self._posterior(xs, fs)
+        exo_c = fs[..., self.exo_idx]
+        if self.exo_idx:
+            if future_feats is None or future_feats.shape[1] < H:
+                raise ValueError(f"known_future: forecast needs future_feats for {H} days")
+            exo_f = self.norm_f(future_feats[:, :H])[..., self.exo_idx]         # (B, H, E)
+        else:
+            exo_f = fs.new_zeros(B, H, 0)
+        ctx = self._context(xs, fs)
+        h_c, state = self.dec_lstm(torch.cat([ctx, mu, exo_c], -1))            # (B, C, M)
+        eps = torch.randn(B, H, cfg.latent_dim, generator=generator, device=xs.device).to(mu.dtype)
+        zeros = ctx.new_zeros(B, H, ctx.shape[-1])
+        if cfg.prior == "standard":                                             # z independent of the path
+            pmu = plogvar = torch.zeros_like(eps)
+            h_f, _ = self.dec_lstm(torch.cat([zeros, prior_scale * eps, exo_f], -1), state)
+        else:                                                                   # day by day, z_t ~ p(. | h_{t-1})
+            h_prev, hs, pms, plvs = h_c[:, -1:], [], [], []
+            for t in range(H):
+                pm, plv = self.prior(h_prev, exo_f[:, t:t + 1])
+                z = pm + prior_scale * torch.exp(0.5 * plv) * eps[:, t:t + 1]
+                h_prev, state = self.dec_lstm(torch.cat([zeros[:, :1], z, exo_f[:, t:t + 1]], -1), state)
+                hs.append(h_prev), pms.append(pm), plvs.append(plv)
+            h_f, pmu, plogvar = torch.cat(hs, 1), torch.cat(pms, 1), torch.cat(plvs, 1)
+        q, feat = self._heads(torch.cat([h_c, h_f], 1))
+        return {"q": q, "feat": feat, "mu": mu, "logvar": logvar, "prior_mu": pmu, "prior_logvar": plogvar,
+                "anchor": ctx_surface[:, C - 1]}
 
 
 def pinball(q_pred, target, quantiles, weights) -> torch.Tensor:
@@ -156,9 +238,13 @@ def pinball(q_pred, target, quantiles, weights) -> torch.Tensor:
     return (per_q.movedim(-3, 0).reshape(len(w), -1).mean(1) * w).sum()
 
 
-def kl_divergence(mu, logvar) -> torch.Tensor:
-    """KL(q(z|x) || N(0, I)) summed over latent dims, averaged over batch and days."""
-    return (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).sum(-1).mean()
+def kl_divergence(mu, logvar, prior_mu=None, prior_logvar=None) -> torch.Tensor:
+    """KL(N(mu, e^logvar) || N(prior_mu, e^prior_logvar)) (diagonal; the prior defaults to N(0, I)), summed
+    over latent dims, averaged over batch and days."""
+    if prior_mu is None:
+        prior_mu, prior_logvar = torch.zeros_like(mu), torch.zeros_like(logvar)
+    kl = 0.5 * (prior_logvar - logvar + (logvar.exp() + (mu - prior_mu).pow(2)) / prior_logvar.exp() - 1)
+    return kl.sum(-1).mean()
 
 
 @dataclass
@@ -178,16 +264,18 @@ class LossWeights:
 
 
 def day_loss(model: CVAE, out: dict, surface, feats, days: slice, w: LossWeights) -> dict:
-    """Loss on the given days of one forward pass (targets in vols/raw features, compared standardised):
-    pinball(surface quantiles) + feat_weight * L2(return [or all features]) + kl_weight * KL, the KL
-    over every day up to the last loss day (the posteriors those predictions were decoded from)."""
-    tgt_s = model.norm_s(surface[:, days])
+    """Loss on the given days of one training pass (targets in vols/raw features, compared in the target space):
+    pinball(surface quantiles) + feat_weight * L2(return [or all features]) + kl_weight * KL, the KL to the
+    model's prior over every day up to the last loss day (the posteriors those predictions were decoded from)."""
+    tgt_s = model.to_target(surface[:, days], out["anchor"])
     tgt_f = model.norm_f(feats[:, days])
     rec = pinball(out["q"][:, days], tgt_s, w.quantiles, w.quantile_weights)
     diff = out["feat"][:, days] - tgt_f
     if w.ret_only:
         diff = diff[..., :1]
     feat = diff.pow(2).mean() if w.feat_loss == "l2" else diff.abs().mean()
-    kl = kl_divergence(out["mu"][:, :days.stop], out["logvar"][:, :days.stop])   # days the loss depends on
+    upto = slice(0, days.stop)
+    kl = kl_divergence(out["mu"][:, upto], out["logvar"][:, upto], out["prior_mu"][:, upto],
+                       out["prior_logvar"][:, upto])
     total = rec + w.feat_weight * feat + w.kl_weight * kl
     return {"loss": total, "pinball": rec.detach(), "feat": feat.detach(), "kl": kl.detach()}

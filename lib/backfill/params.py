@@ -69,6 +69,7 @@ SCHEMA = {
         "val_fraction": float,
         "test": _span,
         "crisis": _span,
+        "grid": (dict, None),              # default data only: {maturities: [years], moneyness: [K/S]} (null: 5x5)
     },
     "model": {
         "feat_dim": (_list_of(int, 2), None),   # (n_maturity, n_moneyness); null: taken from the data
@@ -91,6 +92,10 @@ SCHEMA = {
         "quantiles": _list_of(float),
         "quantile_loss_weights": _list_of(float),
         "device": str,                     # "auto", "cpu" or "cuda"
+        "prior": str,                      # "standard" (N(0, I), the seed) or "conditional" (learned p(z | past))
+        "target": str,                     # "level" (the seed) or "change" (log change from the last context day)
+        "rv_halflives": _list_of(int, 0),  # log EWMA realised-vol features of the returns, half-lives in days
+        "known_future": bool,              # decoder and prior see each future day's return and RV features
     },
     "training": {
         "train_period_years": (int, None),
@@ -131,6 +136,7 @@ SCHEMA = {
         "gate3_pass_ratio": float,
         "gate3_ci_violation": float,
         "gate3_coint_normal": float,
+        "kl_max": float,                   # the seed's table 6.1: KL < 10 in every phase
         "marginal_band": float,            # a check within this relative distance of its threshold is ⚠️
     },
     "generation": {
@@ -145,6 +151,9 @@ SCHEMA = {
         "rolling_every": int,
         "max_rolling": (int, None),
         "bootstrap_paths": int,
+        "calibration_every": int,          # validation-split origins for the conformal calibration, every n days
+        "max_calibration": (int, None),
+        "repair_arbitrage": bool,          # project each generated day onto the arbitrage-free set
     },
     "evaluation": {
         "table_6_2": dict,                 # metric -> [direction, target, stretch, red flag]
@@ -217,6 +226,16 @@ def validate(p: dict) -> dict:
         _fail("data.val_fraction", f"must be in (0, 1), got {d['val_fraction']}")
     if type(d["train"][1]) is type(d["test"][0]) and d["train"][1] >= d["test"][0]:
         _fail("data.test", f"must start after the training span ends ({d['train'][1]})")
+    if d["grid"] is not None:
+        if d["source"] != "default":
+            _fail("data.grid", f"applies only to data.source 'default' (a file has its own grid), got {d['source']!r}")
+        if set(d["grid"]) != {"maturities", "moneyness"}:
+            _fail("data.grid", f"must map exactly 'maturities' and 'moneyness' to lists, got keys {list(d['grid'])}")
+        for key, n_min in (("maturities", 2), ("moneyness", 3)):
+            v = d["grid"][key]
+            if not _list_of(float, n_min)(v) or min(v) <= 0 or any(b <= a for a, b in zip(v, v[1:])):
+                _fail(f"data.grid.{key}", f"must be >= {n_min} positive, strictly increasing numbers, got {v!r}")
+            d["grid"][key] = [float(x) for x in v]
 
     positive = {"model.context_len": m["context_len"], "model.horizon": m["horizon"],
                 "model.latent_dim": m["latent_dim"], "model.mem_hidden": m["mem_hidden"],
@@ -224,7 +243,8 @@ def validate(p: dict) -> dict:
                 "training.batch_size": t["batch_size"], "training.phase3_ar_steps": t["phase3_ar_steps"],
                 "training.phase4_ar_steps": t["phase4_ar_steps"], "generation.n_samples": g["n_samples"],
                 "generation.sample_chunk": g["sample_chunk"], "generation.rolling_every": g["rolling_every"],
-                "generation.bootstrap_paths": g["bootstrap_paths"]}
+                "generation.bootstrap_paths": g["bootstrap_paths"],
+                "generation.calibration_every": g["calibration_every"]}
     for key, v in positive.items():
         if v < 1:
             _fail(key, f"must be >= 1, got {v}")
@@ -236,8 +256,17 @@ def validate(p: dict) -> dict:
         _fail("model.mem_type", f"only 'lstm' is implemented, got {m['mem_type']!r}")
     if m["ex_feats_loss_type"] not in ("l2", "l1"):
         _fail("model.ex_feats_loss_type", f"must be 'l2' or 'l1', got {m['ex_feats_loss_type']!r}")
-    if m["ex_feats_dim"] != 3:
-        _fail("model.ex_feats_dim", f"must be 3 (return, skew, slope), got {m['ex_feats_dim']}")
+    if m["prior"] not in ("standard", "conditional"):
+        _fail("model.prior", f"must be 'standard' or 'conditional', got {m['prior']!r}")
+    if m["target"] not in ("level", "change"):
+        _fail("model.target", f"must be 'level' or 'change', got {m['target']!r}")
+    if any(h < 1 for h in m["rv_halflives"]):
+        _fail("model.rv_halflives", f"half-lives must be >= 1 day, got {m['rv_halflives']}")
+    if m["ex_feats_dim"] != 3 + len(m["rv_halflives"]):
+        _fail("model.ex_feats_dim", f"must be 3 (return, skew, slope) + one per model.rv_halflives "
+              f"({3 + len(m['rv_halflives'])}), got {m['ex_feats_dim']}")
+    if m["known_future"] and t["returns"] != "realized":
+        _fail("model.known_future", "needs training.returns: realized (future returns are what it knows)")
     if not 0 <= m["mem_dropout"] < 1:
         _fail("model.mem_dropout", f"must be in [0, 1), got {m['mem_dropout']}")
     for key in ("kl_weight", "re_feat_weight"):

@@ -52,6 +52,20 @@ def _bank_index(C: int, H: int, O: int, step: int) -> list[int]:
     return [src[1] if src[0] == "real" else C + src[1] * H + src[2] for src in context_sources(C, H, O, step)]
 
 
+def _known_features(future, last, H: int, returns: str):
+    """What a forecast knows of H future days from the underlying alone: with realised returns, their return
+    and RV features (skew/slope columns are placeholders, recomputed from the generated surface); beyond the
+    known history, or with `returns: predicted`, a zero return and the last context day's RV held flat (the
+    context bank then takes the model's own predicted return)."""
+    held = last.clone()                                         # (B, F)
+    held[:, 0] = 0.0
+    if returns != "realized":
+        return held[:, None].expand(-1, H, -1)
+    if future.shape[1] < H:
+        future = torch.cat([future, held[:, None].expand(-1, H - future.shape[1], -1)], 1)
+    return future
+
+
 def rollout(model: CVAE, surface, feats, C: int, H: int, O: int, S: int, *, maturities, moneyness,
             returns: str = "realized", generate: bool = False, generator=None,
             prior_scale: float = 1.0) -> list[dict]:
@@ -59,8 +73,8 @@ def rollout(model: CVAE, surface, feats, C: int, H: int, O: int, S: int, *, matu
 
     surface (B, L, n_mat, n_mon) vols and feats (B, L, F) raw, real days. In training
     (generate=False) L >= C + (S-1)O + H: step s sees its assembled context plus the real target days
-    (posterior z). In generation only the first C days of `surface` are read (plus realised returns
-    of later days when returns == 'realized'; pass them in feats, NaN elsewhere is fine otherwise).
+    (posterior z). In generation only the first C days of `surface` are read (plus the realised returns
+    and RV features of later days when returns == 'realized'; pass them in feats).
     Returns per step: dict(out=model output (standardised, C+H days), q=(B, H, Q, n_mat, n_mon) vols,
     feat=(B, H, F) raw, start=first window day predicted, ctx_surface/ctx_feats=the assembled context)."""
     L = surface.shape[1]
@@ -75,25 +89,21 @@ def rollout(model: CVAE, surface, feats, C: int, H: int, O: int, S: int, *, matu
         ctx_s = torch.cat(bank_s, 1).index_select(1, idx)       # (B, C, n_mat, n_mon)
         ctx_f = torch.cat(bank_f, 1).index_select(1, idx)       # (B, C, F)
         t0 = C + s * O
+        known = _known_features(feats[:, t0:t0 + H], ctx_f[:, -1], H, returns)   # (B, H, F) return, RV
         if generate:
-            out = model(ctx_s, ctx_f, C, horizon=H, prior_future=True, generator=generator,
-                        prior_scale=prior_scale)
+            out = model.forecast(ctx_s, ctx_f, H, known, generator=generator, prior_scale=prior_scale)
         else:
             x = torch.cat([ctx_s, surface[:, t0:t0 + H]], 1)
             a = torch.cat([ctx_f, feats[:, t0:t0 + H]], 1)
             out = model(x, a, C)
-        q = model.to_vol(out["q"][:, C:])                       # (B, H, Q, n_mat, n_mon)
+        q = model.to_vol(out["q"][:, C:], out["anchor"])        # (B, H, Q, n_mat, n_mon)
         f = model.to_feat(out["feat"][:, C:])                   # (B, H, F)
         med = q[:, :, model.mid]                                # (B, H, n_mat, n_mon)
         skew, slope = skew_slope(med, maturities, moneyness)
-        if returns == "realized":
-            ret = feats[:, t0:t0 + H, 0]
-            if ret.shape[1] < H:                                # beyond the known history: predicted
-                ret = torch.cat([ret, f[:, ret.shape[1]:, 0]], 1)
-        else:
-            ret = f[:, :, 0]
+        n_real = feats[:, t0:t0 + H].shape[1] if returns == "realized" else 0   # days of known history
+        ret = torch.cat([known[:, :n_real, 0], f[:, n_real:, 0]], 1)            # then the model's own
         bank_s.append(med)
-        bank_f.append(torch.stack([ret, skew, slope], -1))
+        bank_f.append(torch.cat([ret[..., None], skew[..., None], slope[..., None], known[..., 3:]], -1))
         steps.append({"out": out, "q": q, "feat": f, "start": t0, "ctx_surface": ctx_s, "ctx_feats": ctx_f})
     return steps
 

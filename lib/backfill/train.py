@@ -75,9 +75,9 @@ class Series:
     moneyness: np.ndarray
 
     @classmethod
-    def from_dataset(cls, ds, device) -> "Series":
+    def from_dataset(cls, ds, device, rv_halflives=()) -> "Series":
         return cls(torch.as_tensor(ds.surface, dtype=torch.float32, device=device),
-                   torch.as_tensor(ds.features(), dtype=torch.float32, device=device),
+                   torch.as_tensor(ds.features(rv_halflives), dtype=torch.float32, device=device),
                    ds.maturities, ds.moneyness)
 
     def windows(self, starts, length: int):
@@ -85,16 +85,21 @@ class Series:
         return self.surface[idx], self.feats[idx]            # (B, L, n_mat, n_mon), (B, L, F)
 
 
+CHANGE_SCALE_DAYS = 20      # the target space of `target: change` is log changes scaled by their 20-day std
+
+
 def build_model(p: dict, ds, train_span) -> CVAE:
     """A fresh model whose standardisation comes from the training split."""
     model = CVAE(ModelConfig.from_params(p, ds.grid))
     i0, i1 = train_span
     s = torch.as_tensor(ds.surface[i0:i1], dtype=torch.float32)
-    f = torch.as_tensor(ds.features()[i0:i1], dtype=torch.float32)
+    f = torch.as_tensor(ds.features(p["model"]["rv_halflives"])[i0:i1], dtype=torch.float32)
     model.s_mean.copy_(s.mean(0))
     model.s_std.copy_(s.std(0).clamp_min(1e-4))
     model.f_mean.copy_(f.mean(0))
     model.f_std.copy_(f.std(0).clamp_min(1e-6))
+    k = min(CHANGE_SCALE_DAYS, max(len(s) // 2, 1))
+    model.c_std.copy_((s[k:].log() - s[:-k].log()).std(0).clamp_min(1e-4))
     return model
 
 
@@ -105,18 +110,26 @@ def multihorizon_loss(model, out, x, a, C: int, weights: dict, w: LossWeights) -
     return sum(wh * day_loss(model, out, x, a, slice(C, C + h), w)["loss"] for h, wh in weights.items())
 
 
-def batch_loss(model, spec: PhaseSpec, x, a, C: int, w: LossWeights, offset: int | None, grid, returns: str):
-    """The phase's training loss on a batch of windows x (B, L, n_mat, n_mon), a (B, L, F)."""
+def batch_loss(model, spec: PhaseSpec, x, a, C: int, w: LossWeights, offset: int | None, grid, returns: str,
+               with_kl: bool = False):
+    """The phase's training loss on a batch of windows x (B, L, n_mat, n_mon), a (B, L, F); with `with_kl`
+    also the KL term (to the model's prior, per day, summed over latent dims) of the pass(es) it came from."""
     if spec.kind == "tf":
         out = model(x[:, :C + 1], a[:, :C + 1], C)
-        return day_loss(model, out, x, a, slice(C, C + 1), w)["loss"]
-    if spec.kind == "mh":
+        d = day_loss(model, out, x, a, slice(C, C + 1), w)
+        loss, kl = d["loss"], d["kl"]
+    elif spec.kind == "mh":
         L = C + spec.horizon
         out = model(x[:, :L], a[:, :L], C)
-        return multihorizon_loss(model, out, x[:, :L], a[:, :L], C, spec.weights, w)
-    loss, _ = rollout_loss(model, x, a, C, spec.horizon, offset, spec.steps, w,
-                           maturities=grid[0], moneyness=grid[1], returns=returns)
-    return loss
+        loss = multihorizon_loss(model, out, x[:, :L], a[:, :L], C, spec.weights, w)
+        kl = day_loss(model, out, x[:, :L], a[:, :L], slice(C, L), w)["kl"]
+    else:
+        loss, steps = rollout_loss(model, x, a, C, spec.horizon, offset, spec.steps, w,
+                                   maturities=grid[0], moneyness=grid[1], returns=returns)
+        kl = torch.stack([day_loss(model, st["out"], x[:, st["start"] - C:st["start"] + spec.horizon],
+                                   a[:, st["start"] - C:st["start"] + spec.horizon], slice(C, C + spec.horizon),
+                                   w)["kl"] for st in steps]).mean()
+    return (loss, float(kl)) if with_kl else loss
 
 
 # --- evaluation (point forecast = median at the prior mean, intervals = p05..p95) ---------------
@@ -129,7 +142,7 @@ def evaluate(model, spec: PhaseSpec, series: Series, starts, p: dict, batch: int
     grid, returns = (series.maturities, series.moneyness), p["training"]["returns"]
     was_training = model.training
     model.eval()
-    res = {"loss": [], "n_windows": len(starts)}
+    res = {"loss": [], "kl": [], "n_windows": len(starts)}
     offsets = spec.offsets or [None]
     preds = {o: ([], [], [], []) for o in offsets}         # p50, lo, hi, truth per offset
     last_ctx = []                                          # (B, n_mat, n_mon) the last real context day
@@ -137,20 +150,23 @@ def evaluate(model, spec: PhaseSpec, series: Series, starts, p: dict, batch: int
         x, a = series.windows(starts[b0:b0 + batch], spec.window)
         last_ctx.append(x[:, C - 1].float().cpu().numpy())
         for o in offsets:
-            res["loss"].append(float(batch_loss(model, spec, x, a, C, w, o, grid, returns)))
+            loss, kl = batch_loss(model, spec, x, a, C, w, o, grid, returns, with_kl=True)
+            res["loss"].append(float(loss))
+            res["kl"].append(kl)
             if spec.kind == "ar":
                 steps = rollout(model, x, a, C, spec.horizon, o, spec.steps, maturities=grid[0],
                                 moneyness=grid[1], returns=returns, generate=True, prior_scale=0.0)
                 q = torch.stack([s["q"] for s in steps], 1)             # (B, S, H, Q, n_mat, n_mon)
                 tr = torch.stack([x[:, s["start"]:s["start"] + spec.horizon] for s in steps], 1)
             else:
-                out = model(x, a, C, horizon=spec.horizon, prior_future=True, prior_scale=0.0)
-                q = model.to_vol(out["q"][:, C:])                        # (B, H, Q, n_mat, n_mon)
+                out = model.forecast(x[:, :C], a[:, :C], spec.horizon, a[:, C:C + spec.horizon], prior_scale=0.0)
+                q = model.to_vol(out["q"][:, C:], out["anchor"])         # (B, H, Q, n_mat, n_mon)
                 tr = x[:, C:C + spec.horizon]
             for lst, v in zip(preds[o], (q[..., model.mid, :, :], q[..., 0, :, :], q[..., -1, :, :], tr)):
                 lst.append(v.float().cpu().numpy())
     model.train(was_training)
     res["loss"] = float(np.mean(res["loss"]))
+    res["kl"] = float(np.mean(res["kl"]))
     last = np.concatenate(last_ctx)                                              # (N, n_mat, n_mon)
     for o in offsets:
         med, lo, hi, tr = (np.concatenate(v) for v in preds[o])
@@ -224,8 +240,8 @@ def _set_rng_state(st):
 
 # --- one phase ---------------------------------------------------------------------------------
 
-CSV_FIELDS = ["phase", "epoch", "global_epoch", "train_loss", "val_loss", "val_rmse", "val_ci_violation",
-              "seconds", "rmse_by"]
+CSV_FIELDS = ["phase", "epoch", "global_epoch", "train_loss", "val_loss", "val_kl", "val_rmse",
+              "val_ci_violation", "seconds", "rmse_by"]
 
 
 def train_phase(run, number: int, stop_after: int | None = None, progress: bool | None = None) -> dict:
@@ -253,7 +269,7 @@ def train_phase(run, number: int, stop_after: int | None = None, progress: bool 
     device = pick_device(p)
     C, t = p["model"]["context_len"], p["training"]
     w = LossWeights.from_params(p)
-    series = Series.from_dataset(ds, device)
+    series = Series.from_dataset(ds, device, p["model"]["rv_halflives"])
     grid = (ds.maturities, ds.moneyness)
     train_st = window_starts(run.splits["train"], spec.window)
     val_st = _eval_starts(run.splits["val"], spec.window, t["max_val_windows"])
@@ -317,7 +333,7 @@ def train_phase(run, number: int, stop_after: int | None = None, progress: bool 
             losses.append(loss.item())
         ev = evaluate(model, spec, series, val_st, p)
         row = {"phase": number, "epoch": epoch + 1, "global_epoch": base_epoch + epoch + 1,
-               "train_loss": float(np.mean(losses)), "val_loss": ev["loss"],
+               "train_loss": float(np.mean(losses)), "val_loss": ev["loss"], "val_kl": ev["kl"],
                "val_rmse": ev["rmse_by_horizon"][spec.horizons[-1]] if spec.kind != "ar" else ev["rmse"],
                "val_ci_violation": (ev["ci_by_horizon"][spec.horizons[-1]] if spec.kind != "ar"
                                     else ev["ci_violation"]),
@@ -325,7 +341,7 @@ def train_phase(run, number: int, stop_after: int | None = None, progress: bool 
                "rmse_by": ev["rmse_by_horizon"] if spec.kind != "ar" else
                {o: ev[f"offset_{o}"]["rmse_by_pass"] for o in spec.offsets}}
         history.append(row)
-        for k in ("train_loss", "val_loss", "val_rmse", "val_ci_violation"):
+        for k in ("train_loss", "val_loss", "val_kl", "val_rmse", "val_ci_violation"):
             writer.add_scalar(f"phase{number}/{k}", row[k], row["global_epoch"])
         _write_csv(csv_path, history)
         _save(last, {"phase": number, "epoch": epoch + 1, "model": model.state_dict(),
@@ -372,6 +388,7 @@ def phase_record(summary: dict) -> dict:
     """The `phases` entry of metrics.json for one phase summary."""
     va, tr = summary["val_eval"], summary["train_eval"]
     rec = {k: summary[k] for k in ("name", "epochs", "seconds", "device", "final_train_loss", "final_val_loss")}
+    rec["val_kl"], rec["train_kl"] = va.get("kl"), tr.get("kl")
     rec["val_context_beta"] = va.get("context_beta")
     rec["val_context_beta_truth"] = va.get("context_beta_truth")
     if "rmse_by_horizon" in va:

@@ -1,0 +1,116 @@
+"""The learned conditional prior, the change target and known-future inputs (issue 8)."""
+import numpy as np
+import pytest
+import torch
+
+from backfill.data import REFERENCE_MATURITIES as MAT, REFERENCE_MONEYNESS as MON, skew_slope
+from backfill.model import CVAE, LossWeights, ModelConfig, day_loss, kl_divergence
+
+CONFIGS = {"seed": dict(prior="standard", target="level"),
+           "conditional": dict(prior="conditional", target="change", known_future=True, n_feat=5,
+                               rv_halflives=(5, 21))}
+
+
+def _model(kind, seed=0):
+    torch.manual_seed(seed)
+    return CVAE(ModelConfig(5, 5, latent_dim=3, mem_hidden=16, mem_layers=2, mem_dropout=0.3, surface_hidden=(5, 5),
+                            **CONFIGS[kind])).eval()
+
+
+def _data(B, T, n_feat, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    x = 0.2 + 0.05 * torch.rand(B, T, 5, 5, generator=g)
+    r = 0.01 * torch.randn(B, T, generator=g)
+    sk, sl = skew_slope(x, MAT, MON)
+    rv = [torch.log(0.15 + 0.05 * torch.rand(B, T, generator=g)) for _ in range(n_feat - 3)]
+    return x, torch.stack([r, sk, sl, *rv], -1)
+
+
+def test_kl_to_a_learned_prior_hand_cases():
+    mu, lv = torch.randn(4, 7, 3), torch.randn(4, 7, 3)
+    assert kl_divergence(mu, lv, mu, lv).item() == pytest.approx(0.0, abs=1e-6)     # posterior = prior
+    assert kl_divergence(mu, lv, mu + 0.5, lv).item() > 0
+    # KL(N(1, 1) || N(0, 4)) = 0.5 (log 4 + (1 + 1) / 4 - 1), one latent dim
+    one = torch.ones(1, 1, 1)
+    assert kl_divergence(one, 0 * one, 0 * one, np.log(4.0) * one).item() == pytest.approx(
+        0.5 * (np.log(4) + 0.5 - 1), rel=1e-5)
+    # the default prior is N(0, I): KL(N(1, 1) || N(0, 1)) = 0.5
+    assert kl_divergence(one, 0 * one).item() == pytest.approx(0.5, rel=1e-6)
+
+
+@pytest.mark.parametrize("kind", list(CONFIGS))
+def test_forecast_shapes_and_seeded_determinism(kind):
+    model = _model(kind)
+    F = model.cfg.n_feat
+    x, a = _data(3, 10 + 12, F)
+    run = lambda seed, scale=1.0: model.forecast(x[:, :10], a[:, :10], 12, a[:, 10:],  # noqa: E731
+                                                 generator=torch.Generator().manual_seed(seed), prior_scale=scale)
+    o1, o2, o3 = run(7), run(7), run(8)
+    assert o1["q"].shape == (3, 22, 3, 5, 5) and o1["feat"].shape == (3, 22, F)
+    assert o1["prior_mu"].shape == (3, 12, 3)
+    assert torch.equal(o1["q"], o2["q"])                         # same seed, same draws
+    assert not torch.allclose(o1["q"][:, 10:], o3["q"][:, 10:])  # another seed, other draws
+    assert torch.equal(run(7, 0.0)["q"], run(8, 0.0)["q"])     # prior mean: deterministic
+
+
+def test_conditional_prior_is_the_same_in_training_and_generation():
+    """The prior of the first future day depends only on the context: forward (training) and forecast must agree."""
+    model = _model("conditional")
+    x, a = _data(2, 16, 5)
+    tr = model(x, a, 10, sample_posterior=False)
+    fc = model.forecast(x[:, :10], a[:, :10], 6, a[:, 10:], prior_scale=0.0)
+    torch.testing.assert_close(tr["prior_mu"][:, 10], fc["prior_mu"][:, 0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(tr["prior_logvar"][:, 10], fc["prior_logvar"][:, 0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(tr["q"][:, :10], fc["q"][:, :10], atol=1e-5, rtol=1e-5)   # context days
+
+
+def test_conditional_latent_path_is_coherent():
+    """With the conditional prior, day t's prior moves with the latent drawn on day t-1 (it is not N(0, I))."""
+    model = _model("conditional")
+    with torch.no_grad():
+        for prm in model.prior_net.parameters():
+            prm.add_(0.3 * torch.randn_like(prm))
+    x, a = _data(1, 16, 5)
+    a2 = torch.cat([a[:, :10], a[:, 10:]], 1)
+    f1 = model.forecast(x[:, :10], a[:, :10], 6, a2[:, 10:], generator=torch.Generator().manual_seed(1))
+    f2 = model.forecast(x[:, :10], a[:, :10], 6, a2[:, 10:], generator=torch.Generator().manual_seed(2))
+    assert torch.allclose(f1["prior_mu"][:, 0], f2["prior_mu"][:, 0])          # day 1: same past
+    assert not torch.allclose(f1["prior_mu"][:, 1], f2["prior_mu"][:, 1])      # day 2: depends on z_1
+
+
+def test_known_future_inputs_move_the_forecast_only_when_enabled():
+    for kind, moves in (("seed", False), ("conditional", True)):
+        model = _model(kind)
+        x, a = _data(2, 16, model.cfg.n_feat)
+        a2 = a.clone()
+        a2[:, 10:, 0] -= 0.05                     # a crash in the known future returns
+        if a.shape[-1] > 3:
+            a2[:, 10:, 3:] += 1.0                 # and higher realised vol
+        f1 = model.forecast(x[:, :10], a[:, :10], 6, a[:, 10:], prior_scale=0.0)["q"]
+        f2 = model.forecast(x[:, :10], a[:, :10], 6, a2[:, 10:], prior_scale=0.0)["q"]
+        assert torch.allclose(f1[:, :10], f2[:, :10])                       # context days unchanged
+        assert (not torch.allclose(f1[:, 10:], f2[:, 10:])) == moves
+
+
+def test_change_target_round_trip_and_random_walk_zero_point():
+    model = _model("conditional")
+    model.c_std.fill_(0.07)
+    x, _ = _data(2, 8, 5)
+    anchor = x[:, 3]
+    y = model.to_target(x, anchor)
+    torch.testing.assert_close(model.to_vol(y.unsqueeze(2), anchor)[:, :, 0], x)
+    zero = torch.zeros(2, 4, 3, 5, 5)
+    torch.testing.assert_close(model.to_vol(zero, anchor), anchor[:, None, None].expand(2, 4, 3, 5, 5))
+
+
+@pytest.mark.parametrize("kind", list(CONFIGS))
+def test_loss_trains_the_prior_towards_the_posterior(kind):
+    model = _model(kind).train()
+    x, a = _data(4, 14, model.cfg.n_feat)
+    w = LossWeights((0.05, 0.5, 0.95), (5.0, 1.0, 5.0), kl_weight=1.0, feat_weight=1.0)
+    out = model(x, a, 10)
+    d = day_loss(model, out, x, a, slice(10, 14), w)
+    d["loss"].backward()
+    if kind == "conditional":
+        assert any(prm.grad is not None and prm.grad.abs().sum() > 0 for prm in model.prior_net.parameters())
+    assert torch.isfinite(d["loss"]) and d["kl"] >= 0
