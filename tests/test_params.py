@@ -15,7 +15,7 @@ from backfill import data, params
 from backfill.data import DataError
 from backfill.params import ParamsError
 
-PROFILES = ("test", "smoke", "full")
+PROFILES = ("test", "smoke", "full", "smoke_seed", "regime_shift", "full_working")
 SEED_DIR = Path(backfill.params.__file__).resolve().parents[3] / "shared" / "seed"
 
 
@@ -381,3 +381,48 @@ def test_load_for_honours_grid(tmp_path):
     ds = data.load_for(params.load(_write(tmp_path, p)))
     assert ds.grid == (6, 7) and list(ds.moneyness) == GRID["moneyness"]
     assert data.default_cache_path(tmp_path, GRID).exists()
+
+
+# --- 7. the seed as written vs the working model ------------------------------------------------
+
+@pytest.mark.parametrize("name", ["full", "smoke_seed"])
+def test_seed_profiles_keep_the_seeds_model(name):
+    m = params.load(params.profile_path(name))["model"]
+    assert (m["prior"], m["target"], m["kl_weight"], m["rv_halflives"], m["known_future"]) == \
+        ("standard", "level", 1e-5, [], False)
+
+
+@pytest.mark.parametrize("name", ["smoke", "regime_shift", "full_working", "test"])
+def test_working_profiles_use_the_conditional_prior(name):
+    p = params.load(params.profile_path(name))
+    m = p["model"]
+    assert (m["prior"], m["target"], m["known_future"]) == ("conditional", "change", True)
+    assert m["ex_feats_dim"] == 3 + len(m["rv_halflives"]) and p["generation"]["repair_arbitrage"]
+
+
+def test_full_working_is_the_full_plan():
+    from backfill import train
+    assert train.is_full_plan(params.load(params.profile_path("full_working")))
+
+
+@pytest.mark.parametrize("key,value,msg", [
+    ("prior", "gaussian", "model.prior"), ("target", "delta", "model.target"),
+    ("rv_halflives", [0], "model.rv_halflives"), ("ex_feats_dim", 3, "model.ex_feats_dim")])
+def test_bad_model_options_are_one_line_errors(tmp_path, key, value, msg):
+    p = _raw("smoke")
+    p["model"][key] = value
+    assert msg in _load_error(tmp_path, p)
+
+
+def test_known_future_needs_realised_returns(tmp_path):
+    p = _raw("smoke")
+    p["training"]["returns"] = "predicted"
+    assert "model.known_future" in _load_error(tmp_path, p)
+
+
+def test_a_validation_split_shorter_than_the_longest_window_fails_at_load(tmp_path):
+    from backfill import data
+    p = _raw("regime_shift")
+    p["data"]["val_fraction"] = 0.2                  # 226 days < the 330-day phase-4 window
+    with pytest.raises(data.DataError, match="data.val_fraction: the validation split has .* fewer than"):
+        data.load_for(params.load(_write(tmp_path, p)))

@@ -18,7 +18,7 @@ def main(argv=None) -> int:
     b = sub.add_parser("book", help="build the Jupyter Book of a run")
     b.add_argument("run_dir")
     be = sub.add_parser("bench", help="benchmark training and generation; writes JSON")
-    be.add_argument("--params", default="params/full.yaml")
+    be.add_argument("--params", default="params/full_working.yaml")
     be.add_argument("--out", default="runs/bench.json")
     be.add_argument("--steps", type=int, default=5, help="timed batches per phase")
     a = ap.parse_args(argv)

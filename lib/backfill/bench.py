@@ -51,7 +51,7 @@ def time_phase(model, spec, series, starts, p, steps: int, device) -> dict:
             "window_days": spec.window}
 
 
-def main(params_path="params/full.yaml", out="runs/bench.json", steps: int = 5) -> dict:
+def main(params_path="params/full_working.yaml", out="runs/bench.json", steps: int = 5) -> dict:
     p = params.load(params_path)
     ds = data.load_for(p)
     device = train.pick_device(p)

@@ -324,7 +324,13 @@ def load_for(p: dict) -> Dataset:
     if p["model"]["feat_dim"] is not None and list(ds.grid) != list(p["model"]["feat_dim"]):
         raise DataError(f"model.feat_dim is {p['model']['feat_dim']} but the data's grid is "
                         f"{ds.grid[0]}x{ds.grid[1]}")
-    splits(ds, p)   # raises if split dates fall outside the data
+    sp = splits(ds, p)   # raises if split dates fall outside the data
+    need = _params.longest_window(p)
+    for name, key in (("train", "data.train"), ("val", "data.val_fraction")):
+        n = sp[name][1] - sp[name][0]
+        if n < need:
+            raise DataError(f"{key}: the {'training' if name == 'train' else 'validation'} split has {n} days, fewer "
+                            f"than the longest training window ({need} days)")
     return ds
 
 

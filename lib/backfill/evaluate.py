@@ -197,3 +197,42 @@ def deployment_checks(scores: dict, method: str, p: dict) -> dict:
     h = headline(scores, method)
     checks = [gates._check(name, h.get(name), thr, op) for name, (op, thr) in p["evaluation"]["deployment"].items()]
     return gates.evaluate_checks(checks, p)
+
+
+def load_vae_backfills(run, names, offsets) -> dict:
+    """{(window, offset): Backfill} read from the run's backfill/ folder, as notebook 08 wrote them."""
+    from .generate import load_backfill
+    return {(n, o): load_backfill(run.run_dir / "backfill" / f"{n}_o{o}.npz") for n in names for o in offsets}
+
+
+SCORE_COLUMNS = {"rmse": "RMSE", "pinball_mean": "pinball (mean of p05/p50/p95)", "interval_score": "interval score (90%)",
+                 "crps": "CRPS", "ci_violation": "CI violations", "coverage_p05": "coverage p05",
+                 "coverage_p50": "coverage p50", "coverage_p95": "coverage p95",
+                 "arbitrage_share_raw": "arbitrage (raw)", "arbitrage_share": "arbitrage"}
+
+
+def scores_table(scores: dict, methods: list[str], mcs: dict | None = None) -> pd.DataFrame:
+    """Rolling-origin means of every score per method (lower is better for RMSE, pinball, interval score and
+    CRPS; coverage should equal its level), with membership of the Model Confidence Set where given."""
+    roll = rolling_summary(scores)
+    rows = []
+    for m in methods:
+        r = {"method": m, **{label: roll.get(m, {}).get(k) for k, label in SCORE_COLUMNS.items()}}
+        if mcs:
+            res = mcs["methods"].get(m)
+            r[f"in the {100 * (1 - mcs['size']):.0f}% MCS ({mcs['loss']})"] = None if res is None else (
+                "yes" if res["in_set"] else "no")
+            r["MCS p-value"] = None if res is None else res["p_value"]
+        rows.append(r)
+    return pd.DataFrame(rows)
+
+
+def coverage_frame(scores: dict, methods: list[str]) -> pd.DataFrame:
+    """Long table (method, quantile, level, coverage, calibrated) of rolling-origin coverage per quantile."""
+    roll = rolling_summary(scores)
+    rows = []
+    for m in methods:
+        for q, level in (("p05", 0.05), ("p50", 0.5), ("p95", 0.95)):
+            rows.append({"method": m.removesuffix(CAL), "quantile": q, "level": level,
+                         "coverage": roll.get(m, {}).get(f"coverage_{q}"), "calibrated": m.endswith(CAL)})
+    return pd.DataFrame(rows)

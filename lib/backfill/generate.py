@@ -155,6 +155,15 @@ def backfill(model, ds, start: int, days: int, horizon: int, offset: int, n_samp
                     crps=crps_ensemble(draws, truth) if n else None, arbitrage_raw=arb_raw)
 
 
+def backfill_for(model, ds, p: dict, start: int, days: int, offset: int, name: str = "") -> Backfill:
+    """`backfill` with the run's generation params: its samples, chunk, horizon, returns, arbitrage repair, and a
+    seed from the run's seed and the start day (the same window gets the same draws in every notebook)."""
+    g = p["generation"]
+    return backfill(model, ds, start, days, g["horizon"], offset, g["n_samples"], seed=p["seed"] + start,
+                    chunk=g["sample_chunk"], returns=p["training"]["returns"], name=name,
+                    repair=g["repair_arbitrage"])
+
+
 def window_starts(ds, p: dict, split_span, days: int) -> dict[str, int]:
     """Named windows from params plus rolling origins every `rolling_every` days over a split."""
     g, C = p["generation"], p["model"]["context_len"]

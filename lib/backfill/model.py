@@ -108,6 +108,12 @@ class CVAE(nn.Module):
         self.feat_head = nn.Linear(M, cfg.n_feat)
         if cfg.prior == "conditional":
             self.prior_net = nn.Sequential(_mlp([M + E, M]), nn.Linear(M, 2 * L))
+        # change target with known RV: a linear path from the RV features' change since the anchor day to the
+        # log-vol change of every grid point, so that a forecast can follow realised stress beyond the training range
+        self.rv_idx = list(range(3, cfg.n_feat)) if cfg.known_future and cfg.target == "change" else []
+        if self.rv_idx:
+            self.rv_link = nn.Linear(len(self.rv_idx), g, bias=False)
+            nn.init.zeros_(self.rv_link.weight)
         # standardisation (set from the training split by train.build_model)
         self.register_buffer("s_mean", torch.zeros(cfg.n_maturity, cfg.n_moneyness))
         self.register_buffer("s_std", torch.ones(cfg.n_maturity, cfg.n_moneyness))
@@ -148,11 +154,14 @@ class CVAE(nn.Module):
         down = mid - torch.cumsum(F.softplus(raw[:, :, :self.mid].flip(2)), dim=2).flip(2)
         return torch.cat([down, mid, up], dim=2)
 
-    def _heads(self, h) -> tuple:                  # h (B, T, M) -> q (B, T, Q, n_mat, n_mon), feat (B, T, F)
+    def _heads(self, h, fs, C: int) -> tuple:      # h (B, T, M), fs (B, T, F) -> q (B, T, Q, n_mat, n_mon), feat
         cfg, (B, T) = self.cfg, h.shape[:2]
         raw = self.surface_head(self.dec_dense(h)).view(B, T, len(cfg.quantiles), -1)
-        q = self._quantiles(raw).view(B, T, len(cfg.quantiles), cfg.n_maturity, cfg.n_moneyness)
-        return q, self.feat_head(h)
+        q = self._quantiles(raw)                                                # (B, T, Q, G)
+        if self.rv_idx:
+            rv = fs[..., self.rv_idx]
+            q = q + self.rv_link(rv - rv[:, C - 1:C]).unsqueeze(2)              # RV change since the anchor day
+        return q.view(B, T, len(cfg.quantiles), cfg.n_maturity, cfg.n_moneyness), self.feat_head(h)
 
     def _posterior(self, xs, fs):                  # (B, T, G), (B, T, F) -> mu, logvar (B, T, L)
         mu, logvar = self.to_latent(self.posterior(xs, fs)).chunk(2, dim=-1)
@@ -186,7 +195,7 @@ class CVAE(nn.Module):
         h, _ = self.dec_lstm(torch.cat([ctx, z, exo], dim=-1))                  # (B, T, M)
         h_prev = torch.cat([h.new_zeros(B, 1, h.shape[-1]), h[:, :-1]], dim=1)
         pmu, plogvar = self.prior(h_prev, exo)
-        q, feat = self._heads(h)
+        q, feat = self._heads(h, fs, C)
         return {"q": q, "feat": feat, "mu": mu, "logvar": logvar, "prior_mu": pmu, "prior_logvar": plogvar,
                 "anchor": surface[:, C - 1]}
 
@@ -223,7 +232,8 @@ class CVAE(nn.Module):
                 h_prev, state = self.dec_lstm(torch.cat([zeros[:, :1], z, exo_f[:, t:t + 1]], -1), state)
                 hs.append(h_prev), pms.append(pm), plvs.append(plv)
             h_f, pmu, plogvar = torch.cat(hs, 1), torch.cat(pms, 1), torch.cat(plvs, 1)
-        q, feat = self._heads(torch.cat([h_c, h_f], 1))
+        fs_all = torch.cat([fs, self.norm_f(future_feats[:, :H]) if self.exo_idx else fs.new_zeros(B, H, fs.shape[-1])], 1)
+        q, feat = self._heads(torch.cat([h_c, h_f], 1), fs_all, C)
         return {"q": q, "feat": feat, "mu": mu, "logvar": logvar, "prior_mu": pmu, "prior_logvar": plogvar,
                 "anchor": ctx_surface[:, C - 1]}
 

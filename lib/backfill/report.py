@@ -25,10 +25,19 @@ def show(fig) -> None:
 def glue(key: str, value, fmt: str | None = None):
     """Publish a headline number or table to the book (myst_nb.glue), hidden in the notebook."""
     from myst_nb import glue as _glue
-    if fmt is not None and isinstance(value, (int, float, np.floating, np.integer)):
+    if value is None or isinstance(value, (float, np.floating)) and not np.isfinite(value):
+        value = "n/a"
+    elif fmt is not None and isinstance(value, (int, float, np.floating, np.integer)):
         value = format(float(value), fmt)
     _glue(key, str(value), display=False)      # pasted with {glue:text}`doc::key:s` in the book
     return value
+
+
+def fmt_p(p) -> str:
+    """A p-value as text: '< 1e-12' below that (a p-value is never exactly 0), 3 significant digits above."""
+    if p is None or not np.isfinite(p):
+        return "n/a"
+    return "< 1e-12" if p < 1e-12 else f"{p:.3g}"
 
 
 def _x(ds):
