@@ -21,6 +21,7 @@ def main(argv=None) -> int:
     be.add_argument("--params", default="params/full_working.yaml")
     be.add_argument("--out", default="runs/bench.json")
     be.add_argument("--steps", type=int, default=5, help="timed batches per phase")
+    be.add_argument("--epochs", type=int, default=0, help="also time this many real epochs of phase 1")
     a = ap.parse_args(argv)
 
     from .data import DataError
@@ -35,7 +36,7 @@ def main(argv=None) -> int:
             return 0
         if a.cmd == "bench":
             from . import bench
-            bench.main(a.params, a.out, a.steps)
+            bench.main(a.params, a.out, a.steps, a.epochs)
             return 0
     except (ParamsError, DataError) as e:
         print(f"backfill: {e}", file=sys.stderr)

@@ -51,7 +51,20 @@ def time_phase(model, spec, series, starts, p, steps: int, device) -> dict:
             "window_days": spec.window}
 
 
-def main(params_path="params/full_working.yaml", out="runs/bench.json", steps: int = 5) -> dict:
+def time_epochs(p: dict, ds, epochs: int) -> dict:
+    """Seconds per real epoch of phase 1 (every training window, per-epoch validation included), run through
+    `train.train_phase` in a temporary run directory: what the projection above leaves out."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        run = pipeline.Run(p, ds, Path(tmp), data.splits(ds, p))
+        train.train_phase(run, 1, stop_after=epochs, progress=False)
+        hist = train.read_history(tmp, 1)
+    sec = [float(x) for x in hist["seconds"]]
+    return {"phase": 1, "epochs": len(sec), "seconds_per_epoch": sec,
+            "median_seconds_per_epoch": float(np.median(sec)) if sec else None}
+
+
+def main(params_path="params/full_working.yaml", out="runs/bench.json", steps: int = 5, epochs: int = 0) -> dict:
     p = params.load(params_path)
     ds = data.load_for(p)
     device = train.pick_device(p)
@@ -84,6 +97,8 @@ def main(params_path="params/full_working.yaml", out="runs/bench.json", steps: i
     result["projection_note"] = ("training batches only; per-epoch validation adds to it")
     from . import generate
     result["generation"] = generate.bench(p, ds, device)
+    if epochs:
+        result["phase1_epochs"] = time_epochs(p, ds, epochs)
     result["peak_memory_mb"] = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
                                 else _peak_rss_mb())
     result["peak_memory_kind"] = "CUDA allocated" if device.type == "cuda" else "process max RSS"

@@ -110,10 +110,15 @@ class CVAE(nn.Module):
             self.prior_net = nn.Sequential(_mlp([M + E, M]), nn.Linear(M, 2 * L))
         # change target with known RV: a linear path from the RV features' change since the anchor day to the
         # log-vol change of every grid point, so that a forecast can follow realised stress beyond the training range
+        # and an error-correction backbone: log x_t reverts from the anchor at a learned daily rate rho towards a
+        # level linear in the day's log RV, log x_t - log x_a ~ (1 - rho^k) (a + b log RV_t - log x_a) after k days
         self.rv_idx = list(range(3, cfg.n_feat)) if cfg.known_future and cfg.target == "change" else []
         if self.rv_idx:
             self.rv_link = nn.Linear(len(self.rv_idx), g, bias=False)
             nn.init.zeros_(self.rv_link.weight)
+            self.ecm_level = nn.Linear(len(self.rv_idx), g)          # in log vol; bias set from the data
+            nn.init.zeros_(self.ecm_level.weight)
+            self.ecm_rate = nn.Parameter(torch.full((g,), -4.0))     # rho = 1 - sigmoid(rate): half-life ~ 38 days
         # standardisation (set from the training split by train.build_model)
         self.register_buffer("s_mean", torch.zeros(cfg.n_maturity, cfg.n_moneyness))
         self.register_buffer("s_std", torch.ones(cfg.n_maturity, cfg.n_moneyness))
@@ -154,13 +159,20 @@ class CVAE(nn.Module):
         down = mid - torch.cumsum(F.softplus(raw[:, :, :self.mid].flip(2)), dim=2).flip(2)
         return torch.cat([down, mid, up], dim=2)
 
-    def _heads(self, h, fs, C: int) -> tuple:      # h (B, T, M), fs (B, T, F) -> q (B, T, Q, n_mat, n_mon), feat
+    def _heads(self, h, fs, C: int, anchor) -> tuple:
+        """h (B, T, M) decoder states, fs (B, T, F) standardised features, anchor (B, n_mat, n_mon) vols
+        -> q (B, T, Q, n_mat, n_mon) in the target space, feat (B, T, F)."""
         cfg, (B, T) = self.cfg, h.shape[:2]
         raw = self.surface_head(self.dec_dense(h)).view(B, T, len(cfg.quantiles), -1)
         q = self._quantiles(raw)                                                # (B, T, Q, G)
         if self.rv_idx:
-            rv = fs[..., self.rv_idx]
-            q = q + self.rv_link(rv - rv[:, C - 1:C]).unsqueeze(2)              # RV change since the anchor day
+            rv = fs[..., self.rv_idx]                                           # (B, T, R)
+            k = (torch.arange(T, device=h.device) - (C - 1)).clamp_min(0).to(h.dtype)   # days since the anchor
+            keep = torch.exp(k[:, None] * F.logsigmoid(-self.ecm_rate))        # rho^k, (T, G)
+            log_a = torch.log(anchor).flatten(1)[:, None]                       # (B, 1, G)
+            ecm = (1 - keep) * (self.ecm_level(rv) - log_a)                     # (B, T, G) in log vol
+            lin = self.rv_link(rv - rv[:, C - 1:C]) + ecm / self.c_std.flatten()
+            q = q + lin.unsqueeze(2)
         return q.view(B, T, len(cfg.quantiles), cfg.n_maturity, cfg.n_moneyness), self.feat_head(h)
 
     def _posterior(self, xs, fs):                  # (B, T, G), (B, T, F) -> mu, logvar (B, T, L)
@@ -195,7 +207,7 @@ class CVAE(nn.Module):
         h, _ = self.dec_lstm(torch.cat([ctx, z, exo], dim=-1))                  # (B, T, M)
         h_prev = torch.cat([h.new_zeros(B, 1, h.shape[-1]), h[:, :-1]], dim=1)
         pmu, plogvar = self.prior(h_prev, exo)
-        q, feat = self._heads(h, fs, C)
+        q, feat = self._heads(h, fs, C, surface[:, C - 1])
         return {"q": q, "feat": feat, "mu": mu, "logvar": logvar, "prior_mu": pmu, "prior_logvar": plogvar,
                 "anchor": surface[:, C - 1]}
 
@@ -233,7 +245,7 @@ class CVAE(nn.Module):
                 hs.append(h_prev), pms.append(pm), plvs.append(plv)
             h_f, pmu, plogvar = torch.cat(hs, 1), torch.cat(pms, 1), torch.cat(plvs, 1)
         fs_all = torch.cat([fs, self.norm_f(future_feats[:, :H]) if self.exo_idx else fs.new_zeros(B, H, fs.shape[-1])], 1)
-        q, feat = self._heads(torch.cat([h_c, h_f], 1), fs_all, C)
+        q, feat = self._heads(torch.cat([h_c, h_f], 1), fs_all, C, ctx_surface[:, C - 1])
         return {"q": q, "feat": feat, "mu": mu, "logvar": logvar, "prior_mu": pmu, "prior_logvar": plogvar,
                 "anchor": ctx_surface[:, C - 1]}
 

@@ -100,6 +100,9 @@ def build_model(p: dict, ds, train_span) -> CVAE:
     model.f_std.copy_(f.std(0).clamp_min(1e-6))
     k = min(CHANGE_SCALE_DAYS, max(len(s) // 2, 1))
     model.c_std.copy_((s[k:].log() - s[:-k].log()).std(0).clamp_min(1e-4))
+    if model.rv_idx:                                   # the error-correction level starts at the mean log vol
+        with torch.no_grad():
+            model.ecm_level.bias.copy_(s.log().mean(0).flatten())
     return model
 
 
