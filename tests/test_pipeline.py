@@ -45,6 +45,19 @@ def test_run_leaves_the_contract(run_dir):
         assert (run_dir / "checkpoints" / "last.pt").exists()
         assert list((run_dir / "logs" / "tensorboard").glob("events.out.tfevents.*"))
         assert m["phases"]["phase2"]["criteria"]["decision"] in ("PASS", "MARGINAL", "FAIL")
+        for n in (1, 2, 3, 4):                       # the seed's "KL < 10" beside every phase's criteria
+            ph = m["phases"][f"phase{n}"]
+            assert ph["val_kl"] >= 0 and "KL to the prior (validation)" in [c["criterion"] for c in ph["criteria"]["checks"]]
+    if "09_evaluation" in names:
+        roll = m["rolling"]
+        assert {"vae_o9", "vae_o5", "econometric", "random_walk", "vae_o9_cal", "econometric_cal"} <= set(roll)
+        for k in ("pinball_p05", "pinball_mean", "interval_score", "coverage_p05", "coverage_p95"):
+            assert roll["vae_o9"][k] is not None and roll["vae_o9_cal"][k] is not None
+        assert roll["vae_o9"]["crps"] > 0 and roll["econometric"]["crps"] > 0 and roll["random_walk"]["crps"] is None
+        assert set(m["mcs"]) == {"pinball", "squared"} and set(m["mcs"]["pinball"]["methods"]) >= {"vae_o9", "econometric"}
+        assert len(m["calibration"]["vae_o9"]["shift"][0]) == 3 and m["calibration"]["vae_o9"]["windows"] >= 1
+        dm = m["dm_tests"]["rolling_pooled"]["vae_o9 vs econometric"]
+        assert abs(dm["dm"]) <= abs(dm["dm_raw"])    # the HLN correction shrinks the statistic
     rec = yaml.safe_load((run_dir / "params.yaml").read_text())
     assert rec["model"]["context_len"] == 10
     prov = rec["provenance"]
@@ -98,6 +111,13 @@ def test_book_builds_with_glued_numbers(run_dir):
     m = json.loads((run_dir / "metrics.json").read_text())
     assert "5030" in html and "1999-01-05 to 2018-12-31" in html
     assert f"{m['data']['vix_corr']:.3f}" in html
+    r = m["rolling"]
+    for v in (100 * r["vae_o9"]["ci_violation"], 100 * r["vae_o9_cal"]["ci_violation"]):
+        assert f"{v:.1f}" in html
+    assert f"{r['vae_o9']['interval_score']:.4f}" in html and f"{m['phases']['phase4']['val_kl']:.3g}" in html
+    from backfill import report
+    p_text = report.fmt_p(m["dm_tests"]["rolling_pooled"]["vae_o9 vs econometric"]["p_value"])
+    assert p_text.replace("<", "&lt;") in html and "p = 0" not in html
     nb01 = (run_dir / "_build" / "html" / "notebooks" / "01_data_autocorrelation.html").read_text()
     assert "plotly-graph-div" in nb01 and "Plotly.newPlot" in nb01
     assert (run_dir / "_build" / "html" / "_static" / "plotly.min.js").exists()

@@ -30,6 +30,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 PRIORS = ("standard", "conditional")
+CLIP = 4.0      # change target: standardised inputs of the networks are clipped to +-4 sd of the training split;
+                # the linear backbone reads them unclipped, so forecasts still extrapolate along it
 TARGETS = ("level", "change")
 
 
@@ -94,6 +96,7 @@ class CVAE(nn.Module):
         self.cfg = cfg
         g, q, M, L = cfg.n_maturity * cfg.n_moneyness, len(cfg.quantiles), cfg.mem_hidden, cfg.latent_dim
         self.mid = list(cfg.quantiles).index(0.5)
+        self.clip = CLIP if cfg.target == "change" else float("inf")          # the seed's model: unclipped
         # e_t: the return (column 0) and the RV features (columns 3..), known on every day of a backfill
         self.exo_idx = [0, *range(3, cfg.n_feat)] if cfg.known_future else []
         E = len(self.exo_idx)
@@ -110,14 +113,15 @@ class CVAE(nn.Module):
             self.prior_net = nn.Sequential(_mlp([M + E, M]), nn.Linear(M, 2 * L))
         # change target with known RV: a linear path from the RV features' change since the anchor day to the
         # log-vol change of every grid point, so that a forecast can follow realised stress beyond the training range
-        # and an error-correction backbone: log x_t reverts from the anchor at a learned daily rate rho towards a
-        # level linear in the day's log RV, log x_t - log x_a ~ (1 - rho^k) (a + b log RV_t - log x_a) after k days
+        # and an error-correction backbone: log x_t reverts from the anchor at a learned daily rate rho towards the
+        # level L_t = a + b RV_t of the econometric regression of vol on RV (fitted on the training split by
+        # train.build_model, then fixed), after k days log x_t - log x_a ~ (1 - rho^k) (log L_t - log x_a)
         self.rv_idx = list(range(3, cfg.n_feat)) if cfg.known_future and cfg.target == "change" else []
         if self.rv_idx:
             self.rv_link = nn.Linear(len(self.rv_idx), g, bias=False)
             nn.init.zeros_(self.rv_link.weight)
-            self.ecm_level = nn.Linear(len(self.rv_idx), g)          # in log vol; bias set from the data
-            nn.init.zeros_(self.ecm_level.weight)
+            self.register_buffer("ecm_a", torch.full((g,), 0.2))                 # vol
+            self.register_buffer("ecm_b", torch.zeros(len(self.rv_idx), g))      # vol per unit of RV (vol)
             self.ecm_rate = nn.Parameter(torch.full((g,), -4.0))     # rho = 1 - sigmoid(rate): half-life ~ 38 days
         # standardisation (set from the training split by train.build_model)
         self.register_buffer("s_mean", torch.zeros(cfg.n_maturity, cfg.n_moneyness))
@@ -170,10 +174,16 @@ class CVAE(nn.Module):
             k = (torch.arange(T, device=h.device) - (C - 1)).clamp_min(0).to(h.dtype)   # days since the anchor
             keep = torch.exp(k[:, None] * F.logsigmoid(-self.ecm_rate))        # rho^k, (T, G)
             log_a = torch.log(anchor).flatten(1)[:, None]                       # (B, 1, G)
-            ecm = (1 - keep) * (self.ecm_level(rv) - log_a)                     # (B, T, G) in log vol
+            rv_vol = torch.exp(rv * self.f_std[self.rv_idx] + self.f_mean[self.rv_idx])   # RV in vol units
+            level = (self.ecm_a + rv_vol @ self.ecm_b).clamp_min(1e-3)            # (B, T, G), linear in RV
+            ecm = (1 - keep) * (torch.log(level) - log_a)                       # (B, T, G) in log vol
             lin = self.rv_link(rv - rv[:, C - 1:C]) + ecm / self.c_std.flatten()
             q = q + lin.unsqueeze(2)
         return q.view(B, T, len(cfg.quantiles), cfg.n_maturity, cfg.n_moneyness), self.feat_head(h)
+
+    def _inputs(self, surface, feats):
+        """Standardised inputs: the surface (B, T, G) clipped to +-clip, the features (B, T, F) unclipped."""
+        return self.norm_s(surface).flatten(2).clamp(-self.clip, self.clip), self.norm_f(feats)
 
     def _posterior(self, xs, fs):                  # (B, T, G), (B, T, F) -> mu, logvar (B, T, L)
         mu, logvar = self.to_latent(self.posterior(xs, fs)).chunk(2, dim=-1)
@@ -198,7 +208,8 @@ class CVAE(nn.Module):
         standardised, 'mu'/'logvar' the posterior and 'prior_mu'/'prior_logvar' the prior (B, T, L), and
         'anchor' (B, n_mat, n_mon) the last context day in vols."""
         C, (B, T) = context_len, surface.shape[:2]
-        xs, fs = self.norm_s(surface).flatten(2), self.norm_f(feats)            # (B, T, G), (B, T, F)
+        xs, fs_all = self._inputs(surface, feats)                               # (B, T, G), (B, T, F)
+        fs = fs_all.clamp(-self.clip, self.clip)
         mu, logvar = self._posterior(xs, fs)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if sample_posterior else mu
         ctx = self._context(xs[:, :C], fs[:, :C])
@@ -207,7 +218,7 @@ class CVAE(nn.Module):
         h, _ = self.dec_lstm(torch.cat([ctx, z, exo], dim=-1))                  # (B, T, M)
         h_prev = torch.cat([h.new_zeros(B, 1, h.shape[-1]), h[:, :-1]], dim=1)
         pmu, plogvar = self.prior(h_prev, exo)
-        q, feat = self._heads(h, fs, C, surface[:, C - 1])
+        q, feat = self._heads(h, fs_all, C, surface[:, C - 1])
         return {"q": q, "feat": feat, "mu": mu, "logvar": logvar, "prior_mu": pmu, "prior_logvar": plogvar,
                 "anchor": surface[:, C - 1]}
 
@@ -220,13 +231,14 @@ class CVAE(nn.Module):
         deterministic point forecast). Returns the keys of `forward` for the C + horizon days (no posterior on
         future days: 'mu'/'logvar' cover the context)."""
         cfg, (B, C), H = self.cfg, ctx_surface.shape[:2], int(horizon)
-        xs, fs = self.norm_s(ctx_surface).flatten(2), self.norm_f(ctx_feats)
+        xs, fs_ctx = self._inputs(ctx_surface, ctx_feats)
+        fs = fs_ctx.clamp(-self.clip, self.clip)
         mu, logvar = self._posterior(xs, fs)
         exo_c = fs[..., self.exo_idx]
         if self.exo_idx:
             if future_feats is None or future_feats.shape[1] < H:
                 raise ValueError(f"known_future: forecast needs future_feats for {H} days")
-            exo_f = self.norm_f(future_feats[:, :H])[..., self.exo_idx]         # (B, H, E)
+            exo_f = self.norm_f(future_feats[:, :H])[..., self.exo_idx].clamp(-self.clip, self.clip)   # (B, H, E)
         else:
             exo_f = fs.new_zeros(B, H, 0)
         ctx = self._context(xs, fs)
@@ -244,7 +256,7 @@ class CVAE(nn.Module):
                 h_prev, state = self.dec_lstm(torch.cat([zeros[:, :1], z, exo_f[:, t:t + 1]], -1), state)
                 hs.append(h_prev), pms.append(pm), plvs.append(plv)
             h_f, pmu, plogvar = torch.cat(hs, 1), torch.cat(pms, 1), torch.cat(plvs, 1)
-        fs_all = torch.cat([fs, self.norm_f(future_feats[:, :H]) if self.exo_idx else fs.new_zeros(B, H, fs.shape[-1])], 1)
+        fs_all = torch.cat([fs_ctx, self.norm_f(future_feats[:, :H]) if self.exo_idx else fs.new_zeros(B, H, fs.shape[-1])], 1)
         q, feat = self._heads(torch.cat([h_c, h_f], 1), fs_all, C, ctx_surface[:, C - 1])
         return {"q": q, "feat": feat, "mu": mu, "logvar": logvar, "prior_mu": pmu, "prior_logvar": plogvar,
                 "anchor": ctx_surface[:, C - 1]}

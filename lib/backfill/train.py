@@ -100,9 +100,12 @@ def build_model(p: dict, ds, train_span) -> CVAE:
     model.f_std.copy_(f.std(0).clamp_min(1e-6))
     k = min(CHANGE_SCALE_DAYS, max(len(s) // 2, 1))
     model.c_std.copy_((s[k:].log() - s[:-k].log()).std(0).clamp_min(1e-4))
-    if model.rv_idx:                                   # the error-correction level starts at the mean log vol
-        with torch.no_grad():
-            model.ecm_level.bias.copy_(s.log().mean(0).flatten())
+    if model.rv_idx:                                   # the backbone's level: OLS of vol on RV (in vol) per grid point
+        rv = torch.exp(f[:, model.rv_idx]).double()
+        X = torch.cat([torch.ones(len(rv), 1, dtype=torch.float64), rv], 1)           # (T, 1 + R)
+        coef = torch.linalg.solve(X.T @ X, X.T @ s.flatten(1).double())                # (1 + R, G), normal equations
+        model.ecm_a.copy_(coef[0])
+        model.ecm_b.copy_(coef[1:])
     return model
 
 
