@@ -118,3 +118,18 @@ def test_context_slope_hand_case():
     assert train._slope(x, 0.5 * x + 0.2) == pytest.approx(0.5)       # keeps half of a context shock
     assert train._slope(x, np.full(4, 0.23)) == pytest.approx(0.0, abs=1e-12)   # context-blind
     assert np.isnan(train._slope(np.full(4, 0.2), x))
+
+
+def test_build_model_fits_the_backbone_and_the_change_scale_on_the_training_split(base):
+    p, ds = base
+    i0, i1 = data.splits(ds, p)["train"]
+    model = train.build_model(p, ds, (i0, i1))
+    rv = np.exp(ds.features(p["model"]["rv_halflives"])[i0:i1, 3:].astype(float))        # (T, R) RV in vol
+    X = np.column_stack([np.ones(len(rv)), rv])
+    coef, *_ = np.linalg.lstsq(X, ds.surface[i0:i1].reshape(i1 - i0, -1), rcond=None)     # the econometric fit
+    np.testing.assert_allclose(model.ecm_a.numpy(), coef[0], rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(model.ecm_b.numpy(), coef[1:], rtol=1e-3, atol=1e-4)
+    assert (model.ecm_b.sum(0) > 0).all()            # vols rise with realised vol at every grid point
+    s = ds.surface[i0:i1]
+    want = (np.log(s[20:]) - np.log(s[:-20])).std(0)                                       # 20-day log changes
+    np.testing.assert_allclose(model.c_std.numpy(), want, rtol=1e-3)
