@@ -428,15 +428,15 @@ def test_rolling_summary_averages_only_rolling_windows():
 
 
 @pytest.mark.parametrize("value, expected", [
-    (0.10, "⭐ stretch"), (0.12, "✅ target"), (0.13, "✅ target"), (0.15, "⚠️ between"),
-    (0.16, "⚠️ between"), (0.18, "⚠️ between"), (0.19, "❌ red flag"), (None, "❌"), (float("nan"), "❌")])
+    (0.10, "stretch"), (0.12, "target"), (0.13, "target"), (0.15, "between"),
+    (0.16, "between"), (0.18, "between"), (0.19, "red flag"), (None, "n/a"), (float("nan"), "n/a")])
 def test_grade_lower_is_better(value, expected):
     assert evaluate._grade(value, ["<", 0.15, 0.12, 0.18]) == expected
 
 
 @pytest.mark.parametrize("value, expected", [
-    (0.80, "⭐ stretch"), (0.70, "✅ target"), (0.60, "✅ target"), (0.55, "⚠️ between"),
-    (0.50, "⚠️ between"), (0.45, "⚠️ between"), (0.40, "❌ red flag"), (None, "❌")])
+    (0.80, "stretch"), (0.70, "target"), (0.60, "target"), (0.55, "between"),
+    (0.50, "between"), (0.45, "between"), (0.40, "red flag"), (None, "n/a")])
 def test_grade_higher_is_better(value, expected):
     assert evaluate._grade(value, [">", 0.55, 0.70, 0.45]) == expected
 
@@ -514,16 +514,31 @@ def test_tables_6_2_6_3_and_deployment_on_hand_made_scores():
         "rolling_2": {"vae": s(0.12, 0.10, 0.14, 0.34, 0.9), "econometric": s(0.14, 0.1, 0.16, 0.7, 1.0), "truth": truth},
     }
     t62 = evaluate.table_6_2(scores, ["vae", "econometric"], p).set_index("metric")
-    assert t62.loc["overall_rmse", "vae"] == "0.1100 ⭐"                   # mean of rolling: < 0.12 stretch
-    assert t62.loc["ci_violation", "vae"] == "0.3200 ✅"                   # 0.32 is not < 0.32: target only
-    assert t62.loc["cointegration_crisis", "vae"] == "0.6000 ✅"
-    assert t62.loc["cointegration_normal", "vae"] == "0.9600 ⭐"
-    assert t62.loc["ci_violation", "econometric"] == "0.6500 ❌"
+    assert t62.loc["overall_rmse", "vae"] == "0.1100 stretch"                   # mean of rolling: < 0.12 stretch
+    assert t62.loc["ci_violation", "vae"] == "0.3200 target"                   # 0.32 is not < 0.32: target only
+    assert t62.loc["cointegration_crisis", "vae"] == "0.6000 target"
+    assert t62.loc["cointegration_normal", "vae"] == "0.9600 stretch"
+    assert t62.loc["ci_violation", "econometric"] == "0.6500 red flag"
     t63 = evaluate.table_6_3(scores, ["vae", "econometric"], {"vae": 3}).set_index("model")
     assert t63.loc["vae", "RMSE"] == pytest.approx(0.11) and t63.loc["vae", "passes"] == 3
     assert t63.loc["truth", "co-integration (crisis)"] == 0.9
     dep = evaluate.deployment_checks(scores, "vae", p)
     marks = {c["criterion"]: c["mark"] for c in dep["checks"]}
-    assert marks["overall_rmse"] == "✅" and marks["ci_violation"] == "⚠️"     # 0.32 within 10% of 0.35
+    assert marks["overall_rmse"] == "pass" and marks["ci_violation"] == "near"     # 0.32 within 10% of 0.35
     assert dep["checks"][-1]["value"] == pytest.approx(1 - 0.11 / 0.13)      # RMSE gain over econometric
     assert dep["decision"] in ("MARGINAL", "FAIL")
+
+
+def test_verdicts_are_words_with_colours():
+    import pandas as pd
+    from backfill import report
+    df = pd.DataFrame({"metric": ["a", "b", "c", "d"], "vae": ["0.1100 stretch", "0.3200 red flag", "n/a", "pass"],
+                       "decision": ["PASS", "MARGINAL", "FAIL", "near"]})
+    assert [report.verdict_of(v) for v in df["vae"]] == ["stretch", "red flag", None, "pass"]
+    html = report.style_verdicts(df).to_html()
+    assert "0.3200 red flag" in html and "MARGINAL" in html
+    style = html.split("</style>")[0]
+    for colour in ("#b5e0ba", "#f6c9c9", "#fbeec1", "#cdebd0"):      # stretch, red flag/FAIL, MARGINAL/near, pass
+        assert colour in style
+    assert "row2_col1" not in style and "col0" not in style         # n/a and the metric names stay plain
+    assert not any(ch in html for ch in "\u2705\u274c\u2b50\u26a0")

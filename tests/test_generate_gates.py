@@ -116,7 +116,7 @@ def test_phase1_decisions():
     assert _decide(1, {"train_eval": ev(0.010), "val_eval": ev(0.015)})["decision"] == "PASS"
     assert _decide(1, {"train_eval": ev(0.010), "val_eval": ev(0.026)})["decision"] == "MARGINAL"  # within 10%
     res = _decide(1, {"train_eval": ev(0.010), "val_eval": ev(0.040)})
-    assert res["decision"] == "FAIL" and [c["mark"] for c in res["checks"]] == ["✅", "❌", "✅"]
+    assert res["decision"] == "FAIL" and [c["mark"] for c in res["checks"]] == ["pass", "fail", "pass"]
     assert res["checks"][1]["value"] == 0.04 and res["checks"][1]["threshold"] == 0.025
 
 
@@ -125,7 +125,7 @@ def test_gate1_checks_every_horizon_ci():
     va = {"rmse_by_horizon": {1: 0.01, 90: 0.06}, "ci_by_horizon": {1: 0.1, 90: 0.40}}
     res = _decide(2, {"train_eval": tr, "val_eval": va})
     assert res["decision"] == "FAIL"
-    assert [c["criterion"] for c in res["checks"] if c["mark"] == "❌"] == ["CI violations, H90 (validation)"]
+    assert [c["criterion"] for c in res["checks"] if c["mark"] == "fail"] == ["CI violations, H90 (validation)"]
 
 
 def test_gate2_and_phase4_pass_ratio_and_offset_gap():
@@ -150,7 +150,7 @@ def test_every_phase_checks_the_seeds_kl_criterion(number):
     assert _decide(number, {"train_eval": ev, "val_eval": dict(ev)}, kl=3.0)["decision"] == "PASS"
     res = _decide(number, {"train_eval": ev, "val_eval": dict(ev)}, kl=25.0)
     assert res["decision"] == "FAIL"
-    assert [c["criterion"] for c in res["checks"] if c["mark"] == "❌"] == ["KL to the prior (validation)"]
+    assert [c["criterion"] for c in res["checks"] if c["mark"] == "fail"] == ["KL to the prior (validation)"]
 
 
 def test_gate3_decisions():
@@ -165,4 +165,4 @@ def test_gate3_decisions():
 
 
 def test_non_finite_value_fails():
-    assert gates.judge({"criterion": "x", "value": float("nan"), "threshold": 1.0, "op": "<"}, 0.1)["mark"] == "❌"
+    assert gates.judge({"criterion": "x", "value": float("nan"), "threshold": 1.0, "op": "<"}, 0.1)["mark"] == "fail"

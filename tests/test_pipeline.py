@@ -183,6 +183,16 @@ def test_book_in_a_browser(run_dir):
         if last == "09_evaluation":
             assert f"{m['rolling']['econometric']['rmse']:.4f}" in body
             assert m["deployment"]["decision"] in body
+        # the verdicts of the gates table read as words in the rendered page (no emoji font needed)
+        browser.get(f"{base}/notebooks/06_gates.html")
+        gates_text = browser.find_element(By.TAG_NAME, "body").text
+        marks = [c["mark"] for g in m["gates"].values() for c in g["checks"]]
+        assert {"pass", "near", "fail"} >= set(marks) and all(f" {mk}" in gates_text for mk in set(marks))
+        assert not any(ch in gates_text for ch in "\u2705\u274c\u2b50\u26a0")
+        cells = browser.execute_script(
+            "return Array.from(document.querySelectorAll('td')).filter(td => td.textContent.trim() === 'fail')"
+            ".map(td => getComputedStyle(td).backgroundColor)")
+        assert all(c not in ("rgba(0, 0, 0, 0)", "transparent") for c in cells)   # styled: colour plus text
         pages = ["notebooks/01_data_autocorrelation.html", f"notebooks/{last}.html"]
         for page in pages:
             browser.get(f"{base}/{page}")

@@ -134,12 +134,12 @@ def _grade(value, row) -> str:
     op, target, stretch, red = row
     better = (lambda a, b: a < b) if op == "<" else (lambda a, b: a > b)
     if value is None or not np.isfinite(value):
-        return "❌"
+        return "n/a"
     if better(value, stretch):
-        return "⭐ stretch"
+        return "stretch"
     if better(value, target):
-        return "✅ target"
-    return "❌ red flag" if not better(value, red) and value != red else "⚠️ between"
+        return "target"
+    return "red flag" if not better(value, red) and value != red else "between"
 
 
 def headline(scores: dict, method: str, crisis: str = "crisis", normal: str = "normal") -> dict:
@@ -162,7 +162,7 @@ def headline(scores: dict, method: str, crisis: str = "crisis", normal: str = "n
 
 def table_6_2(scores: dict, methods: list[str], p: dict) -> pd.DataFrame:
     """The seed's deployment table: each metric's target / stretch / red flag, and every method's value
-    with its grade (⭐ stretch, ✅ target, ⚠️ between target and red flag, ❌ red flag)."""
+    with its grade in words (stretch, target, between target and red flag, red flag)."""
     heads = {m: headline(scores, m) for m in methods}
     rows = []
     for name, row in p["evaluation"]["table_6_2"].items():
@@ -170,7 +170,7 @@ def table_6_2(scores: dict, methods: list[str], p: dict) -> pd.DataFrame:
              "red flag": f"{'>' if row[0] == '<' else '<'} {row[3]:g}"}
         for m in methods:
             v = heads[m].get(name)
-            r[m] = "n/a" if v is None or not np.isfinite(v) else f"{v:.4f} {_grade(v, row).split()[0]}"
+            r[m] = "n/a" if v is None or not np.isfinite(v) else f"{v:.4f} {_grade(v, row)}"
         rows.append(r)
     return pd.DataFrame(rows)
 
@@ -193,7 +193,7 @@ def table_6_3(scores: dict, methods: list[str], passes: dict) -> pd.DataFrame:
 
 
 def deployment_checks(scores: dict, method: str, p: dict) -> dict:
-    """The seed's section 13.2 criteria, judged like the gates (✅ / ⚠️ / ❌ and a decision)."""
+    """The seed's section 13.2 criteria, judged like the gates (pass / near / fail and a decision)."""
     h = headline(scores, method)
     checks = [gates._check(name, h.get(name), thr, op) for name, (op, thr) in p["evaluation"]["deployment"].items()]
     return gates.evaluate_checks(checks, p)

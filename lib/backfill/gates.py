@@ -1,14 +1,17 @@
 """The seed's success criteria per phase, as checks with measured value, threshold and verdict.
 
-A check is {criterion, value, threshold, op}; `judge` adds ✅ (passes), ⚠️ (passes or fails within
-`marginal_band` of the threshold, relative) or ❌ (fails), and a gate's decision is PASS when every
-check is ✅, FAIL when any is ❌, MARGINAL otherwise.
+A check is {criterion, value, threshold, op}; `judge` adds a mark in words, "pass", "near" (passes or
+fails within `marginal_band` of the threshold, relative) or "fail" (words, not emoji: they read in any
+font and in print), and a gate's decision is PASS when every check passes, FAIL when any fails,
+MARGINAL otherwise.
 """
 from __future__ import annotations
 
 import math
 
 import numpy as np
+
+PASS, NEAR, FAIL = "pass", "near", "fail"     # a check's mark
 
 
 def _check(criterion, value, threshold, op="<"):
@@ -19,16 +22,16 @@ def _check(criterion, value, threshold, op="<"):
 def judge(check: dict, band: float) -> dict:
     v, thr, op = check["value"], check["threshold"], check["op"]
     if v is None or not math.isfinite(v):
-        return {**check, "ok": False, "mark": "❌"}
+        return {**check, "ok": False, "mark": FAIL}
     ok = v < thr if op == "<" else v > thr
     near = abs(v - thr) <= band * abs(thr)
-    mark = "⚠️" if near else ("✅" if ok else "❌")
+    mark = NEAR if near else (PASS if ok else FAIL)
     return {**check, "ok": ok, "mark": mark}
 
 
 def decision(checks: list[dict]) -> str:
     marks = [c["mark"] for c in checks]
-    return "FAIL" if "❌" in marks else ("MARGINAL" if "⚠️" in marks else "PASS")
+    return "FAIL" if FAIL in marks else ("MARGINAL" if NEAR in marks else "PASS")
 
 
 def offset_gap(a: float, b: float) -> float:

@@ -225,3 +225,27 @@ def key_points(maturities, moneyness) -> dict:
     m1 = int(np.argmin(np.abs(np.asarray(maturities) - 1 / 12)))
     return {"ATM 1-month": (m1, ix["atm"]), "ATM 1-year": (ix["m1y"], ix["atm"]),
             "deep OTM put (3-month)": (ix["m3m"], 0)}
+
+
+VERDICT_COLOURS = {"pass": "#cdebd0", "PASS": "#cdebd0", "stretch": "#b5e0ba", "target": "#cdebd0",
+                   "near": "#fbeec1", "between": "#fbeec1", "MARGINAL": "#fbeec1",
+                   "fail": "#f6c9c9", "red flag": "#f6c9c9", "FAIL": "#f6c9c9"}
+
+
+def verdict_of(cell) -> str | None:
+    """The verdict word of a table cell ('pass', 'fail', '0.1100 stretch', 'MARGINAL', ...), or None."""
+    if not isinstance(cell, str):
+        return None
+    for word in sorted(VERDICT_COLOURS, key=len, reverse=True):
+        if cell == word or cell.endswith(" " + word):
+            return word
+    return None
+
+
+def style_verdicts(df: pd.DataFrame, fmt: dict | None = None):
+    """A Styler that colours verdict cells (green pass/target/stretch, amber near/between, red fail/red flag)
+    while keeping the word in the cell, so the table reads without colour and without an emoji font."""
+    def colour(cell):
+        word = verdict_of(cell)
+        return f"background-color: {VERDICT_COLOURS[word]}; color: #111" if word else ""
+    return df.style.map(colour).format(fmt or {}, na_rep="-").hide(axis="index")
