@@ -5,17 +5,21 @@ BIN     := $(VENV)/bin
 PROFILE ?= smoke
 STAMP   := $(VENV)/.installed-stamp
 
-.PHONY: install report test book bench clean-run browser
+.PHONY: install constraints report test book bench clean-run browser
 
-$(STAMP): requirements.txt pyproject.toml
+# pyproject.toml lists the dependencies; constraints.txt pins the versions CI tested.
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -r requirements.txt
-	$(BIN)/python -m pip install -q --no-deps -e .
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[book,dev,lab]"
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (backfill)" >/dev/null
 	@touch $@
 
 install: $(STAMP)
+
+# Rewrite constraints.txt with the exact versions in .venv (after changing pyproject.toml and installing).
+constraints:
+	$(BIN)/python scripts/constraints.py constraints.txt
 
 # Run every notebook with params/$(PROFILE).yaml into runs/$(PROFILE)/, then build the book.
 report: $(STAMP)

@@ -8,14 +8,17 @@ import types
 from pathlib import Path
 
 import pytest
+import torch.nn as nn
 import yaml
 
 import backfill.params
-from backfill import data, params
+from backfill import data, params, pipeline
+from backfill.model import LossWeights
+from backfill.train import is_full_plan, phase_specs
 from backfill.data import DataError
 from backfill.params import ParamsError
 
-PROFILES = ("test", "smoke", "full", "smoke_seed", "regime_shift", "full_working")
+PROFILES = ("test", "smoke", "full", "smoke_seed", "regime_shift", "full_working", "smoke_kl1")
 SEED_DIR = Path(backfill.params.__file__).resolve().parents[3] / "shared" / "seed"
 
 
@@ -119,10 +122,57 @@ def test_seed_configs_parsed_completely():
     assert model["device"] == "cpu"                     # the stub torch has no CUDA
 
 
+def _seed_model(full):
+    from backfill.model import CVAE, ModelConfig
+    return CVAE(ModelConfig.from_params(full, tuple(full["model"]["feat_dim"])))
+
+
+def _grid(full):
+    return full["model"]["feat_dim"][0] * full["model"]["feat_dim"][1]
+
+
+# The seed's keys that are no longer params (params.REMOVED): the seed's value must be what the code does
+# unconditionally with full.yaml, so the comparison stays key by key rather than dropping them.
+REMOVED_SEED_CHECKS = {
+    "mem_type": lambda full, v: v == "lstm" and all(
+        type(m) is nn.LSTM for m in _seed_model(full).modules() if isinstance(m, nn.RNNBase)),
+    "num_quantiles": lambda full, v: v == len(full["model"]["quantiles"])
+        == _seed_model(full).surface_head.out_features // _grid(full),
+    "use_dense_surface": lambda full, v: v is True and [
+        x.out_features for x in _seed_model(full).posterior.dense if isinstance(x, nn.Linear)]
+        == full["model"]["surface_hidden"],
+    "use_quantile_regression": lambda full, v: v is True
+        and _seed_model(full).surface_head.out_features == len(full["model"]["quantiles"]) * _grid(full)
+        and LossWeights.from_params(full).quantiles == tuple(full["model"]["quantiles"]),
+    "ex_feats_dim": lambda full, v: v == _seed_model(full).cfg.n_feat == 3 + len(full["model"]["rv_halflives"]),
+    "total_epochs": lambda full, v: v == full["training"]["phase4_epochs"]
+        == sum(s.epochs for s in phase_specs(full)) == params.SEED_PLAN["training.phase4_epochs"],
+}
+# The seed's day-index span of its own dataset: not reproduced (ours is data.train, in dates), said here.
+SEED_SPAN_KEYS = {"train_period_years": 16, "train_start_idx": 1000, "train_end_idx": 5000}
+
+
+def test_every_removed_key_is_checked_against_the_seed():
+    _need_seed()
+    assert {k.split(".")[1] for k in params.REMOVED} == set(REMOVED_SEED_CHECKS) | set(SEED_SPAN_KEYS)
+    assert set(params.REMOVED) <= {f"model.{k}" for k in SEED[0]} | {f"training.{k}" for k in SEED[1]}
+
+
+def _check_removed_seed_key(full, section, key, seed_val):
+    assert key not in full[section], f"{section}.{key} was removed but full.yaml still has it"
+    if key in SEED_SPAN_KEYS:
+        assert seed_val == SEED_SPAN_KEYS[key] and "data.train" in params.REMOVED[f"{section}.{key}"]
+        assert full["data"]["split_by"] == "date"
+        return
+    assert REMOVED_SEED_CHECKS[key](full, seed_val), f"{section}.{key}: the seed's {seed_val!r} is not what the code does"
+
+
 @pytest.mark.parametrize("key", SEED_MODEL_KEYS)
 def test_full_yaml_model_matches_seed(full, key):
     _need_seed()
     seed_val = SEED[0][key]
+    if f"model.{key}" in params.REMOVED:
+        return _check_removed_seed_key(full, "model", key, seed_val)
     assert key in full["model"], f"model.{key} missing from full.yaml"
     ours = full["model"][key]
     if key == "device":
@@ -147,6 +197,8 @@ def test_full_yaml_model_matches_seed(full, key):
 def test_full_yaml_training_matches_seed(full, key):
     _need_seed()
     seed_val = SEED[1][key]
+    if f"training.{key}" in params.REMOVED:
+        return _check_removed_seed_key(full, "training", key, seed_val)
     assert key in full["training"], f"training.{key} missing from full.yaml"
     ours = full["training"][key]
     if key == "phase2_weights":
@@ -218,11 +270,12 @@ def test_phase2_weights_not_matching_horizons(tmp_path):
     assert "training.phase2_weights" in msg and "training.phase2_horizons" in msg
 
 
-def test_total_epochs_not_phase4_epochs(tmp_path):
+@pytest.mark.parametrize("key", sorted(params.REMOVED))
+def test_a_removed_key_says_why(tmp_path, key):
     p = _raw()
-    p["training"]["total_epochs"] = 5                     # phase4_epochs is 4
-    msg = _load_error(tmp_path, p)
-    assert "training.total_epochs" in msg
+    section, name = key.split(".")
+    p[section][name] = 1
+    assert _load_error(tmp_path, p) == f"params: '{key}' was removed: {params.REMOVED[key]}"
 
 
 def test_non_cumulative_epoch_marks(tmp_path):
@@ -397,7 +450,9 @@ def test_working_profiles_use_the_conditional_prior(name):
     p = params.load(params.profile_path(name))
     m = p["model"]
     assert (m["prior"], m["target"], m["known_future"]) == ("conditional", "change", True)
-    assert m["ex_feats_dim"] == 3 + len(m["rv_halflives"]) and p["generation"]["repair_arbitrage"]
+    from backfill.model import ModelConfig
+    assert ModelConfig.from_params(p, (5, 5)).n_feat == 3 + len(m["rv_halflives"]) == 5
+    assert p["generation"]["repair_arbitrage"]
 
 
 def test_full_working_is_the_full_plan():
@@ -407,7 +462,7 @@ def test_full_working_is_the_full_plan():
 
 @pytest.mark.parametrize("key,value,msg", [
     ("prior", "gaussian", "model.prior"), ("target", "delta", "model.target"),
-    ("rv_halflives", [0], "model.rv_halflives"), ("ex_feats_dim", 3, "model.ex_feats_dim")])
+    ("rv_halflives", [0], "model.rv_halflives"), ("ex_feats_dim", 5, "'model.ex_feats_dim' was removed")])
 def test_bad_model_options_are_one_line_errors(tmp_path, key, value, msg):
     p = _raw("smoke")
     p["model"][key] = value
@@ -426,3 +481,229 @@ def test_a_validation_split_shorter_than_the_longest_window_fails_at_load(tmp_pa
     p["data"]["val_fraction"] = 0.2                  # 226 days < the 330-day phase-4 window
     with pytest.raises(data.DataError, match="data.val_fraction: the validation split has .* fewer than"):
         data.load_for(params.load(_write(tmp_path, p)))
+
+
+# --- 8. params as deltas: base, --set, the committed profiles ----------------------------------
+
+def _flat(d: dict, schema=params.SCHEMA, prefix="") -> dict:
+    """Dotted keys of the schema's sections; free-form mappings (windows, weights, tables) stay whole."""
+    out = {}
+    for k, v in d.items():
+        spec = schema.get(k)
+        if isinstance(v, dict) and isinstance(spec, dict):
+            out.update(_flat(v, spec, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _delta(tmp_path, name, body: dict) -> Path:
+    return _write(tmp_path, {"profile": name, "description": f"{name} experiment", **body}, f"{name}.yaml")
+
+
+def test_base_merges_recursively(tmp_path):
+    path = _delta(tmp_path, "x", {"base": "smoke", "model": {"kl_weight": 0.5},
+                                  "generation": {"windows": {"late": "2017-03-01"}}})
+    p, smoke = params.load(path), params.load(params.profile_path("smoke"))
+    assert p["profile"] == "x" and p["model"]["kl_weight"] == 0.5
+    assert p["generation"]["windows"] == {**smoke["generation"]["windows"], "late": "2017-03-01"}   # key by key
+    assert _flat(p) == {**_flat(smoke), "profile": "x", "description": "x experiment", "model.kl_weight": 0.5,
+                        "generation.windows": p["generation"]["windows"]}
+    assert "base" not in p
+
+
+def test_base_chains_by_name_and_by_relative_path(tmp_path):
+    (tmp_path / "sub").mkdir()
+    _delta(tmp_path, "mid", {"base": "smoke_seed", "seed": 7})
+    child = _delta(tmp_path / "sub", "child", {"base": "../mid.yaml", "model": {"latent_dim": 3}})
+    p = params.load(child)
+    seed = params.load(params.profile_path("smoke_seed"))
+    assert _flat(p) == {**_flat(seed), "profile": "child", "description": "child experiment", "seed": 7,
+                        "model.latent_dim": 3}
+
+
+@pytest.mark.parametrize("body,needle", [({"base": "no_such_profile"}, "'no_such_profile' not found"),
+                                         ({"base": "../nope.yaml"}, "'../nope.yaml' not found"),
+                                         ({"base": 3}, "must be a profile name or a path")])
+def test_a_missing_or_bad_base_names_the_file_and_the_key(tmp_path, body, needle):
+    path = _delta(tmp_path, "x", body)
+    msg = _load_error_at(path)
+    assert msg.startswith(f"params: {path}: 'base' ") and needle in msg
+
+
+def _load_error_at(path) -> str:
+    with pytest.raises(ParamsError) as ei:
+        params.load(path)
+    msg = str(ei.value)
+    assert "\n" not in msg and msg.startswith("params: "), msg
+    return msg
+
+
+def test_a_cycle_of_bases_is_refused(tmp_path):
+    a = _delta(tmp_path, "a", {"base": "b.yaml"})
+    _delta(tmp_path, "b", {"base": "./a.yaml"})
+    msg = _load_error_at(a)
+    assert "'base' './a.yaml' makes a cycle (a.yaml -> b.yaml -> a.yaml)" in msg and "b.yaml:" in msg
+    me = _delta(tmp_path, "me", {"base": "me.yaml"})
+    assert "makes a cycle (me.yaml -> me.yaml)" in _load_error_at(me)
+
+
+@pytest.mark.parametrize("key", ["profile", "description"])
+def test_profile_and_description_are_not_inherited(tmp_path, key):
+    body = {"base": "smoke", "profile": "x", "description": "d"}
+    del body[key]
+    path = _write(tmp_path, body, "x.yaml")
+    assert _load_error_at(path) == f"params: {path}: '{key}' must be given (it is not inherited from base 'smoke')"
+
+
+def test_a_removed_key_in_a_delta_is_refused(tmp_path):
+    path = _delta(tmp_path, "x", {"base": "smoke", "model": {"mem_type": "lstm"}})
+    assert _load_error_at(path) == "params: 'model.mem_type' was removed: the memory is always an LSTM"
+
+
+@pytest.mark.parametrize("text,key,value", [
+    ("model.kl_weight=1.0", "model.kl_weight", 1.0), ("model.rv_halflives=[5, 21]", "model.rv_halflives", [5, 21]),
+    ("training.max_train_windows=null", "training.max_train_windows", None),
+    ("model.prior=conditional", "model.prior", "conditional"), ("seed=3", "seed", 3),
+    ("description=a b=c", "description", "a b=c")])
+def test_parse_override(text, key, value):
+    assert params.parse_override(text) == (key, value)
+
+
+def test_overrides_apply_on_the_merged_params_before_validation():
+    base = params.load(params.profile_path("smoke_seed"))
+    p = params.load(params.profile_path("smoke_seed"),
+                    ["model.kl_weight=0.5", "seed=3", "training.phase2_weights.7=0.25",
+                     "generation.windows.late=2017-03-01", "data.train=[2001-01-02, 2013-12-31]"])
+    assert p["model"]["kl_weight"] == 0.5 and p["seed"] == 3
+    assert p["training"]["phase2_weights"] == {**base["training"]["phase2_weights"], 7: 0.25}   # int keys kept
+    assert p["generation"]["windows"]["late"] == "2017-03-01" and p["data"]["train"] == ["2001-01-02", "2013-12-31"]
+    assert _flat(p) == {**_flat(base), "model.kl_weight": 0.5, "seed": 3, "data.train": p["data"]["train"],
+                        "training.phase2_weights": p["training"]["phase2_weights"],
+                        "generation.windows": p["generation"]["windows"]}
+    later = params.load(params.profile_path("smoke"), ["model.kl_weight=0.5", "model.kl_weight=2"])
+    assert later["model"]["kl_weight"] == 2                  # the last --set of a key wins
+
+
+@pytest.mark.parametrize("text,msg", [
+    ("model.kl_weight", "params: --set 'model.kl_weight' must be KEY=VALUE with a dotted KEY"),
+    ("model..x=1", "params: --set 'model..x=1' must be KEY=VALUE"),
+    ("model.kl_wieght=1", "params: --set model.kl_wieght: unknown key 'model.kl_wieght'"),
+    ("base=smoke", "params: --set base: unknown key 'base'"),
+    ("provenance.x=1", "params: --set provenance.x: unknown key 'provenance'"),
+    ("seed.x=1", "params: --set seed.x: 'seed' is not a mapping"),
+    ("model.kl_weight=[1,", "params: --set model.kl_weight: '[1,' is not a YAML value"),
+    ("model.kl_weight=abc", "params: 'model.kl_weight' must be float, got 'abc'"),
+    ("model.kl_weight=-1", "params: 'model.kl_weight' must be >= 0, got -1"),
+    ("model.mem_type=lstm", "params: 'model.mem_type' was removed: the memory is always an LSTM"),
+    ("training.total_epochs=72", "params: 'training.total_epochs' was removed: it is training.phase4_epochs")])
+def test_bad_overrides_are_one_line_errors(text, msg):
+    with pytest.raises(ParamsError) as ei:
+        params.load(params.profile_path("smoke"), [text])
+    assert str(ei.value).startswith(msg) and "\n" not in str(ei.value)
+
+
+def test_overrides_are_recorded_and_open_run_keeps_them(tmp_path):
+    src = params.profile_path("test")
+    sets = ["model.kl_weight=0.5", "generation.n_samples=3"]
+    p = params.load(src, sets)
+    ds = data.load_for(p)
+    resolved = pipeline.record_params(tmp_path / "run", p, ds, src, sets)
+    again = params.load(resolved)                            # what the notebooks load
+    assert {k: v for k, v in again.items() if k != "provenance"} == {k: v for k, v in p.items() if k != "provenance"}
+    run = pipeline.open_run(resolved, tmp_path / "run")      # the first cell of every notebook
+    rec = yaml.safe_load(resolved.read_text())
+    assert rec["provenance"]["overrides"] == sets and rec["provenance"]["params_source"] == str(src)
+    assert rec["model"]["kl_weight"] == 0.5 and run.params["generation"]["n_samples"] == 3 and "base" not in rec
+    assert rec["provenance"]["params_hash"] == pipeline.params_hash(p, data_fingerprint=data.fingerprint(ds))
+    pipeline.open_run(src, tmp_path / "run")                 # opened on the file itself: no overrides
+    rec = yaml.safe_load(resolved.read_text())
+    assert rec["provenance"]["overrides"] == [] and rec["provenance"]["params_source"] == str(src.resolve())
+
+
+def test_a_different_set_is_different_params():
+    src = params.profile_path("test")
+    h = [pipeline.params_hash(params.load(src, sets)) for sets in ([], ["model.kl_weight=0.5"],
+                                                                   ["model.kl_weight=0.5"], ["model.kl_weight=1.0"])]
+    assert h[0] != h[1] == h[2] and h[3] == h[0]           # 1.0 is test.yaml's own value
+
+
+def test_cli_set_runs_records_and_skips_only_the_same_params(tmp_path):
+    rd = tmp_path / "run"
+
+    def run(*sets):
+        args = [a for s in sets for a in ("--set", s)]
+        r = subprocess.run([sys.executable, "-m", "backfill", "run", str(params.profile_path("test")), *args,
+                            "--run-dir", str(rd), "--only", "01"], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+        return r.stdout
+
+    assert "ok (" in run("seed=1", "model.kl_weight=0.5")
+    rec = yaml.safe_load((rd / "params.yaml").read_text())
+    assert rec["provenance"]["overrides"] == ["seed=1", "model.kl_weight=0.5"] and rec["seed"] == 1
+    assert rec["provenance"]["params_source"] == str(params.profile_path("test").resolve())
+    assert "skipped" in run("seed=1", "model.kl_weight=0.5")
+    assert "ok (" in run("seed=2", "model.kl_weight=0.5")     # a different --set is run again
+    assert yaml.safe_load((rd / "params.yaml").read_text())["provenance"]["overrides"][0] == "seed=2"
+
+
+@pytest.mark.parametrize("sets,msg", [(["model.foo=1"], "backfill: params: --set model.foo: unknown key 'model.foo'"),
+                                      (["model.kl_weight=x"], "backfill: params: 'model.kl_weight' must be float")])
+def test_cli_bad_set_exit_2_one_line_nothing_written(tmp_path, sets, msg):
+    args = [a for s in sets for a in ("--set", s)]
+    r = subprocess.run([sys.executable, "-m", "backfill", "run", str(params.profile_path("test")), *args,
+                        "--run-dir", str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith(msg), r.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_is_full_plan_is_the_seed_plan():
+    full = params.load(params.profile_path("full"))
+    assert is_full_plan(full) and not is_full_plan(params.load(params.profile_path("smoke")))
+    for key in params.SEED_PLAN:
+        section, name = key.split(".")
+        other = params.load(params.profile_path("full"))
+        other[section][name] = 512 if other[section][name] is None else other[section][name] * 2
+        assert not is_full_plan(other), key
+    if SEED is not None:                                     # SEED_PLAN is the seed's training_config
+        model, training = SEED
+        for key, v in params.SEED_PLAN.items():
+            section, name = key.split(".")
+            if name in (model if section == "model" else training):
+                assert (model if section == "model" else training)[name] == v, key
+        assert training["total_epochs"] == params.SEED_PLAN["training.phase4_epochs"]
+
+
+# What each committed delta changes, against what it was before it became a delta (the files loaded to
+# exactly these dicts, minus the removed keys, when they were complete copies).
+DELTAS = {
+    "smoke_seed": ("smoke", {"model.prior": "standard", "model.target": "level", "model.kl_weight": 1e-5,
+                             "model.rv_halflives": [], "model.known_future": False,
+                             "generation.repair_arbitrage": False}),
+    "regime_shift": ("smoke", {"data.train": ["2003-01-01", "2007-06-29"], "data.val_fraction": 0.3,
+                               "data.test": ["2007-07-02", "2010-12-31"]}),
+    "smoke_kl1": ("smoke_seed", {"model.kl_weight": 1.0, "generation.n_samples": 32, "generation.sample_chunk": 32,
+                                 "generation.max_rolling": 6}),
+    "full_working": ("full", {"model.prior": "conditional", "model.target": "change", "model.kl_weight": 1.0,
+                              "model.rv_halflives": [5, 21], "model.known_future": True,
+                              "generation.repair_arbitrage": True}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DELTAS))
+def test_committed_deltas_differ_from_their_base_exactly_in_the_keys_they_state(name):
+    base, changes = DELTAS[name]
+    raw = _raw(name)
+    assert raw["base"] == base and set(raw) - {"base", "profile", "description"} <= {"data", "model", "generation"}
+    p, b = _flat(params.load(params.profile_path(name))), _flat(params.load(params.profile_path(base)))
+    assert {k: v for k, v in p.items() if b.get(k) != v} == {"profile": name, "description": p["description"],
+                                                             **changes}
+    assert set(p) == set(b)
+    assert set(_flat({k: v for k, v in raw.items() if k != "base"})) == {"profile", "description", *changes}
+
+
+def test_smoke_and_full_are_complete_bases():
+    for name in ("smoke", "full", "test"):
+        raw = _raw(name)
+        assert "base" not in raw
+        assert set(_flat(raw)) == set(_flat(params.load(params.profile_path(name)))) - {"provenance"}

@@ -2,6 +2,7 @@
 the loss goes down, phases chain through their checkpoints."""
 import copy
 import dataclasses
+import random
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from backfill import data, params, pipeline, train
 @pytest.fixture(scope="module")
 def base():
     p = params.load(params.profile_path("test"))
-    p["training"].update(phase1_epochs=3, phase2_epochs=4, phase3_epochs=5, phase4_epochs=6, total_epochs=6,
+    p["training"].update(phase1_epochs=3, phase2_epochs=4, phase3_epochs=5, phase4_epochs=6,
                          max_train_windows=48, max_val_windows=16)
     return p, data.load_for(p)
 
@@ -71,7 +72,7 @@ def test_nan_stops_training_and_keeps_the_last_checkpoint(base, tmp_path):
 
 def test_loss_decreases_and_phases_chain(base, tmp_path):
     run = _run(base, tmp_path, "chain", phase1_epochs=6, phase2_epochs=7, phase3_epochs=8, phase4_epochs=9,
-               total_epochs=9, max_train_windows=128)
+               max_train_windows=128)
     s1 = train.train_phase(run, 1, progress=False)
     h = train.read_history(run.run_dir, 1)
     assert h["train_loss"].iloc[-1] < 0.85 * h["train_loss"].iloc[0]   # the change target starts near its optimum
@@ -133,3 +134,49 @@ def test_build_model_fits_the_backbone_and_the_change_scale_on_the_training_spli
     s = ds.surface[i0:i1]
     want = (np.log(s[20:]) - np.log(s[:-20])).std(0)                                       # 20-day log changes
     np.testing.assert_allclose(model.c_std.numpy(), want, rtol=1e-3)
+
+
+def test_checkpoints_load_as_weights_only(base, tmp_path):
+    run = _run(base, tmp_path, "safe", phase1_epochs=2)
+    s = train.train_phase(run, 1, progress=False)
+    ck_dir = run.run_dir / "checkpoints"
+    for name in ("last.pt", "phase1.pt"):
+        ck = torch.load(ck_dir / name, map_location="cpu", weights_only=True)     # no pickled objects
+        assert ck["model_config"]["quantiles"] == tuple(run.params["model"]["quantiles"])
+        assert [r["epoch"] for r in ck["history"]] == [1, 2]
+    assert ck["summary"]["val_eval"] == s["val_eval"]
+    st = torch.load(ck_dir / "last.pt", weights_only=True)["rng"]
+    assert st["torch"].dtype == torch.uint8 and st["numpy"]["key"].dtype == torch.uint32
+    # the stored states restore the generators exactly
+    train._set_rng_state(st)
+    want = (torch.rand(3), np.random.rand(3), random.random())
+    torch.manual_seed(0), np.random.seed(0), random.seed(0)
+    train._set_rng_state(st)
+    assert torch.equal(torch.rand(3), want[0]) and (np.random.rand(3) == want[1]).all() and random.random() == want[2]
+
+
+class _Evil:
+    """Unpickling this opens (creates) a file: what a foreign checkpoint could do."""
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_checkpoint_with_pickled_code_is_refused(tmp_path):
+    path, marker = tmp_path / "foreign.pt", tmp_path / "pwned"
+    torch.save({"model": {}, "payload": _Evil(marker)}, path)
+    with pytest.raises(train.TrainingError, match=r"^refused checkpoint .*foreign\.pt: .*(builtins|io)\.open") as e:
+        train.load_checkpoint(path)
+    assert "\n" not in str(e.value)
+    assert not marker.exists()
+    with pytest.raises(train.TrainingError, match="foreign.pt"):
+        train.model_from_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_plain_turns_numpy_into_python():
+    x = train._plain({np.int64(5): [np.float32(0.5), (np.float64(1.0), None)], "a": np.arange(3), "s": "x"})
+    assert x == {5: [0.5, (1.0, None)], "a": [0, 1, 2], "s": "x"}
+    assert type(list(x)[0]) is int and type(x[5][0]) is float and isinstance(x[5][1], tuple)

@@ -1,4 +1,5 @@
-"""Command line: python -m backfill run PARAMS [--from NN] [--only NN] [--force] | book RUN_DIR | bench."""
+"""Command line: python -m backfill run PARAMS [--from NN] [--only NN] [--force] [--set KEY=VALUE ...]
+| book RUN_DIR | bench | compare RUN_DIR..."""
 from __future__ import annotations
 
 import argparse
@@ -15,6 +16,8 @@ def main(argv=None) -> int:
     g.add_argument("--only", metavar="NN", help="run only notebook NN")
     r.add_argument("--force", action="store_true", help="re-run notebooks that finished before")
     r.add_argument("--run-dir", help="where the run goes (default runs/<profile>)")
+    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a param (dotted key, YAML value), e.g. --set model.kl_weight=0.5; repeatable")
     b = sub.add_parser("book", help="build the Jupyter Book of a run")
     b.add_argument("run_dir")
     be = sub.add_parser("bench", help="benchmark training and generation; writes JSON")
@@ -22,14 +25,19 @@ def main(argv=None) -> int:
     be.add_argument("--out", default="runs/bench.json")
     be.add_argument("--steps", type=int, default=5, help="timed batches per phase")
     be.add_argument("--epochs", type=int, default=0, help="also time this many real epochs of phase 1")
+    c = sub.add_parser("compare", help="one table of runs: params delta, gates, scores -> compare.md/.html")
+    c.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories; the first is the reference")
+    c.add_argument("--out", default="runs/compare", metavar="DIR", help="where compare.md and compare.html go")
     a = ap.parse_args(argv)
 
     from .data import DataError
     from .params import ParamsError
+    from .compare import CompareError
     try:
         if a.cmd == "run":
             from . import pipeline
-            return pipeline.run(a.params, start=a.start, only=a.only, force=a.force, run_dir=a.run_dir)
+            return pipeline.run(a.params, start=a.start, only=a.only, force=a.force, run_dir=a.run_dir,
+                                overrides=a.overrides)
         if a.cmd == "book":
             from . import pipeline
             pipeline.build_book(a.run_dir)
@@ -38,7 +46,12 @@ def main(argv=None) -> int:
             from . import bench
             bench.main(a.params, a.out, a.steps, a.epochs)
             return 0
-    except (ParamsError, DataError) as e:
+        if a.cmd == "compare":
+            from . import compare
+            for path in compare.write(compare.table(a.run_dirs), a.out):
+                print(path)
+            return 0
+    except (ParamsError, DataError, CompareError) as e:
         print(f"backfill: {e}", file=sys.stderr)
         return 2
     return 1

@@ -1,11 +1,14 @@
 """One schema for every experiment YAML (params/test.yaml, smoke.yaml, full.yaml).
 
-A params file is a nested mapping. `load(path)` parses it, rejects unknown keys, wrong types and
-impossible values with a single `ParamsError` naming the key, and returns plain nested dicts.
+A params file is a nested mapping, complete or a delta: `base: smoke` (a profile in params/) or
+`base: ../x.yaml` (a path relative to the file) names the file it is merged onto. `load(path, overrides)`
+merges the chain of bases, applies `--set KEY=VALUE` overrides, rejects unknown or removed keys, wrong
+types and impossible values with a single `ParamsError` naming the key, and returns plain nested dicts.
 Checks that need the data (split dates inside the series) live in `check_against_data`.
 """
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 from pathlib import Path
 
@@ -73,22 +76,17 @@ SCHEMA = {
     },
     "model": {
         "feat_dim": (_list_of(int, 2), None),   # (n_maturity, n_moneyness); null: taken from the data
-        "ex_feats_dim": int,
         "context_len": int,
         "horizon": int,
         "latent_dim": int,
-        "mem_type": str,
         "mem_hidden": int,
         "mem_layers": int,
         "mem_dropout": float,
         "surface_hidden": _list_of(int),
-        "use_dense_surface": bool,
         "kl_weight": float,
         "re_feat_weight": float,
         "ex_loss_on_ret_only": bool,
         "ex_feats_loss_type": str,
-        "use_quantile_regression": bool,
-        "num_quantiles": int,
         "quantiles": _list_of(float),
         "quantile_loss_weights": _list_of(float),
         "device": str,                     # "auto", "cpu" or "cuda"
@@ -98,10 +96,6 @@ SCHEMA = {
         "known_future": bool,              # decoder and prior see each future day's return and RV features
     },
     "training": {
-        "train_period_years": (int, None),
-        "train_start_idx": (int, None),
-        "train_end_idx": (int, None),
-        "total_epochs": int,
         "phase1_epochs": int,              # cumulative epoch marks, as in the seed
         "phase2_epochs": int,
         "phase3_epochs": int,
@@ -137,7 +131,7 @@ SCHEMA = {
         "gate3_ci_violation": float,
         "gate3_coint_normal": float,
         "kl_max": float,                   # the seed's table 6.1: KL < 10 in every phase
-        "marginal_band": float,            # a check within this relative distance of its threshold is ⚠️
+        "marginal_band": float,            # a check within this relative distance of its threshold is "near"
     },
     "generation": {
         "n_samples": int,
@@ -159,6 +153,33 @@ SCHEMA = {
         "table_6_2": dict,                 # metric -> [direction, target, stretch, red flag]
         "deployment": dict,                # criterion -> [direction, threshold]
     },
+}
+
+# Keys the seed's configs had that no code reads or that could take one value only; a file that still
+# sets one is refused with the reason, rather than silently carrying a number that does nothing.
+_SPLITS = "the splits are data.train / data.test (dates, or day indices with data.split_by: index)"
+REMOVED = {
+    "training.train_period_years": _SPLITS,
+    "training.train_start_idx": _SPLITS,
+    "training.train_end_idx": _SPLITS,
+    "training.total_epochs": "it is training.phase4_epochs (the epoch marks are cumulative)",
+    "model.use_dense_surface": "the surface always goes through the dense layers of model.surface_hidden",
+    "model.num_quantiles": "it is len(model.quantiles)",
+    "model.mem_type": "the memory is always an LSTM",
+    "model.use_quantile_regression": "the decoder is always a quantile decoder",
+    "model.ex_feats_dim": "it is derived: 3 (return, skew, slope) + len(model.rv_halflives)",
+}
+
+# The seed's training plan ("Context=60 training plan"): what `train.is_full_plan` checks a run against.
+SEED_PLAN = {
+    "training.phase1_epochs": 200,         # cumulative epoch marks
+    "training.phase2_epochs": 350,
+    "training.phase3_epochs": 475,
+    "training.phase4_epochs": 600,
+    "training.learning_rate": 1e-5,
+    "training.batch_size": 32,
+    "training.max_train_windows": None,    # every window, every epoch
+    "model.context_len": 60,
 }
 
 _PROFILES_DIR = Path(__file__).resolve().parents[2] / "params"
@@ -206,6 +227,10 @@ def _fail(key, msg):
 
 def validate(p: dict) -> dict:
     """Check types and cross-field consistency; returns `p` (dates normalised to ISO strings)."""
+    for key, why in REMOVED.items():
+        section, name = key.split(".")
+        if isinstance(p.get(section), dict) and name in p[section]:
+            raise ParamsError(f"params: '{key}' was removed: {why}")
     _walk(SCHEMA, p, "")
     d, m, t, g = p["data"], p["model"], p["training"], p["generation"]
     if d["split_by"] not in ("date", "index"):
@@ -239,7 +264,7 @@ def validate(p: dict) -> dict:
 
     positive = {"model.context_len": m["context_len"], "model.horizon": m["horizon"],
                 "model.latent_dim": m["latent_dim"], "model.mem_hidden": m["mem_hidden"],
-                "model.mem_layers": m["mem_layers"], "model.ex_feats_dim": m["ex_feats_dim"],
+                "model.mem_layers": m["mem_layers"],
                 "training.batch_size": t["batch_size"], "training.phase3_ar_steps": t["phase3_ar_steps"],
                 "training.phase4_ar_steps": t["phase4_ar_steps"], "generation.n_samples": g["n_samples"],
                 "generation.sample_chunk": g["sample_chunk"], "generation.rolling_every": g["rolling_every"],
@@ -252,8 +277,6 @@ def validate(p: dict) -> dict:
         _fail("model.surface_hidden", f"layer sizes must be >= 1, got {m['surface_hidden']}")
     if m["feat_dim"] is not None and (len(m["feat_dim"]) != 2 or min(m["feat_dim"]) < 2):
         _fail("model.feat_dim", f"must be [n_maturity, n_moneyness] with each >= 2, got {m['feat_dim']}")
-    if m["mem_type"] != "lstm":
-        _fail("model.mem_type", f"only 'lstm' is implemented, got {m['mem_type']!r}")
     if m["ex_feats_loss_type"] not in ("l2", "l1"):
         _fail("model.ex_feats_loss_type", f"must be 'l2' or 'l1', got {m['ex_feats_loss_type']!r}")
     if m["prior"] not in ("standard", "conditional"):
@@ -262,9 +285,6 @@ def validate(p: dict) -> dict:
         _fail("model.target", f"must be 'level' or 'change', got {m['target']!r}")
     if any(h < 1 for h in m["rv_halflives"]):
         _fail("model.rv_halflives", f"half-lives must be >= 1 day, got {m['rv_halflives']}")
-    if m["ex_feats_dim"] != 3 + len(m["rv_halflives"]):
-        _fail("model.ex_feats_dim", f"must be 3 (return, skew, slope) + one per model.rv_halflives "
-              f"({3 + len(m['rv_halflives'])}), got {m['ex_feats_dim']}")
     if m["known_future"] and t["returns"] != "realized":
         _fail("model.known_future", "needs training.returns: realized (future returns are what it knows)")
     if not 0 <= m["mem_dropout"] < 1:
@@ -273,10 +293,6 @@ def validate(p: dict) -> dict:
         if m[key] < 0:
             _fail(f"model.{key}", f"must be >= 0, got {m[key]}")
     q = m["quantiles"]
-    if not m["use_quantile_regression"]:
-        _fail("model.use_quantile_regression", "must be true (the decoder is a quantile decoder)")
-    if len(q) != m["num_quantiles"]:
-        _fail("model.quantiles", f"has {len(q)} values but model.num_quantiles is {m['num_quantiles']}")
     if sorted(q) != q or not all(0 < x < 1 for x in q) or not {0.05, 0.5, 0.95} <= set(q) \
             or q[0] != 0.05 or q[-1] != 0.95:
         _fail("model.quantiles", f"must be increasing from 0.05 to 0.95 and include 0.5 (the CI is p05-p95), got {q}")
@@ -292,9 +308,6 @@ def validate(p: dict) -> dict:
     for i in range(1, 4):
         if marks[i] < marks[i - 1]:
             _fail(f"training.phase{i + 1}_epochs", f"phase epoch marks must be cumulative, got {marks}")
-    if t["total_epochs"] != marks[-1]:
-        _fail("training.total_epochs", f"must equal training.phase4_epochs ({marks[-1]}), got "
-              f"{t['total_epochs']}")
     if t["learning_rate"] <= 0:
         _fail("training.learning_rate", f"must be > 0, got {t['learning_rate']}")
     hs = t["phase2_horizons"]
@@ -347,9 +360,8 @@ def validate(p: dict) -> dict:
     return p
 
 
-def load(path) -> dict:
-    """Read and validate a params YAML; raise ParamsError (one line) on any problem."""
-    path = Path(path)
+def _read(path: Path) -> dict:
+    """One YAML file as a mapping, as written (no bases merged)."""
     if not path.exists():
         raise ParamsError(f"params: file not found: {path}")
     try:
@@ -360,7 +372,105 @@ def load(path) -> dict:
                           + (f" (line {line + 1})" if line is not None else "")) from None
     if not isinstance(p, dict):
         raise ParamsError(f"params: {path} must hold a mapping at the top level")
-    return validate(p)
+    return p
+
+
+def merge(base: dict, over: dict) -> dict:
+    """`over` on top of `base`: a mapping updates the base's mapping key by key, any other value replaces it."""
+    out = copy.deepcopy(base)
+    for key, v in over.items():
+        out[key] = merge(out[key], v) if isinstance(v, dict) and isinstance(out.get(key), dict) else copy.deepcopy(v)
+    return out
+
+
+def _base_path(value, path: Path) -> Path:
+    """`base: smoke` is params/smoke.yaml; `base: x.yaml` or `base: ../x.yaml` is relative to the file."""
+    if not isinstance(value, str) or not value.strip():
+        raise ParamsError(f"params: {path}: 'base' must be a profile name or a path, got {value!r}")
+    if "/" in value or value.endswith((".yaml", ".yml")):
+        return (path.parent / value).resolve()
+    return profile_path(value).resolve()
+
+
+def resolve(path, _chain: tuple = ()) -> dict:
+    """The params of `path` merged onto its chain of bases (`base:`), not yet validated. `profile` and
+    `description` are never inherited: every file of a chain names its own experiment."""
+    path = Path(path)
+    p = _read(path)
+    if "base" not in p:
+        return p
+    value = p.pop("base")
+    base = _base_path(value, path)
+    chain = (*_chain, path.resolve())
+    if base in chain:
+        cycle = " -> ".join(x.name for x in (*chain[chain.index(base):], base))
+        raise ParamsError(f"params: {path}: 'base' {value!r} makes a cycle ({cycle})")
+    if not base.exists():
+        raise ParamsError(f"params: {path}: 'base' {value!r} not found ({base})")
+    for key in ("profile", "description"):
+        if key not in p:
+            raise ParamsError(f"params: {path}: '{key}' must be given (it is not inherited from base {value!r})")
+    return merge(resolve(base, chain), p)
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """'model.kl_weight=0.5' -> ('model.kl_weight', 0.5): a dotted key and a value read as YAML."""
+    key, sep, raw = str(text).partition("=")
+    key = key.strip()
+    if not sep or not all(key.split(".")):
+        raise ParamsError(f"params: --set {text!r} must be KEY=VALUE with a dotted KEY, e.g. model.kl_weight=0.5")
+    try:
+        return key, yaml.safe_load(raw)
+    except yaml.YAMLError:
+        raise ParamsError(f"params: --set {key}: {raw!r} is not a YAML value") from None
+
+
+def _check_override_key(key: str) -> None:
+    """A --set key must be in the schema, or inside one of its free-form mappings (generation.windows.x)."""
+    if key in REMOVED:
+        raise ParamsError(f"params: '{key}' was removed: {REMOVED[key]}")
+    spec, parts = SCHEMA, key.split(".")
+    for i, part in enumerate(parts):
+        if not isinstance(spec, dict):                   # below a leaf: only a mapping-valued leaf has keys
+            if spec is dict or isinstance(spec, tuple) and dict in spec:
+                return
+            parent = ".".join(parts[:i])
+            raise ParamsError(f"params: --set {key}: '{parent}' is not a mapping")
+        where = ".".join(parts[:i + 1])
+        if part not in spec or where == "provenance":
+            raise ParamsError(f"params: --set {key}: unknown key '{where}'")
+        spec = spec[part]
+
+
+def _same_key(node: dict, part: str):
+    """The existing key of `node` spelled `part` (phase2_weights has int keys), else `part`."""
+    return next((k for k in node if str(k) == part), part)
+
+
+def apply_overrides(p: dict, overrides=()) -> dict:
+    """A copy of `p` with each 'KEY=VALUE' of `overrides` set in turn; the value replaces what was there."""
+    p = copy.deepcopy(p)
+    for text in overrides:
+        key, value = parse_override(text)
+        _check_override_key(key)
+        *parents, last = key.split(".")
+        node = p
+        for i, part in enumerate(parents):
+            part = _same_key(node, part)
+            if node.get(part) is None:
+                node[part] = {}
+            if not isinstance(node[part], dict):
+                where = ".".join(parents[:i + 1])
+                raise ParamsError(f"params: --set {key}: '{where}' is not a mapping")
+            node = node[part]
+        node[_same_key(node, last)] = value
+    return p
+
+
+def load(path, overrides=()) -> dict:
+    """Read a params YAML merged onto its bases, apply `--set` overrides ('KEY=VALUE') and validate;
+    raise ParamsError (one line) on any problem."""
+    return validate(apply_overrides(resolve(path), overrides))
 
 
 def profile_path(name: str) -> Path:

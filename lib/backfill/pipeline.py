@@ -157,17 +157,29 @@ def seed_everything(seed: int) -> None:
         pass
 
 
+def record_params(run_dir, p: dict, ds, source, overrides=()) -> Path:
+    """Write run_dir/params.yaml: the merged params (bases and --set applied) with their provenance, the
+    file they came from and the overrides. The notebooks of a `run` load this file."""
+    fp = _data.fingerprint(ds)
+    record = dict(p, provenance={**provenance(), "params_hash": params_hash(p, data_fingerprint=fp),
+                                 "params_source": str(source), "overrides": list(overrides),
+                                 "data_fingerprint": fp})
+    path = Path(run_dir) / "params.yaml"
+    atomic_write_text(path, yaml.safe_dump(_jsonable(record), sort_keys=False))
+    return path
+
+
 def open_run(params_path, run_dir=None) -> Run:
-    """Load and validate params and data, create the run directory, record params + provenance."""
+    """Load and validate params and data, create the run directory, record params + provenance. Given a
+    run's own params.yaml (what `run` hands the notebooks), it keeps the recorded source and overrides."""
     p = _params.load(params_path)
     ds = _data.load_for(p)
     run_dir = Path(run_dir) if run_dir else default_run_dir(p)
     for sub in ("notebooks", "checkpoints", "logs", "backfill"):
         (run_dir / sub).mkdir(parents=True, exist_ok=True)
-    record = dict(p, provenance={**provenance(), "params_hash": params_hash(p, data_fingerprint=_data.fingerprint(ds)),
-                                 "params_source": str(Path(params_path).resolve()),
-                                 "data_fingerprint": _data.fingerprint(ds)})
-    atomic_write_text(run_dir / "params.yaml", yaml.safe_dump(_jsonable(record), sort_keys=False))
+    prev = p.get("provenance") or {}
+    record_params(run_dir, p, ds, prev.get("params_source") or Path(params_path).resolve(),
+                  prev.get("overrides") or [])
     if "profile" not in read_metrics(run_dir):
         update_metrics(run_dir, profile=p["profile"])
     seed_everything(p["seed"])
@@ -197,21 +209,24 @@ def select(names: list[str], start: str | None = None, only: str | None = None) 
     return names[find(start):] if start is not None else list(names)
 
 
-def run(params_path, start=None, only=None, force=False, run_dir=None, log=print) -> int:
+def run(params_path, start=None, only=None, force=False, run_dir=None, overrides=(), log=print) -> int:
     """Execute the notebooks in order with papermill; 0 on success, 1 when a notebook failed.
 
-    Finished notebooks (status ok, same params) are skipped unless `force`. A failing notebook stops
+    `overrides` are `--set` 'KEY=VALUE' strings applied on top of the params file. The notebooks get
+    run_dir/params.yaml, the merged params with the overrides (papermill passes only a path). Finished
+    notebooks (status ok, same merged params and data) are skipped unless `force`. A failing notebook stops
     the run, is saved as NN.failed.ipynb and is marked failed (with its cell) in metrics.json."""
     import papermill as pm
 
     params_path = Path(params_path).resolve()
-    p = _params.load(params_path)          # bad params fail here, before anything is written
+    p = _params.load(params_path, overrides)   # bad params or --set fail here, before anything is written
     os.environ["BACKFILL_BATCH"] = "1"     # inherited by the kernels papermill starts
     ds = _data.load_for(p)                 # so does bad data
     run_dir = Path(run_dir).resolve() if run_dir else default_run_dir(p)
     (run_dir / "notebooks").mkdir(parents=True, exist_ok=True)
     h = params_hash(p, data_fingerprint=_data.fingerprint(ds))
     todo = select(available_notebooks(), start, only)
+    resolved = None                            # run_dir/params.yaml, written before the first notebook runs
     status = read_metrics(run_dir).get("status", {})
     update_metrics(run_dir, profile=p["profile"], run_state="running")
     for i, name in enumerate(todo, 1):
@@ -224,9 +239,11 @@ def run(params_path, start=None, only=None, force=False, run_dir=None, log=print
         _set_status(run_dir, name, "running", params_hash=h)
         t0 = time.time()
         tmp = out.with_name(f".{name}.running.ipynb")
+        if resolved is None:
+            resolved = record_params(run_dir, p, ds, params_path, overrides)
         try:
             pm.execute_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"), str(tmp),
-                                parameters={"params_path": str(params_path), "run_dir": str(run_dir)},
+                                parameters={"params_path": str(resolved), "run_dir": str(run_dir)},
                                 cwd=str(ROOT / "notebooks"), progress_bar=False, kernel_name="python3")
         except BaseException as e:  # papermill's execution error, a dead kernel, or Ctrl-C
             failed = out.with_name(f"{name}.failed.ipynb")
@@ -285,6 +302,12 @@ def build_book(run_dir, log=print) -> Path:
         raise SystemExit(f"backfill: {run_dir} has no executed notebooks; run `python -m backfill run` first")
     shutil.rmtree(run_dir / "_build", ignore_errors=True)       # a fresh build: no stale pages
     shutil.copytree(ROOT / "book", run_dir / "book", dirs_exist_ok=True)
+    if not (run_dir / "figures" / "headline.png").exists():       # no evaluation chapter: no headline figure
+        summary = run_dir / "book" / "summary.md"
+        text = summary.read_text()
+        if "% headline-start" in text:
+            head, rest = text.split("% headline-start", 1)
+            atomic_write_text(summary, head + rest.split("% headline-end", 1)[1])
     shutil.copy2(ROOT / "_config.yml", run_dir / "_config.yml")
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
     for part in toc.get("parts", []):

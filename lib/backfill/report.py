@@ -249,3 +249,79 @@ def style_verdicts(df: pd.DataFrame, fmt: dict | None = None):
         word = verdict_of(cell)
         return f"background-color: {VERDICT_COLOURS[word]}; color: #111" if word else ""
     return df.style.map(colour).format(fmt or {}, na_rep="-").hide(axis="index")
+
+
+# --- static figures (matplotlib / seaborn): for print, PDF and papers ----------------------------
+
+def _tenor(t: float) -> str:
+    """A maturity in years as a tick label: months below a year (1/12 -> '1m'), years above."""
+    return f"{t * 12:.3g}m" if t < 1 else f"{t:.3g}y"
+
+
+def rmse_heatmap_static(values, maturities, moneyness, title: str, fmt: str = ".4f"):
+    """A seaborn heatmap of one RMSE per grid point (maturity rows x moneyness columns), every cell
+    annotated, for print. Pure: returns a matplotlib Figure, shows and saves nothing (no pyplot state)."""
+    import seaborn as sns
+    from matplotlib.figure import Figure
+    v = np.asarray(values, dtype=float)                                  # (n_mat, n_mon)
+    if v.shape != (len(maturities), len(moneyness)):
+        raise ValueError(f"rmse_heatmap_static: values have shape {v.shape}, the grid is "
+                         f"{len(maturities)}x{len(moneyness)}")
+    fig = Figure(figsize=(1.2 * v.shape[1] + 2.6, 0.6 * v.shape[0] + 1.6), layout="constrained")
+    ax = fig.subplots()
+    sns.heatmap(v, ax=ax, annot=True, fmt=fmt, cmap="viridis", linewidths=0.5, linecolor="white",
+                xticklabels=[f"{m:.2f}" for m in moneyness], yticklabels=[_tenor(t) for t in maturities],
+                annot_kws={"fontsize": 9}, cbar_kws={"label": "RMSE (implied vol)"})
+    ax.tick_params(axis="y", labelrotation=0)
+    ax.set(xlabel="moneyness K/S", ylabel="maturity", title=title)
+    return fig
+
+
+def fan_chart_static(series: dict, truth, dates, title: str, ylabel: str = "implied vol"):
+    """A matplotlib fan chart of one grid point for several methods, for print: the truth as a black line,
+    each method's median as a line (its own colour and dash) over its shaded 5-95% band.
+
+    series: {method: (p05, p50, p95)}, each (days,); truth: (<= days,) or None; dates: (days,) ISO dates
+    or day numbers. Pure: returns a Figure."""
+    from matplotlib.figure import Figure
+    d = np.asarray(dates)
+    x = d if d.dtype.kind in "iuf" else pd.to_datetime(d).to_numpy()      # (days,)
+    fig = Figure(figsize=(9, 4.2), layout="constrained")
+    ax = fig.subplots()
+    colours, dashes = [f"C{i}" for i in range(10)], ["-", "--", "-.", ":"]
+    for i, (name, (p05, p50, p95)) in enumerate(series.items()):
+        lo, mid, hi = (np.asarray(a, dtype=float) for a in (p05, p50, p95))
+        if not len(lo) == len(mid) == len(hi) == len(x):
+            raise ValueError(f"fan_chart_static: '{name}' has {len(lo)}/{len(mid)}/{len(hi)} days for "
+                             f"{len(x)} dates")
+        c = colours[i % len(colours)]
+        ax.fill_between(x, lo, hi, color=c, alpha=0.18, linewidth=0, label=f"{name} 5-95%")
+        ax.plot(x, mid, color=c, linestyle=dashes[i % len(dashes)], linewidth=1.6, label=f"{name} median")
+    if truth is not None and len(truth):
+        t = np.asarray(truth, dtype=float)
+        ax.plot(x[:len(t)], t, color="black", linewidth=1.8, label="truth", zorder=5)
+    ax.set(xlabel="trading day" if d.dtype.kind in "iuf" else "date", ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    fig.legend(loc="outside lower center", ncols=min(2 * len(series) + 1, 4), fontsize=8, frameon=False)
+    return fig                                 # the legend sits below the axes: it never hides a band
+
+
+def show_static(fig, path=None, dpi: int = 150) -> None:
+    """Display a matplotlib Figure as a PNG in the notebook (no pyplot state needed) and, with `path`, also save
+    that PNG atomically (the book's summary page reads the headline figure from the run directory)."""
+    import io
+    from IPython.display import Image, display
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    if path is not None:
+        from .pipeline import atomic_write_bytes
+        atomic_write_bytes(path, buf.getvalue())
+    display(Image(data=buf.getvalue()))
+
+
+def headline_window(names) -> str:
+    """The window the summary's headline figure shows: the named crisis window if there is one, else the first
+    named window, else the first window."""
+    names = list(names)
+    named = [n for n in names if not n.startswith("rolling_")]
+    return "crisis" if "crisis" in names else (named[0] if named else names[0])

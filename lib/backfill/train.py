@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import csv
 import io
+import pickle
 import random
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -214,14 +216,35 @@ def _eval_starts(span, length, cap):
 
 # --- checkpoints -------------------------------------------------------------------------------
 
+def _plain(x):
+    """Numpy scalars and arrays inside history / summary / config as plain Python (lists for arrays):
+    the only kinds besides tensors that torch.load(weights_only=True) accepts."""
+    if isinstance(x, dict):
+        return {_plain(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_plain(v) for v in x)
+    if isinstance(x, (np.generic, np.ndarray)):
+        return x.tolist()
+    return x
+
+
 def _save(path: Path, obj: dict) -> None:
+    """Write a checkpoint atomically; everything but the state dicts is made plain data first."""
+    obj = {k: v if k in ("model", "optimizer") else _plain(v) for k, v in obj.items()}
     buf = io.BytesIO()
     torch.save(obj, buf)
     pipeline.atomic_write_bytes(path, buf.getvalue())
 
 
 def load_checkpoint(path, device="cpu") -> dict:
-    return torch.load(path, map_location=device, weights_only=False)
+    """Read a checkpoint as tensors and plain data only (weights_only): a foreign or tampered file
+    cannot run code on load, it is refused."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:
+        m = re.search(r"WeightsUnpickler error: (.*?)(?: was not an allowed|\.\s|$)", str(e), re.M)
+        raise TrainingError(f"refused checkpoint {path}: it holds more than tensors and plain data "
+                            f"({m.group(1) if m else type(e).__name__}); delete it to retrain") from None
 
 
 def model_from_checkpoint(path, device="cpu") -> CVAE:
@@ -231,17 +254,27 @@ def model_from_checkpoint(path, device="cpu") -> CVAE:
     return model
 
 
-def _rng_state():
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+def _rng_state() -> dict:
+    """torch, numpy (legacy), python and CUDA generator states as tensors and plain data, so that the
+    checkpoint loads with weights_only and a resumed run draws the same numbers."""
+    kind, key, pos, has_gauss, cached = np.random.get_state()     # key: (624,) uint32
+    version, internal, gauss_next = random.getstate()             # internal: 625 ints
+    return {"torch": torch.get_rng_state(),
+            "numpy": {"kind": str(kind), "key": torch.from_numpy(key.copy()), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+            "python": {"version": int(version), "state": list(internal), "gauss_next": gauss_next},
+            "cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else None}
 
 
-def _set_rng_state(st):
-    torch.set_rng_state(st["torch"])
-    np.random.set_state(st["numpy"])
-    random.setstate(st["python"])
+def _set_rng_state(st: dict) -> None:
+    """Restore the states written by _rng_state."""
+    torch.set_rng_state(st["torch"].cpu())
+    n = st["numpy"]
+    np.random.set_state((n["kind"], n["key"].cpu().numpy(), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    py = st["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss_next"]))
     if st.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(st["cuda"])
+        torch.cuda.set_rng_state_all([t.cpu() for t in st["cuda"]])
 
 
 # --- one phase ---------------------------------------------------------------------------------
@@ -408,7 +441,11 @@ def phase_record(summary: dict) -> dict:
 
 
 def is_full_plan(p: dict) -> bool:
-    """True when the params train to the seed's plan: its epochs, learning rate, batch size, all windows."""
-    t = p["training"]
-    return ([t[f"phase{i}_epochs"] for i in (1, 2, 3, 4)] == [200, 350, 475, 600] and t["learning_rate"] == 1e-5
-            and t["batch_size"] == 32 and t["max_train_windows"] is None and p["model"]["context_len"] == 60)
+    """True when the params train to the seed's plan (params.SEED_PLAN): its epochs, learning rate, batch
+    size, context, all windows."""
+    from .params import SEED_PLAN
+    for key, want in SEED_PLAN.items():
+        section, name = key.split(".")
+        if p[section][name] != want:
+            return False
+    return True

@@ -1,0 +1,71 @@
+"""Static (matplotlib / seaborn) figures for print: they return Figures with the expected artists and
+touch no global pyplot state."""
+import io
+
+import numpy as np
+import pytest
+from matplotlib.collections import PolyCollection, QuadMesh
+from matplotlib.figure import Figure
+
+from backfill import report
+
+MAT = [1 / 12, 0.25, 0.5, 1.0, 2.0]
+MON = [0.7, 0.85, 1.0, 1.15, 1.3, 1.45]
+
+
+def test_rmse_heatmap_static_annotates_every_cell():
+    v = np.linspace(0.01, 0.05, len(MAT) * len(MON)).reshape(len(MAT), len(MON))     # (n_mat, n_mon)
+    fig = report.rmse_heatmap_static(v, MAT, MON, "RMSE by grid point")
+    assert isinstance(fig, Figure)
+    ax, cbar = fig.axes                                     # the heatmap and its colour bar
+    assert sum(isinstance(c, QuadMesh) for c in ax.collections) == 1
+    cells = [t.get_text() for t in ax.texts]
+    assert len(cells) == v.size and cells[0] == "0.0100" and cells[-1] == "0.0500"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0.70", "0.85", "1.00", "1.15", "1.30", "1.45"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["1m", "3m", "6m", "1y", "2y"]
+    assert ax.get_xlabel() == "moneyness K/S" and ax.get_ylabel() == "maturity"
+    assert ax.get_title() == "RMSE by grid point" and cbar.get_ylabel() == "RMSE (implied vol)"
+    fig.savefig(io.BytesIO(), format="png")                 # renders headless, without pyplot
+
+
+def test_rmse_heatmap_static_rejects_a_shape_that_is_not_the_grid():
+    with pytest.raises(ValueError, match=r"shape \(5, 5\), the grid is 5x6"):
+        report.rmse_heatmap_static(np.ones((5, 5)), MAT, MON, "x")
+
+
+def _bands(days, level):
+    mid = level + 0.01 * np.sin(np.arange(days) / 5)
+    return mid - 0.03, mid, mid + 0.03
+
+
+def test_fan_chart_static_draws_truth_medians_and_bands():
+    days = 40
+    dates = np.datetime_as_string(np.arange("2008-01-01", days, dtype="datetime64[D]"))     # ISO strings
+    series = {"model": _bands(days, 0.2), "persistence": _bands(days, 0.22), "AR(1)": _bands(days, 0.21)}
+    fig = report.fan_chart_static(series, np.full(days, 0.21), dates, "ATM 1-month")
+    assert isinstance(fig, Figure) and len(fig.axes) == 1
+    ax = fig.axes[0]
+    assert len(ax.lines) == 1 + len(series)                 # the truth and one median per method
+    assert sum(isinstance(c, PolyCollection) for c in ax.collections) == len(series)      # the 5-95% bands
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "truth" in labels and "AR(1) median" in labels and "persistence 5-95%" in labels and len(labels) == 7
+    assert ax.get_xlabel() == "date" and ax.get_ylabel() == "implied vol" and ax.get_title() == "ATM 1-month"
+    fig.savefig(io.BytesIO(), format="png")
+
+
+def test_fan_chart_static_on_day_numbers_with_a_shorter_truth():
+    fig = report.fan_chart_static({"model": _bands(30, 0.2)}, np.full(20, 0.2), np.arange(30), "day index")
+    ax = fig.axes[0]
+    assert len(ax.lines) == 2 and len(ax.lines[-1].get_xdata()) == 20 and ax.get_xlabel() == "trading day"
+    fig = report.fan_chart_static({"model": _bands(30, 0.2)}, None, np.arange(30), "no truth")
+    assert len(fig.axes[0].lines) == 1
+    with pytest.raises(ValueError, match="'model' has 29/30/30 days for 30 dates"):
+        report.fan_chart_static({"model": (np.ones(29), np.ones(30), np.ones(30))}, None, np.arange(30), "x")
+
+
+def test_static_figures_leave_pyplot_alone():
+    import matplotlib.pyplot as plt
+    plt.close("all")
+    report.rmse_heatmap_static(np.ones((5, 6)), MAT, MON, "x")
+    report.fan_chart_static({"m": _bands(10, 0.2)}, None, np.arange(10), "x")
+    assert plt.get_fignums() == []
