@@ -542,3 +542,33 @@ def test_verdicts_are_words_with_colours():
         assert colour in style
     assert "row2_col1" not in style and "col0" not in style         # n/a and the metric names stay plain
     assert not any(ch in html for ch in "\u2705\u274c\u2b50\u26a0")
+
+
+def test_calibrate_adds_conformal_rows_fitted_on_validation_windows_only():
+    import dataclasses
+    rng = np.random.default_rng(3)
+    flat = np.full((40, *GRID), 0.2)
+
+    def window(name, start, scale):            # intervals of +-0.01 around a median that truth misses by N(0, s)
+        return {"vae_o90": _bf(name, start, flat, flat + rng.normal(0, scale, flat.shape))}
+    calib = {f"calib_{i}": window(f"calib_{i}", i, 0.02) for i in range(6)}
+    test = {"rolling_0": window("rolling_0", 500, 0.02)}
+    out, cals = evaluate.calibrate(calib, test)
+    raw, cal = out["rolling_0"]["vae_o90"], out["rolling_0"]["vae_o90_cal"]
+    assert set(out["rolling_0"]) == {"vae_o90", "vae_o90_cal"} and set(cals) == {"vae_o90"}
+    assert metrics.ci_violation(raw.p05, raw.p95, raw.truth) > 0.4           # too narrow
+    assert abs(metrics.ci_violation(cal.p05, cal.p95, cal.truth) - 0.1) < 0.06
+    assert cal.n_samples == 0 and cal.crps is None and (cal.p05 <= cal.p50).all() and (cal.p50 <= cal.p95).all()
+    # a repaired method's calibrated surfaces are repaired again (a shift per grid point can add arbitrage)
+    mats, mons = np.array([0.25, 1.0]), np.array([0.9, 1.0, 1.1])
+    smile = np.array([[0.22, 0.2, 0.21], [0.21, 0.2, 0.205]])
+    base = np.broadcast_to(smile, (40, 2, 3)).copy()
+    bad_truth = base.copy()
+    bad_truth[:, 0, :] += 0.3                                                # the 3-month row far above: calendar
+    calib = {f"calib_{i}": {"vae_o90": dataclasses.replace(_bf(f"c{i}", i, base, bad_truth), arbitrage_raw=0.0)}
+             for i in range(4)}
+    test = {"rolling_0": {"vae_o90": dataclasses.replace(_bf("t", 500, base, base), arbitrage_raw=0.0)}}
+    shifted, _ = evaluate.calibrate(calib, test)
+    assert metrics.arbitrage_share(shifted["rolling_0"]["vae_o90_cal"].p50, mats, mons)["any"] == 1.0
+    fixed, _ = evaluate.calibrate(calib, test, (mats, mons))
+    assert metrics.arbitrage_share(fixed["rolling_0"]["vae_o90_cal"].p50, mats, mons)["any"] == 0.0

@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pandas as pd
 
-from . import baselines, conformal, gates, metrics
+from . import arbitrage, baselines, conformal, gates, metrics
 
 SCALARS = ("rmse", "ci_violation", "ci_violation_sampling_spread", "cointegration_share", "arbitrage_share",
            "arbitrage_share_raw", "pass_ratio_last_first", "coverage_p05", "coverage_p50", "coverage_p95",
@@ -69,10 +69,12 @@ def rolling_summary(scores: dict) -> dict:
     return out
 
 
-def calibrate(calib: dict, test: dict) -> tuple[dict, dict]:
+def calibrate(calib: dict, test: dict, grid=None) -> tuple[dict, dict]:
     """Split-conformal calibration per method: fitted on the backfills of validation-split origins `calib`
     ({window: {method: Backfill}}), per pass (H-day segment) and grid point, applied to every test window.
-    Returns (test with a `<method>_cal` row beside each method, {method: conformal.Calibration})."""
+    A method whose raw surfaces were projected onto the arbitrage-free set (`arbitrage_raw` set) has its shifted
+    quantiles projected again, given `grid` = (maturities, moneyness): a shift per grid point can reintroduce
+    arbitrage. Returns (test with a `<method>_cal` row beside each method, {method: conformal.Calibration})."""
     cals = {}
     for m in next(iter(calib.values())):
         cals[m] = conformal.fit([(np.stack([w[m].p05, w[m].p50, w[m].p95]), w[m].truth, w[m].segment)
@@ -83,6 +85,9 @@ def calibrate(calib: dict, test: dict) -> tuple[dict, dict]:
         for m, b in methods.items():
             if m in cals:
                 q = conformal.apply(cals[m], np.stack([b.p05, b.p50, b.p95]), b.segment)
+                if b.arbitrage_raw is not None and grid is not None:
+                    q = np.stack([arbitrage.repair(x, *grid) for x in q])
+                    q[0], q[2] = np.minimum(q[0], q[1]), np.maximum(q[2], q[1])
                 out[name][m + CAL] = dataclasses.replace(b, p05=q[0], p50=q[1], p95=q[2], n_samples=0, crps=None)
     return out, cals
 

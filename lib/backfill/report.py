@@ -301,6 +301,11 @@ def fan_chart_static(series: dict, truth, dates, title: str, ylabel: str = "impl
         t = np.asarray(truth, dtype=float)
         ax.plot(x[:len(t)], t, color="black", linewidth=1.8, label="truth", zorder=5)
     ax.set(xlabel="trading day" if d.dtype.kind in "iuf" else "date", ylabel=ylabel, title=title)
+    if d.dtype.kind not in "iuf":                                        # short, non-overlapping date labels
+        import matplotlib.dates as mdates
+        loc = mdates.AutoDateLocator(maxticks=8)
+        ax.xaxis.set_major_locator(loc)
+        ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(loc))
     ax.grid(alpha=0.3)
     fig.legend(loc="outside lower center", ncols=min(2 * len(series) + 1, 4), fontsize=8, frameon=False)
     return fig                                 # the legend sits below the axes: it never hides a band
