@@ -123,6 +123,18 @@ def test_book_builds_with_glued_numbers(run_dir):
     assert (run_dir / "_build" / "html" / "_static" / "plotly.min.js").exists()
 
 
+def test_book_refuses_notebooks_of_other_code_or_params(run_dir, tmp_path):
+    import shutil
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("_build", "checkpoints", "backfill"))
+    m = json.loads((copy / "metrics.json").read_text())
+    assert all(s.get("key") for s in m["status"].values())
+    m["status"]["03_phase2_multihorizon"]["key"] = "from-older-code"      # as if lib/ or the notebook changed since
+    (copy / "metrics.json").write_text(json.dumps(m))
+    with pytest.raises(SystemExit, match="03_phase2_multihorizon in .* ran with other params or code"):
+        pipeline.build_book(copy)
+
+
 def test_bad_params_leave_the_run_untouched(run_dir, tmp_path):
     p = yaml.safe_load(TEST_PARAMS.read_text())
     p["training"]["phase4_offsets"] = [5, 12]

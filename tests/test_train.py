@@ -180,3 +180,20 @@ def test_plain_turns_numpy_into_python():
     x = train._plain({np.int64(5): [np.float32(0.5), (np.float64(1.0), None)], "a": np.arange(3), "s": "x"})
     assert x == {5: [0.5, (1.0, None)], "a": [0, 1, 2], "s": "x"}
     assert type(list(x)[0]) is int and type(x[5][0]) is float and isinstance(x[5][1], tuple)
+
+
+def test_a_phase_never_starts_from_a_checkpoint_of_other_params_or_code(base, tmp_path, monkeypatch):
+    run = _run(base, tmp_path, "chain_key", max_train_windows=16)
+    train.train_phase(run, 1, progress=False)
+    changed = _run(base, tmp_path, "chain_key", max_train_windows=16, learning_rate=1e-3)   # same directory
+    with pytest.raises(train.TrainingError, match="phase 2 needs .*phase1.pt trained under these params"):
+        train.train_phase(changed, 2, progress=False)
+    # editing the training code changes every phase's key: the finished phase 1 trains again
+    key = train.phase_key(run.params, run.data, 1)
+    monkeypatch.setattr(pipeline, "code_fingerprint", lambda files=None: "edited-model")
+    assert train.phase_key(run.params, run.data, 1) != key
+    before = (run.run_dir / "checkpoints" / "phase1.pt").stat().st_mtime_ns
+    train.train_phase(run, 1, progress=False)
+    assert (run.run_dir / "checkpoints" / "phase1.pt").stat().st_mtime_ns != before
+    assert train.load_checkpoint(run.run_dir / "checkpoints" / "phase1.pt")["params_hash"] == \
+        train.phase_key(run.params, run.data, 1)

@@ -33,6 +33,7 @@ def main(argv=None) -> int:
     from .data import DataError
     from .params import ParamsError
     from .compare import CompareError
+    from .pipeline import RunLocked
     try:
         if a.cmd == "run":
             from . import pipeline
@@ -51,7 +52,7 @@ def main(argv=None) -> int:
             for path in compare.write(compare.table(a.run_dirs), a.out):
                 print(path)
             return 0
-    except (ParamsError, DataError, CompareError) as e:
+    except (ParamsError, DataError, CompareError, RunLocked) as e:
         print(f"backfill: {e}", file=sys.stderr)
         return 2
     return 1

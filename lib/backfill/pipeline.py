@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,6 +117,32 @@ def provenance() -> dict:
 
 
 TRAINING_SECTIONS = ("seed", "data", "model", "training")
+LIB = Path(__file__).resolve().parent
+TRAINING_CODE = ("data.py", "calibrated.py", "model.py", "rollout.py", "train.py")   # what a checkpoint depends on
+
+
+def code_fingerprint(files=None) -> str:
+    """Hash of the package's source (or of the named files of it): editing lib/ changes every notebook's key,
+    editing the training code (TRAINING_CODE) changes the checkpoints' keys too."""
+    h = hashlib.sha256()
+    for f in sorted(LIB.glob("*.py")) if files is None else [LIB / f for f in files]:
+        h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def notebook_keys(p_hash: str, names=None, nb_dir=None, lib_fp: str | None = None) -> dict:
+    """{notebook: key}: a notebook's key hashes the params and data (p_hash), the package's code, its own code
+    cells and the key of the notebook before it, so that editing a notebook re-runs it and every later one."""
+    import nbformat
+    nb_dir = Path(nb_dir or ROOT / "notebooks")
+    prev, out = hashlib.sha256(f"{p_hash}:{lib_fp or code_fingerprint()}".encode()).hexdigest()[:16], {}
+    for name in names or NOTEBOOKS:
+        path = nb_dir / f"{name}.ipynb"
+        if not path.exists():
+            continue
+        cells = [c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+        prev = out[name] = hashlib.sha256(json.dumps([prev, cells]).encode()).hexdigest()[:16]
+    return out
 
 
 def params_hash(p: dict, sections=None, data_fingerprint: str | None = None) -> str:
@@ -209,22 +236,78 @@ def select(names: list[str], start: str | None = None, only: str | None = None) 
     return names[find(start):] if start is not None else list(names)
 
 
+class RunLocked(RuntimeError):
+    """Another process is writing the run directory."""
+
+
+@contextmanager
+def locked(run_dir):
+    """Hold run_dir/.lock (an flock, released by the OS if the process dies) while a run writes the directory; a
+    second run gets RunLocked naming the holder."""
+    import fcntl
+    import socket
+    path = Path(run_dir) / ".lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise RunLocked(f"{run_dir} is being written by {holder}; wait for it to finish or use another --run-dir") \
+            from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+    f.flush()
+    try:
+        yield
+    finally:
+        f.truncate(0)
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
+
+
+def is_locked(run_dir) -> bool:
+    """True while some process holds run_dir/.lock."""
+    try:
+        with locked(run_dir):
+            return False
+    except RunLocked:
+        return True
+
+
+def run_state(run_dir) -> str | None:
+    """The run's state as recorded, except that a run recorded as running whose process is gone (killed, the
+    machine restarted) is 'interrupted'."""
+    st = read_metrics(run_dir).get("run_state")
+    return "interrupted" if st == "running" and not is_locked(run_dir) else st
+
+
 def run(params_path, start=None, only=None, force=False, run_dir=None, overrides=(), log=print) -> int:
     """Execute the notebooks in order with papermill; 0 on success, 1 when a notebook failed.
 
     `overrides` are `--set` 'KEY=VALUE' strings applied on top of the params file. The notebooks get
     run_dir/params.yaml, the merged params with the overrides (papermill passes only a path). Finished
-    notebooks (status ok, same merged params and data) are skipped unless `force`. A failing notebook stops
-    the run, is saved as NN.failed.ipynb and is marked failed (with its cell) in metrics.json."""
-    import papermill as pm
-
+    notebooks (status ok, same key: params, data, the package's code, the notebook's own code cells and the
+    key of the notebook before it) are skipped unless `force`. The run directory is locked while it runs. A
+    failing notebook stops the run, is saved as NN.failed.ipynb and is marked failed (with its cell) in
+    metrics.json."""
     params_path = Path(params_path).resolve()
     p = _params.load(params_path, overrides)   # bad params or --set fail here, before anything is written
     os.environ["BACKFILL_BATCH"] = "1"     # inherited by the kernels papermill starts
     ds = _data.load_for(p)                 # so does bad data
     run_dir = Path(run_dir).resolve() if run_dir else default_run_dir(p)
     (run_dir / "notebooks").mkdir(parents=True, exist_ok=True)
+    with locked(run_dir):
+        return _run_locked(p, ds, params_path, run_dir, start, only, force, overrides, log)
+
+
+def _run_locked(p, ds, params_path, run_dir, start, only, force, overrides, log) -> int:
+    import papermill as pm
     h = params_hash(p, data_fingerprint=_data.fingerprint(ds))
+    keys = notebook_keys(h)
     todo = select(available_notebooks(), start, only)
     resolved = None                            # run_dir/params.yaml, written before the first notebook runs
     status = read_metrics(run_dir).get("status", {})
@@ -232,11 +315,11 @@ def run(params_path, start=None, only=None, force=False, run_dir=None, overrides
     for i, name in enumerate(todo, 1):
         out = run_dir / "notebooks" / f"{name}.ipynb"
         st = status.get(name, {})
-        if not force and st.get("state") == "ok" and st.get("params_hash") == h and out.exists():
+        if not force and st.get("state") == "ok" and st.get("key") == keys[name] and out.exists():
             log(f"[{i}/{len(todo)}] {name}: done before, skipped (use --force to re-run)")
             continue
         log(f"[{i}/{len(todo)}] {name}: running ...", )
-        _set_status(run_dir, name, "running", params_hash=h)
+        _set_status(run_dir, name, "running", params_hash=h, key=keys[name])
         t0 = time.time()
         tmp = out.with_name(f".{name}.running.ipynb")
         if resolved is None:
@@ -253,7 +336,7 @@ def run(params_path, start=None, only=None, force=False, run_dir=None, overrides
             cell = getattr(e, "exec_count", None) or getattr(e, "cell_index", None)
             err = f"{getattr(e, 'ename', type(e).__name__)}: {getattr(e, 'evalue', str(e))}".strip()
             err = err.splitlines()[0] if err else type(e).__name__
-            _set_status(run_dir, name, "failed", cell=cell, error=err, params_hash=h,
+            _set_status(run_dir, name, "failed", cell=cell, error=err, params_hash=h, key=keys[name],
                         seconds=round(time.time() - t0, 1))
             update_metrics(run_dir, run_state="failed")
             log(f"[{i}/{len(todo)}] {name}: FAILED in cell {cell}: {err}\n  see {failed}")
@@ -261,13 +344,13 @@ def run(params_path, start=None, only=None, force=False, run_dir=None, overrides
                 raise
             return 1
         os.replace(tmp, out)
-        _set_status(run_dir, name, "ok", params_hash=h, seconds=round(time.time() - t0, 1))
+        _set_status(run_dir, name, "ok", params_hash=h, key=keys[name], seconds=round(time.time() - t0, 1))
         log(f"[{i}/{len(todo)}] {name}: ok ({time.time() - t0:.1f} s)")
     status = read_metrics(run_dir).get("status", {})
     for name in available_notebooks():
         status.setdefault(name, {"state": "skipped"})
-    update_metrics(run_dir, status=status,
-                   run_state="ok" if all(s["state"] == "ok" for s in status.values()) else "partial")
+    current = all(s["state"] == "ok" and s.get("key") == keys.get(n) for n, s in status.items())
+    update_metrics(run_dir, status=status, run_state="ok" if current else "partial")
     return 0
 
 
@@ -292,10 +375,19 @@ def build_book(run_dir, log=print) -> Path:
     import plotly
     run_dir = Path(run_dir).resolve()
     m = read_metrics(run_dir)
-    if m.get("run_state") == "failed":
+    state = run_state(run_dir)
+    if state == "failed":
         failed = [n for n, s in m.get("status", {}).items() if s.get("state") == "failed"]
         raise SystemExit(f"backfill: the run in {run_dir} failed ({', '.join(failed)}); fix it and re-run "
                          f"before building its book")
+    if state in ("running", "interrupted"):
+        raise SystemExit(f"backfill: the run in {run_dir} is {state}; " + (
+            "wait for it to finish" if state == "running" else "re-run it (finished notebooks are kept)") +
+            " before building its book")
+    stale = _stale_notebooks(run_dir, m)
+    if stale:
+        raise SystemExit(f"backfill: {', '.join(stale)} in {run_dir} ran with other params or code than the "
+                         f"current ones; re-run the run before building its book")
     done = [n for n in NOTEBOOKS if (run_dir / "notebooks" / f"{n}.ipynb").exists()
             and m.get("status", {}).get(n, {}).get("state", "ok") == "ok"]
     if not done:
@@ -330,6 +422,15 @@ def build_book(run_dir, log=print) -> Path:
     _dedupe_inline_scripts(run_dir / "_build" / "html")
     log(f"book: {index}")
     return index
+
+
+def _stale_notebooks(run_dir: Path, m: dict) -> list[str]:
+    """Executed notebooks whose recorded key is not the key of the run's params and data with today's code."""
+    rec = yaml.safe_load((run_dir / "params.yaml").read_text()) if (run_dir / "params.yaml").exists() else {}
+    h = (rec or {}).get("provenance", {}).get("params_hash")
+    keys = notebook_keys(h) if h else {}
+    return [n for n, s in m.get("status", {}).items()
+            if s.get("state") == "ok" and (run_dir / "notebooks" / f"{n}.ipynb").exists() and s.get("key") != keys.get(n)]
 
 
 def _dedupe_inline_scripts(html_dir: Path) -> None:

@@ -283,19 +283,29 @@ CSV_FIELDS = ["phase", "epoch", "global_epoch", "train_loss", "val_loss", "val_k
               "val_ci_violation", "seconds", "rmse_by"]
 
 
+def phase_key(p: dict, ds, number: int) -> str:
+    """The key of phase `number`'s checkpoint: the training params and data, the training code
+    (pipeline.TRAINING_CODE) and the phase. Phase n starts only from a phase n-1 checkpoint with phase_key(n-1),
+    so a phase never continues a model trained under other params or code."""
+    import hashlib
+    from .data import fingerprint
+    base = pipeline.params_hash(p, pipeline.TRAINING_SECTIONS, fingerprint(ds))
+    code = pipeline.code_fingerprint(pipeline.TRAINING_CODE)
+    return hashlib.sha256(f"{base}:{code}:{number}".encode()).hexdigest()[:16]
+
+
 def train_phase(run, number: int, stop_after: int | None = None, progress: bool | None = None) -> dict:
     """Train curriculum phase `number` (1..4) of a run; returns its summary (also in metrics.json).
 
-    Resumes from checkpoints/last.pt when it belongs to this phase and these params; starts from
-    checkpoints/phase{number-1}.pt otherwise. `stop_after` ends after that many epochs of the phase
+    Resumes from checkpoints/last.pt when it belongs to this phase and its key (params, data, training code);
+    starts from checkpoints/phase{number-1}.pt otherwise, which must carry phase number-1's key. `stop_after` ends after that many epochs of the phase
     (for tests of resuming), without writing the phase checkpoint."""
     from tqdm.auto import tqdm
     from torch.utils.tensorboard import SummaryWriter
 
     p, ds, run_dir = run.params, run.data, Path(run.run_dir)
     spec = phase_specs(p)[number - 1]
-    from .data import fingerprint
-    h = pipeline.params_hash(run.params, pipeline.TRAINING_SECTIONS, fingerprint(ds))
+    h = phase_key(p, ds, number)
     ck_dir, log_dir = run_dir / "checkpoints", run_dir / "logs"
     ck_dir.mkdir(parents=True, exist_ok=True)
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -335,6 +345,9 @@ def train_phase(run, number: int, stop_after: int | None = None, progress: bool 
         if not prev.exists():
             raise TrainingError(f"phase {number} needs {prev}: run phase {number - 1} first")
         ck = load_checkpoint(prev, device)
+        if ck.get("params_hash") != phase_key(p, ds, number - 1):
+            raise TrainingError(f"phase {number} needs {prev} trained under these params and this code, but it was "
+                                f"trained under others: run phase {number - 1} again first")
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
     base_epoch = [0, t["phase1_epochs"], t["phase2_epochs"], t["phase3_epochs"]][number - 1]

@@ -1,0 +1,80 @@
+"""A run never presents stale or mixed results: notebook keys over params, code and notebooks; the run lock;
+interrupted runs."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from backfill import pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _copy_notebooks(tmp_path) -> Path:
+    d = tmp_path / "nb"
+    shutil.copytree(ROOT / "notebooks", d)
+    return d
+
+
+def _edit(path: Path, kind: str, text: str) -> None:
+    nb = nbformat.read(path, as_version=4)
+    cell = next(c for c in nb.cells if c.cell_type == kind and "parameters" not in c.metadata.get("tags", []))
+    cell.source += text
+    nbformat.write(nb, path)
+
+
+def test_editing_a_notebook_changes_its_key_and_every_later_one(tmp_path):
+    d = _copy_notebooks(tmp_path)
+    before = pipeline.notebook_keys("p", nb_dir=d, lib_fp="lib")
+    assert list(before) == pipeline.NOTEBOOKS and len(set(before.values())) == len(before)
+    _edit(d / "04_phase3_ar_h60.ipynb", "markdown", "\nprose changes nothing")
+    assert pipeline.notebook_keys("p", nb_dir=d, lib_fp="lib") == before
+    _edit(d / "04_phase3_ar_h60.ipynb", "code", "\nx = 1")
+    after = pipeline.notebook_keys("p", nb_dir=d, lib_fp="lib")
+    i = pipeline.NOTEBOOKS.index("04_phase3_ar_h60")
+    for n in pipeline.NOTEBOOKS[:i]:
+        assert after[n] == before[n]
+    for n in pipeline.NOTEBOOKS[i:]:
+        assert after[n] != before[n]
+    # other params or another version of lib/ change every key
+    assert set(pipeline.notebook_keys("q", nb_dir=d, lib_fp="lib").values()).isdisjoint(after.values())
+    assert set(pipeline.notebook_keys("p", nb_dir=d, lib_fp="lib2").values()).isdisjoint(after.values())
+
+
+def test_code_fingerprint_follows_the_source():
+    fp, training = pipeline.code_fingerprint(), pipeline.code_fingerprint(pipeline.TRAINING_CODE)
+    assert fp != training and len(fp) == 16
+    assert pipeline.code_fingerprint(["model.py"]) != pipeline.code_fingerprint(["rollout.py"])
+
+
+def test_a_second_run_on_a_locked_directory_is_a_one_line_error(tmp_path):
+    rd = tmp_path / "run"
+    with pipeline.locked(rd):
+        assert pipeline.is_locked(rd)
+        with pytest.raises(pipeline.RunLocked):
+            with pipeline.locked(rd):
+                pass
+        res = subprocess.run([sys.executable, "-m", "backfill", "run", ROOT / "params" / "test.yaml", "--run-dir", rd,
+                              "--only", "01"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 2
+        err = res.stderr.strip()
+        assert "\n" not in err and "is being written by pid" in err and str(rd) in err
+        assert not (rd / "metrics.json").exists()                     # nothing written by the refused run
+    assert not pipeline.is_locked(rd)
+
+
+def test_a_run_whose_process_died_is_interrupted_and_has_no_book(tmp_path):
+    rd = tmp_path / "run"
+    (rd / "notebooks").mkdir(parents=True)
+    pipeline.update_metrics(rd, profile="test", run_state="running",
+                            status={"01_data_autocorrelation": {"state": "running"}})
+    assert pipeline.run_state(rd) == "interrupted"                  # nobody holds the lock
+    with pipeline.locked(rd):
+        assert pipeline.run_state(rd) == "running"
+    with pytest.raises(SystemExit, match="is interrupted; re-run it"):
+        pipeline.build_book(rd)
+    assert json.loads((rd / "metrics.json").read_text())["run_state"] == "running"   # reading changes nothing
