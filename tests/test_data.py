@@ -396,3 +396,43 @@ def test_truncated_default_cache_is_rebuilt(tmp_path, default_ds):
     (tmp_path / "default_v1.npz").write_bytes(blob[: len(blob) // 2])
     ds = data.load_default(cache_dir=tmp_path)
     _assert_same(ds, default_ds)
+
+
+# --- 6. inputs that used to fail late or unclearly ----------------------------------------------
+
+def test_random_bytes_are_not_an_npz(tmp_path):
+    path = tmp_path / "noise.npz"
+    path.write_bytes(np.random.default_rng(0).bytes(4096))
+    msg = _load_bad(path, "not an .npz archive", str(path))
+    assert "dates as strings" not in msg
+
+
+def test_non_numeric_iv_in_a_csv_is_one_line(tmp_path):
+    _, _, _, long, rets = _long_tables()
+    long["iv"] = long["iv"].astype(object)
+    long.loc[17, "iv"] = "n.a."
+    long.to_csv(tmp_path / "iv.csv", index=False)
+    rets.to_csv(tmp_path / "ret.csv", index=False)
+    _load_bad(tmp_path / "iv.csv", "column 'iv'", "'n.a.'", "row 18", returns_path=str(tmp_path / "ret.csv"))
+
+
+def test_an_unreadable_parquet_is_one_line(tmp_path):
+    (tmp_path / "iv.parquet").write_bytes(b"not parquet at all")
+    _, _, _, _, rets = _long_tables()
+    rets.to_csv(tmp_path / "ret.csv", index=False)
+    _load_bad(tmp_path / "iv.parquet", "cannot read", "iv.parquet", returns_path=str(tmp_path / "ret.csv"))
+
+
+def test_window_dates_on_data_without_dates_fail_at_load(tmp_path):
+    import yaml
+    from backfill import params
+    n = 700
+    path = _npz(tmp_path, surface=_surface(n, 5, 5), ret=np.random.default_rng(2).normal(0, 0.01, n))
+    p = yaml.safe_load(params.profile_path("test").read_text())
+    p["data"].update(source=str(path), split_by="index", train=[0, 399], test=[400, 699], crisis=[100, 200])
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(p))
+    with pytest.raises(DataError, match=r"generation.windows.crisis is a date \(2008-06-02\) but the data has no dates"):
+        data.load_for(params.load(tmp_path / "p.yaml"))
+    p["generation"]["windows"] = {"early": 450, "late": 650}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(p))
+    assert data.load_for(params.load(tmp_path / "p.yaml")).dates is None

@@ -179,6 +179,8 @@ def load_npz(path) -> Dataset:
     except DataError:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        if not zipfile.is_zipfile(path):
+            raise DataError(f"cannot read {path}: not an .npz archive (numpy.savez writes one)") from None
         hint = " (store dates as strings, not objects)" if "allow_pickle" in str(e) else ""
         raise DataError(f"cannot read {path}: {type(e).__name__}: {e}{hint}") from None
 
@@ -206,7 +208,19 @@ def load_long(path, returns_path) -> Dataset:
         p = Path(p)
         if not p.exists():
             raise DataError(f"file not found: {p}")
-        return pd.read_parquet(p) if p.suffix in (".parquet", ".pq") else pd.read_csv(p)
+        try:
+            return pd.read_parquet(p) if p.suffix in (".parquet", ".pq") else pd.read_csv(p)
+        except Exception as e:                      # pyarrow / the CSV parser: one line, not a traceback
+            raise DataError(f"cannot read {p}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") \
+                from None
+
+    def numeric(frame, col, p):
+        v = pd.to_numeric(frame[col], errors="coerce")
+        bad = v.isna() & frame[col].notna()
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            raise DataError(f"{p}: column '{col}' has a non-numeric value {frame[col].iloc[i]!r} (row {i + 1})")
+        frame[col] = v
 
     if returns_path is None:
         raise DataError(f"{path} is a long table: data.returns_path must name the `date, return` table")
@@ -215,6 +229,9 @@ def load_long(path, returns_path) -> Dataset:
         missing = [c for c in cols if c not in frame.columns]
         if missing:
             raise DataError(f"{p} lacks column(s) {', '.join(missing)} (has {', '.join(map(str, frame.columns))})")
+    for col in ("maturity", "moneyness", "iv"):
+        numeric(df, col, path)
+    numeric(rets, "return", returns_path)
     if df.duplicated(["date", "maturity", "moneyness"]).any():
         row = df[df.duplicated(["date", "maturity", "moneyness"])].iloc[0]
         raise DataError(f"{path} has a duplicate row for date {row['date']}, maturity {row['maturity']}, "
@@ -331,6 +348,10 @@ def load_for(p: dict) -> Dataset:
         if n < need:
             raise DataError(f"{key}: the {'training' if name == 'train' else 'validation'} split has {n} days, fewer "
                             f"than the longest training window ({need} days)")
+    for name, when in p["generation"]["windows"].items():
+        if ds.dates is None and not isinstance(when, int):
+            raise DataError(f"generation.windows.{name} is a date ({when}) but the data has no dates; give a day index")
+        ds.index_of(when)          # a date after the data or an index outside it: one line, here, not in notebook 08
     return ds
 
 
