@@ -197,3 +197,14 @@ def test_a_phase_never_starts_from_a_checkpoint_of_other_params_or_code(base, tm
     assert (run.run_dir / "checkpoints" / "phase1.pt").stat().st_mtime_ns != before
     assert train.load_checkpoint(run.run_dir / "checkpoints" / "phase1.pt")["params_hash"] == \
         train.phase_key(run.params, run.data, 1)
+
+
+def test_publish_phase_records_the_phase_and_its_criteria(base, tmp_path):
+    from backfill import gates, report
+    run = _run(base, tmp_path, "publish", max_train_windows=16)
+    s = train.train_phase(run, 1, progress=False)
+    result = gates.evaluate_checks(gates.phase_checks(1, s, run.params), run.params)
+    report.publish_phase(run, 1, s, result)
+    rec = run.metrics()["phases"]["phase1"]
+    assert rec["criteria"]["decision"] == result["decision"] and rec["val_kl"] == s["val_eval"]["kl"]
+    assert rec["val_rmse_by_horizon"] == {"1": s["val_eval"]["rmse_by_horizon"][1]}

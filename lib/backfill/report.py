@@ -33,6 +33,21 @@ def glue(key: str, value, fmt: str | None = None):
     return value
 
 
+def publish_phase(run, number: int, summary: dict, criteria: dict) -> None:
+    """What notebooks 02-05 share: record phase `number`'s summary and criteria in metrics.json (`phases.phaseN`)
+    and glue its headline numbers for the book (epochs, seconds, decision, validation loss, KL, context slopes)."""
+    from . import train
+    phases = run.metrics().get("phases", {})
+    phases[f"phase{number}"] = {**train.phase_record(summary), "criteria": criteria}
+    run.update_metrics(phases=phases)
+    va = summary["val_eval"]
+    for key, value, fmt in (("epochs", summary["epochs"], None), ("seconds", summary["seconds"], ".0f"),
+                            ("decision", criteria["decision"], None), ("val_loss", summary["final_val_loss"], ".4f"),
+                            ("kl", va["kl"], ".3g"), ("context_beta", va["context_beta"], ".2f"),
+                            ("context_beta_truth", va["context_beta_truth"], ".2f")):
+        glue(f"phase{number}_{key}", value, fmt)
+
+
 def fmt_p(p) -> str:
     """A p-value as text: '< 1e-12' below that (a p-value is never exactly 0), 3 significant digits above."""
     if p is None or not np.isfinite(p):
