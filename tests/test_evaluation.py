@@ -479,7 +479,8 @@ def test_dm_tests_named_windows_and_rolling_pool():
     assert pooled["days"] == 20 + 25
     roll = ["rolling_000", "rolling_021"]
     want = metrics.diebold_mariano(np.concatenate([errs[w][0] for w in roll]),
-                                   np.concatenate([errs[w][2] for w in roll]), lags=25, horizon=25)   # window length
+                                   np.concatenate([errs[w][2] for w in roll]), lags=22, horizon=22)
+    # the window length (25), capped at half the pooled days (45 // 2) as within a window
     assert pooled["dm"] == pytest.approx(want["dm"])
     assert pooled["mean_loss_diff"] == pytest.approx(want["mean_loss_diff"])
 

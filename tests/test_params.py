@@ -506,7 +506,8 @@ def test_base_merges_recursively(tmp_path):
                                   "generation": {"windows": {"late": "2017-03-01"}}})
     p, smoke = params.load(path), params.load(params.profile_path("smoke"))
     assert p["profile"] == "x" and p["model"]["kl_weight"] == 0.5
-    assert p["generation"]["windows"] == {**smoke["generation"]["windows"], "late": "2017-03-01"}   # key by key
+    assert p["generation"]["windows"] == {"late": "2017-03-01"}     # a free-form mapping is replaced whole
+    assert p["generation"]["n_samples"] == smoke["generation"]["n_samples"]   # a schema section merges key by key
     assert _flat(p) == {**_flat(smoke), "profile": "x", "description": "x experiment", "model.kl_weight": 0.5,
                         "generation.windows": p["generation"]["windows"]}
     assert "base" not in p
@@ -707,3 +708,16 @@ def test_smoke_and_full_are_complete_bases():
         raw = _raw(name)
         assert "base" not in raw
         assert set(_flat(raw)) == set(_flat(params.load(params.profile_path(name)))) - {"provenance"}
+
+
+def test_a_delta_replaces_free_form_mappings_whole(tmp_path):
+    """A delta can drop entries of a free-form mapping (phase-2 weights, generation windows): only the schema's
+    sections merge key by key."""
+    (tmp_path / "d.yaml").write_text(
+        "base: smoke\nprofile: d\ndescription: shorter phase 2 and one window\n"
+        "training:\n  phase2_horizons: [1, 7, 14]\n  phase2_weights: {1: 1.0, 7: 0.9, 14: 0.8}\n"
+        "generation:\n  windows: {crisis: 2008-06-02}\n")
+    p = params.load(tmp_path / "d.yaml")
+    assert p["training"]["phase2_weights"] == {1: 1.0, 7: 0.9, 14: 0.8}
+    assert p["generation"]["windows"] == {"crisis": "2008-06-02"}
+    assert p["training"]["learning_rate"] == params.load(params.profile_path("smoke"))["training"]["learning_rate"]

@@ -78,3 +78,19 @@ def test_a_run_whose_process_died_is_interrupted_and_has_no_book(tmp_path):
     with pytest.raises(SystemExit, match="is interrupted; re-run it"):
         pipeline.build_book(rd)
     assert json.loads((rd / "metrics.json").read_text())["run_state"] == "running"   # reading changes nothing
+
+
+def test_a_run_restores_its_recorded_params_even_when_every_notebook_is_skipped(tmp_path):
+    import yaml
+    rd = tmp_path / "run"
+    args = [sys.executable, "-m", "backfill", "run", ROOT / "params" / "test.yaml", "--run-dir", rd, "--only", "01",
+            "--set", "model.kl_weight=0.5"]
+    assert subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600).returncode == 0
+    good = yaml.safe_load((rd / "params.yaml").read_text())
+    clobbered = dict(good, provenance={**good["provenance"], "params_hash": "a notebook opened by hand"})
+    (rd / "params.yaml").write_text(yaml.safe_dump(clobbered))
+    res = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0 and "skipped" in res.stdout
+    again = yaml.safe_load((rd / "params.yaml").read_text())
+    assert again["provenance"]["params_hash"] == good["provenance"]["params_hash"]
+    assert again["provenance"]["overrides"] == ["model.kl_weight=0.5"]

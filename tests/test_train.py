@@ -208,3 +208,18 @@ def test_publish_phase_records_the_phase_and_its_criteria(base, tmp_path):
     rec = run.metrics()["phases"]["phase1"]
     assert rec["criteria"]["decision"] == result["decision"] and rec["val_kl"] == s["val_eval"]["kl"]
     assert rec["val_rmse_by_horizon"] == {"1": s["val_eval"]["rmse_by_horizon"][1]}
+
+
+def test_a_checkpoint_of_older_code_is_retrained_not_fatal(base, tmp_path):
+    """A phase checkpoint that does not load under weights_only (older code stored numpy objects) cannot carry
+    today's key: the phase trains again; a later phase still refuses to start from it."""
+    run = _run(base, tmp_path, "old_ck", max_train_windows=16)
+    ck = run.run_dir / "checkpoints"
+    ck.mkdir(parents=True)
+    torch.save({"params_hash": "old", "rng": np.random.get_state()}, ck / "phase1.pt")
+    with pytest.raises(train.TrainingError, match="refused checkpoint"):
+        train.train_phase(run, 2, progress=False)
+    torch.save({"params_hash": "old", "rng": np.random.get_state()}, ck / "last.pt")
+    s = train.train_phase(run, 1, progress=False)
+    assert s["epochs"] == 3 and train.load_checkpoint(ck / "phase1.pt")["params_hash"] == \
+        train.phase_key(run.params, run.data, 1)

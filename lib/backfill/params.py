@@ -375,11 +375,16 @@ def _read(path: Path) -> dict:
     return p
 
 
-def merge(base: dict, over: dict) -> dict:
-    """`over` on top of `base`: a mapping updates the base's mapping key by key, any other value replaces it."""
+def merge(base: dict, over: dict, schema=None) -> dict:
+    """`over` on top of `base`: a section of the schema updates the base's section key by key; any other value,
+    a free-form mapping included (phase2_weights, generation.windows, the evaluation tables), replaces it whole,
+    so that a delta can also drop entries of such a mapping."""
+    schema = SCHEMA if schema is None else schema
     out = copy.deepcopy(base)
     for key, v in over.items():
-        out[key] = merge(out[key], v) if isinstance(v, dict) and isinstance(out.get(key), dict) else copy.deepcopy(v)
+        sub = schema.get(key) if isinstance(schema, dict) else None
+        nested = isinstance(sub, dict) and isinstance(v, dict) and isinstance(out.get(key), dict)
+        out[key] = merge(out[key], v, sub) if nested else copy.deepcopy(v)
     return out
 
 

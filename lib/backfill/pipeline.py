@@ -309,7 +309,7 @@ def _run_locked(p, ds, params_path, run_dir, start, only, force, overrides, log)
     h = params_hash(p, data_fingerprint=_data.fingerprint(ds))
     keys = notebook_keys(h)
     todo = select(available_notebooks(), start, only)
-    resolved = None                            # run_dir/params.yaml, written before the first notebook runs
+    resolved = record_params(run_dir, p, ds, params_path, overrides)   # also restores it after a hand-run notebook
     status = read_metrics(run_dir).get("status", {})
     update_metrics(run_dir, profile=p["profile"], run_state="running")
     for i, name in enumerate(todo, 1):
@@ -322,8 +322,6 @@ def _run_locked(p, ds, params_path, run_dir, start, only, force, overrides, log)
         _set_status(run_dir, name, "running", params_hash=h, key=keys[name])
         t0 = time.time()
         tmp = out.with_name(f".{name}.running.ipynb")
-        if resolved is None:
-            resolved = record_params(run_dir, p, ds, params_path, overrides)
         try:
             pm.execute_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"), str(tmp),
                                 parameters={"params_path": str(resolved), "run_dir": str(run_dir)},

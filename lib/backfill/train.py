@@ -283,6 +283,17 @@ CSV_FIELDS = ["phase", "epoch", "global_epoch", "train_loss", "val_loss", "val_k
               "val_ci_violation", "seconds", "rmse_by"]
 
 
+def _load_if_safe(path: Path, device="cpu") -> dict | None:
+    """A checkpoint of this phase to reuse, or None: missing, or written by older code that stored more than
+    tensors and plain data (it cannot carry today's key either, so the phase trains again)."""
+    if not path.exists():
+        return None
+    try:
+        return load_checkpoint(path, device)
+    except TrainingError:
+        return None
+
+
 def phase_key(p: dict, ds, number: int) -> str:
     """The key of phase `number`'s checkpoint: the training params and data, the training code
     (pipeline.TRAINING_CODE) and the phase. Phase n starts only from a phase n-1 checkpoint with phase_key(n-1),
@@ -310,10 +321,9 @@ def train_phase(run, number: int, stop_after: int | None = None, progress: bool 
     ck_dir.mkdir(parents=True, exist_ok=True)
     log_dir.mkdir(parents=True, exist_ok=True)
     final = ck_dir / f"phase{number}.pt"
-    if final.exists():
-        ck = load_checkpoint(final)
-        if ck.get("params_hash") == h:
-            return ck["summary"]
+    ck = _load_if_safe(final)
+    if ck is not None and ck.get("params_hash") == h:
+        return ck["summary"]
 
     device = pick_device(p)
     C, t = p["model"]["context_len"], p["training"]
@@ -332,14 +342,13 @@ def train_phase(run, number: int, stop_after: int | None = None, progress: bool 
     start_epoch, history = 0, []
     last = ck_dir / "last.pt"
     resumed = False
-    if last.exists():
-        ck = load_checkpoint(last, device)
-        if ck.get("params_hash") == h and ck.get("phase") == number:
-            model.load_state_dict(ck["model"])
-            opt.load_state_dict(ck["optimizer"])
-            start_epoch, history = ck["epoch"], ck["history"]
-            _set_rng_state(ck["rng"])
-            resumed = True
+    ck = _load_if_safe(last, device)
+    if ck is not None and ck.get("params_hash") == h and ck.get("phase") == number:
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        start_epoch, history = ck["epoch"], ck["history"]
+        _set_rng_state(ck["rng"])
+        resumed = True
     if not resumed and number > 1:
         prev = ck_dir / f"phase{number - 1}.pt"
         if not prev.exists():
