@@ -81,7 +81,8 @@ def test_a_failing_notebook_marks_the_run_failed(run_dir, tmp_path):
     import shutil
     broken = tmp_path / "broken"
     shutil.copytree(run_dir, broken)
-    (broken / "checkpoints" / "phase1.pt").write_bytes(b"not a checkpoint")
+    (broken / "checkpoints" / "phase1.pt").unlink()               # an unreadable checkpoint would retrain;
+    (broken / "checkpoints" / "phase1.pt").mkdir()                 # one that is a directory fails notebook 02
     res = cli("run", TEST_PARAMS, "--run-dir", broken, "--from", "02", "--force")
     assert res.returncode == 1
     m = json.loads((broken / "metrics.json").read_text())
