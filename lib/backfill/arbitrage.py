@@ -66,6 +66,13 @@ def repair(surface, maturities, moneyness) -> np.ndarray:
     return out.reshape(s.shape)
 
 
+def repair_quantiles(p05, p50, p95, maturities, moneyness) -> tuple:
+    """Repair the p05, p50 and p95 surfaces (days, n_mat, n_mon) of a forecast one by one, then keep them
+    ordered around the repaired median."""
+    lo, mid, hi = (repair(a, maturities, moneyness) for a in (p05, p50, p95))
+    return np.minimum(lo, mid), mid, np.maximum(hi, mid)
+
+
 def _bad(s, T, K) -> np.ndarray:
     """(B,) either check fails at TOL."""
     return calendar_violations(s, T, K, tol=TOL) | butterfly_violations(s, T, K, tol=TOL)

@@ -86,8 +86,7 @@ def calibrate(calib: dict, test: dict, grid=None) -> tuple[dict, dict]:
             if m in cals:
                 q = conformal.apply(cals[m], np.stack([b.p05, b.p50, b.p95]), b.segment)
                 if b.arbitrage_raw is not None and grid is not None:
-                    q = np.stack([arbitrage.repair(x, *grid) for x in q])
-                    q[0], q[2] = np.minimum(q[0], q[1]), np.maximum(q[2], q[1])
+                    q = np.stack(arbitrage.repair_quantiles(*q, *grid))
                 out[name][m + CAL] = dataclasses.replace(b, p05=q[0], p50=q[1], p95=q[2], n_samples=0, crps=None)
     return out, cals
 

@@ -95,7 +95,6 @@ def evaluate_from_checkpoint(run, number: int) -> dict:
     """Re-evaluate the saved phase checkpoint on the validation split (and in-sample windows)."""
     from pathlib import Path
     from . import train
-    from .data import window_starts
     p = run.params
     ck = Path(run.run_dir) / "checkpoints" / f"phase{number}.pt"
     if not ck.exists():

@@ -10,7 +10,6 @@ samples as in SPEC section 9: forecast = mean of p50, interval = [mean p05, mean
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,8 +144,7 @@ def backfill(model, ds, start: int, days: int, horizon: int, offset: int, n_samp
         from . import arbitrage
         from .metrics import arbitrage_share
         arb_raw = arbitrage_share(p50, ds.maturities, ds.moneyness)["any"]
-        p05, p50, p95 = (arbitrage.repair(a, ds.maturities, ds.moneyness) for a in (p05, p50, p95))
-        p05, p95 = np.minimum(p05, p50), np.maximum(p95, p50)     # repaired one by one: keep them ordered
+        p05, p50, p95 = arbitrage.repair_quantiles(p05, p50, p95, ds.maturities, ds.moneyness)
     return Backfill(name=name, start=start, days=days, horizon=horizon, offset=offset, passes=passes,
                     n_samples=n_samples, dates=dates, p05=p05, p50=p50, p95=p95,
                     spread05=np.percentile(p50s, 5, axis=0), spread95=np.percentile(p50s, 95, axis=0),

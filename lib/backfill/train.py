@@ -43,7 +43,7 @@ class PhaseSpec:
 
 
 def phase_specs(p: dict) -> list[PhaseSpec]:
-    t, C = p["training"], p["model"]["context_len"]
+    t = p["training"]
     marks = [0, t["phase1_epochs"], t["phase2_epochs"], t["phase3_epochs"], t["phase4_epochs"]]
     ep = [b - a for a, b in zip(marks, marks[1:])]
     lens = phase_window_lengths(p)
