@@ -285,7 +285,8 @@ def run_state(run_dir) -> str | None:
     return "interrupted" if st == "running" and not is_locked(run_dir) else st
 
 
-def run(params_path, start=None, only=None, force=False, run_dir=None, overrides=(), log=print) -> int:
+def run(params_path, start=None, only=None, force=False, run_dir=None, overrides=(), log=print,
+        on_notebook=None) -> int:
     """Execute the notebooks in order with papermill; 0 on success, 1 when a notebook failed.
 
     `overrides` are `--set` 'KEY=VALUE' strings applied on top of the params file. The notebooks get
@@ -293,7 +294,8 @@ def run(params_path, start=None, only=None, force=False, run_dir=None, overrides
     notebooks (status ok, same key: params, data, the package's code, the notebook's own code cells and the
     key of the notebook before it) are skipped unless `force`. The run directory is locked while it runs. A
     failing notebook stops the run, is saved as NN.failed.ipynb and is marked failed (with its cell) in
-    metrics.json."""
+    metrics.json. `on_notebook(name, metrics)` is called after each notebook that is done (run or skipped), with
+    the run's metrics.json as it then stands: how a sweep reports each phase to its scheduler."""
     params_path = Path(params_path).resolve()
     p = _params.load(params_path, overrides)   # bad params or --set fail here, before anything is written
     os.environ["BACKFILL_BATCH"] = "1"     # inherited by the kernels papermill starts
@@ -301,10 +303,10 @@ def run(params_path, start=None, only=None, force=False, run_dir=None, overrides
     run_dir = Path(run_dir).resolve() if run_dir else default_run_dir(p)
     (run_dir / "notebooks").mkdir(parents=True, exist_ok=True)
     with locked(run_dir):
-        return _run_locked(p, ds, params_path, run_dir, start, only, force, overrides, log)
+        return _run_locked(p, ds, params_path, run_dir, start, only, force, overrides, log, on_notebook)
 
 
-def _run_locked(p, ds, params_path, run_dir, start, only, force, overrides, log) -> int:
+def _run_locked(p, ds, params_path, run_dir, start, only, force, overrides, log, on_notebook=None) -> int:
     import papermill as pm
     h = params_hash(p, data_fingerprint=_data.fingerprint(ds))
     keys = notebook_keys(h)
@@ -317,6 +319,8 @@ def _run_locked(p, ds, params_path, run_dir, start, only, force, overrides, log)
         st = status.get(name, {})
         if not force and st.get("state") == "ok" and st.get("key") == keys[name] and out.exists():
             log(f"[{i}/{len(todo)}] {name}: done before, skipped (use --force to re-run)")
+            if on_notebook:
+                on_notebook(name, read_metrics(run_dir))
             continue
         log(f"[{i}/{len(todo)}] {name}: running ...", )
         _set_status(run_dir, name, "running", params_hash=h, key=keys[name])
@@ -344,6 +348,8 @@ def _run_locked(p, ds, params_path, run_dir, start, only, force, overrides, log)
         os.replace(tmp, out)
         _set_status(run_dir, name, "ok", params_hash=h, key=keys[name], seconds=round(time.time() - t0, 1))
         log(f"[{i}/{len(todo)}] {name}: ok ({time.time() - t0:.1f} s)")
+        if on_notebook:
+            on_notebook(name, read_metrics(run_dir))
     status = read_metrics(run_dir).get("status", {})
     for name in available_notebooks():
         status.setdefault(name, {"state": "skipped"})
