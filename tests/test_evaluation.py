@@ -335,7 +335,7 @@ def test_score_backfill_hand_case():
     s = metrics.score_backfill(p05, p50, p95, truth, seg, rv, MAT, MON)
     assert s["days"] == 6
     assert s["rmse_by_pass"] == pytest.approx([0.01, 0.03])
-    assert s["pass_ratio_last_first"] == pytest.approx(3.0)
+    assert s["pass_ratio"] == pytest.approx(3.0)
     assert s["rmse"] == pytest.approx(math.sqrt((3 * 0.01**2 + 3 * 0.03**2) / 6))
     assert s["ci_violation"] == pytest.approx(19 / 36)
     # coverage: truth <= p05 on days with err +0.03 (days 3, 5) plus the narrowed point -> 13/36;
@@ -358,7 +358,7 @@ def test_score_backfill_trims_to_known_truth_and_handles_zero_first_pass():
                                np.full(8, 0.15), MAT, MON)
     assert s["days"] == 4
     assert s["rmse_by_pass"] == pytest.approx([0.0, 0.03])
-    assert s["pass_ratio_last_first"] is None
+    assert s["pass_ratio"] is None
 
 
 def test_arbitrage_share_in_score_counts_bad_surfaces():
@@ -402,7 +402,7 @@ def test_rmse_by_grid_day_and_ci_width():
 
 def _scores(rmse, ci, by_pass, ratio):
     return {"rmse": rmse, "ci_violation": ci, "cointegration_share": 0.5, "arbitrage_share": 0.0,
-            "pass_ratio_last_first": ratio, "rmse_by_pass": by_pass}
+            "pass_ratio": ratio, "rmse_by_pass": by_pass}
 
 
 def test_rolling_summary_averages_only_rolling_windows():
@@ -419,7 +419,7 @@ def test_rolling_summary_averages_only_rolling_windows():
     v = out["vae_o90"]
     assert v["rmse"] == pytest.approx(0.02)
     assert v["ci_violation"] == pytest.approx(0.15)
-    assert v["pass_ratio_last_first"] == pytest.approx(3.0)          # the None is skipped
+    assert v["pass_ratio"] == pytest.approx(3.0)          # the None is skipped
     assert v["rmse_by_pass"] == pytest.approx([0.015, 0.03])         # truncated to the shortest
     assert v["windows"] == 2
     assert out["truth"] == {"cointegration_share": pytest.approx(0.7), "arbitrage_share": pytest.approx(0.05),
@@ -506,7 +506,7 @@ def test_tables_6_2_6_3_and_deployment_on_hand_made_scores():
 
     def s(rmse, p1, p3, ci, co, arb=0.0):
         return {"rmse": rmse, "rmse_by_pass": [p1, p3], "ci_violation": ci, "ci_violation_sampling_spread": None,
-                "cointegration_share": co, "arbitrage_share": arb, "pass_ratio_last_first": p3 / p1}
+                "cointegration_share": co, "arbitrage_share": arb, "pass_ratio": p3 / p1}
     truth = {"cointegration_share": 0.9, "arbitrage_share": 0.0}
     scores = {
         "crisis": {"vae": s(0.2, 0.1, 0.3, 0.5, 0.60), "econometric": s(0.1, 0.1, 0.1, 0.6, 1.0), "truth": truth},

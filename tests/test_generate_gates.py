@@ -108,7 +108,7 @@ P = {"gates": {"marginal_band": 0.1, "phase1_h1_rmse_train": 0.02, "phase1_h1_rm
 
 def _decide(number, summary, kl=1.0):
     summary["val_eval"].setdefault("kl", kl)
-    return gates.evaluate_checks(gates.phase_checks(number, summary, P), P)
+    return gates.judge_checks(gates.phase_checks(number, summary, P), P)
 
 
 def test_phase1_decisions():
@@ -157,9 +157,9 @@ def test_gate3_decisions():
     good = {"rmse_by_pass": [0.05, 0.06], "ci_violation": 0.2, "cointegration_share": 0.95}
     bad = {"rmse_by_pass": [0.05, 0.15], "ci_violation": 0.2, "cointegration_share": 0.95}
     marginal = {"rmse_by_pass": [0.05, 0.06], "ci_violation": 0.2, "cointegration_share": 0.78}
-    assert gates.evaluate_checks(gates.gate3_checks([good, good], P), P)["decision"] == "PASS"
-    assert gates.evaluate_checks(gates.gate3_checks([good, bad], P), P)["decision"] == "FAIL"   # ratio 2.1
-    assert gates.evaluate_checks(gates.gate3_checks([marginal], P), P)["decision"] == "MARGINAL"
+    assert gates.judge_checks(gates.gate3_checks([good, good], P), P)["decision"] == "PASS"
+    assert gates.judge_checks(gates.gate3_checks([good, bad], P), P)["decision"] == "FAIL"   # ratio 2.1
+    assert gates.judge_checks(gates.gate3_checks([marginal], P), P)["decision"] == "MARGINAL"
     checks = gates.gate3_checks([good, bad], P)
     assert checks[0]["value"] == pytest.approx(0.105 / 0.05)
 

@@ -12,9 +12,10 @@ import torch.nn as nn
 import yaml
 
 import backfill.params
-from backfill import data, params, pipeline
+from backfill import data, params, rundir
 from backfill.model import LossWeights
-from backfill.train import is_full_plan, phase_specs
+from backfill.phases import phase_specs
+from backfill.train import is_full_plan
 from backfill.data import DataError
 from backfill.params import ParamsError
 
@@ -609,22 +610,22 @@ def test_overrides_are_recorded_and_open_run_keeps_them(tmp_path):
     sets = ["model.kl_weight=0.5", "generation.n_samples=3"]
     p = params.load(src, sets)
     ds = data.load_for(p)
-    resolved = pipeline.record_params(tmp_path / "run", p, ds, src, sets)
+    resolved = rundir.record_params(tmp_path / "run", p, ds, src, sets)
     again = params.load(resolved)                            # what the notebooks load
     assert {k: v for k, v in again.items() if k != "provenance"} == {k: v for k, v in p.items() if k != "provenance"}
-    run = pipeline.open_run(resolved, tmp_path / "run")      # the first cell of every notebook
+    run = rundir.open_run(resolved, tmp_path / "run")      # the first cell of every notebook
     rec = yaml.safe_load(resolved.read_text())
     assert rec["provenance"]["overrides"] == sets and rec["provenance"]["params_source"] == str(src)
     assert rec["model"]["kl_weight"] == 0.5 and run.params["generation"]["n_samples"] == 3 and "base" not in rec
-    assert rec["provenance"]["params_hash"] == pipeline.params_hash(p, data_fingerprint=data.fingerprint(ds))
-    pipeline.open_run(src, tmp_path / "run")                 # opened on the file itself: no overrides
+    assert rec["provenance"]["params_hash"] == rundir.params_hash(p, data_fingerprint=data.fingerprint(ds))
+    rundir.open_run(src, tmp_path / "run")                 # opened on the file itself: no overrides
     rec = yaml.safe_load(resolved.read_text())
     assert rec["provenance"]["overrides"] == [] and rec["provenance"]["params_source"] == str(src.resolve())
 
 
 def test_a_different_set_is_different_params():
     src = params.profile_path("test")
-    h = [pipeline.params_hash(params.load(src, sets)) for sets in ([], ["model.kl_weight=0.5"],
+    h = [rundir.params_hash(params.load(src, sets)) for sets in ([], ["model.kl_weight=0.5"],
                                                                    ["model.kl_weight=0.5"], ["model.kl_weight=1.0"])]
     assert h[0] != h[1] == h[2] and h[3] == h[0]           # 1.0 is test.yaml's own value
 

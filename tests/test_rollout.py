@@ -6,7 +6,7 @@ import torch
 from backfill.data import REFERENCE_MATURITIES as MAT, REFERENCE_MONEYNESS as MON, skew_slope
 from backfill.model import CVAE, LossWeights, ModelConfig, day_loss
 from backfill.rollout import RolloutError, check_rollout, context_sources, rollout, rollout_loss
-from backfill.train import multihorizon_loss
+from backfill.phases import multihorizon_loss
 
 C = 60
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from backfill import pipeline
+from backfill import pipeline, rundir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,17 +46,17 @@ def test_editing_a_notebook_changes_its_key_and_every_later_one(tmp_path):
 
 
 def test_code_fingerprint_follows_the_source():
-    fp, training = pipeline.code_fingerprint(), pipeline.code_fingerprint(pipeline.TRAINING_CODE)
+    fp, training = rundir.code_fingerprint(), rundir.code_fingerprint(rundir.TRAINING_CODE)
     assert fp != training and len(fp) == 16
-    assert pipeline.code_fingerprint(["model.py"]) != pipeline.code_fingerprint(["rollout.py"])
+    assert rundir.code_fingerprint(["model.py"]) != rundir.code_fingerprint(["rollout.py"])
 
 
 def test_a_second_run_on_a_locked_directory_is_a_one_line_error(tmp_path):
     rd = tmp_path / "run"
-    with pipeline.locked(rd):
-        assert pipeline.is_locked(rd)
-        with pytest.raises(pipeline.RunLocked):
-            with pipeline.locked(rd):
+    with rundir.locked(rd):
+        assert rundir.is_locked(rd)
+        with pytest.raises(rundir.RunLocked):
+            with rundir.locked(rd):
                 pass
         res = subprocess.run([sys.executable, "-m", "backfill", "run", ROOT / "params" / "test.yaml", "--run-dir", rd,
                               "--only", "01"], cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -64,17 +64,17 @@ def test_a_second_run_on_a_locked_directory_is_a_one_line_error(tmp_path):
         err = res.stderr.strip()
         assert "\n" not in err and "is being written by pid" in err and str(rd) in err
         assert not (rd / "metrics.json").exists()                     # nothing written by the refused run
-    assert not pipeline.is_locked(rd)
+    assert not rundir.is_locked(rd)
 
 
 def test_a_run_whose_process_died_is_interrupted_and_has_no_book(tmp_path):
     rd = tmp_path / "run"
     (rd / "notebooks").mkdir(parents=True)
-    pipeline.update_metrics(rd, profile="test", run_state="running",
+    rundir.update_metrics(rd, profile="test", run_state="running",
                             status={"01_data_autocorrelation": {"state": "running"}})
-    assert pipeline.run_state(rd) == "interrupted"                  # nobody holds the lock
-    with pipeline.locked(rd):
-        assert pipeline.run_state(rd) == "running"
+    assert rundir.run_state(rd) == "interrupted"                  # nobody holds the lock
+    with rundir.locked(rd):
+        assert rundir.run_state(rd) == "running"
     with pytest.raises(SystemExit, match="is interrupted; re-run it"):
         pipeline.build_book(rd)
     assert json.loads((rd / "metrics.json").read_text())["run_state"] == "running"   # reading changes nothing

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from backfill import data, params, pipeline, train
+from backfill import checkpoint, data, params, phases, rundir, train
 
 
 @pytest.fixture(scope="module")
@@ -23,11 +23,11 @@ def _run(base, tmp_path, name, ds=None, **training):
     p, d = copy.deepcopy(base[0]), ds or base[1]
     p["training"].update(training)
     rd = tmp_path / name
-    return pipeline.Run(p, d, rd, data.splits(d, p))
+    return rundir.Run(p, d, rd, data.splits(d, p))
 
 
 def test_phase_specs_follow_the_params(base):
-    specs = train.phase_specs(params.load(params.profile_path("full")))
+    specs = phases.phase_specs(params.load(params.profile_path("full")))
     assert [s.epochs for s in specs] == [200, 150, 125, 125]
     assert [s.window for s in specs] == [61, 150, 240, 330]
     assert specs[1].weights == {1: 1.0, 7: 0.9, 14: 0.8, 30: 0.6, 60: 0.4, 90: 0.3}
@@ -43,8 +43,8 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(base, tmp_path):
     torch.manual_seed(12345)                      # a resumed process starts from another RNG state
     np.random.seed(999)
     train.train_phase(broken, 1, progress=False)
-    a = train.load_checkpoint(straight.run_dir / "checkpoints" / "phase1.pt")["model"]
-    b = train.load_checkpoint(broken.run_dir / "checkpoints" / "phase1.pt")["model"]
+    a = checkpoint.load(straight.run_dir / "checkpoints" / "phase1.pt")["model"]
+    b = checkpoint.load(broken.run_dir / "checkpoints" / "phase1.pt")["model"]
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
@@ -60,7 +60,7 @@ def test_nan_stops_training_and_keeps_the_last_checkpoint(base, tmp_path):
     poisoned = dataclasses.replace(run.data, surface=run.data.surface.copy())
     i0, i1 = run.splits["train"]
     poisoned.surface[i0:i1, 2, 2] = np.nan
-    bad = pipeline.Run(run.params, poisoned, run.run_dir, run.splits)
+    bad = rundir.Run(run.params, poisoned, run.run_dir, run.splits)
     with pytest.raises(train.TrainingError, match=r"phase 1, epoch \d+, batch 1: loss is nan.*last good checkpoint"):
         train.train_phase(bad, 1, progress=False)
     assert last.read_bytes() == before
@@ -105,20 +105,20 @@ def test_full_plan_flag(base):
 
 def test_checkpoints_depend_only_on_training_params(base):
     p = copy.deepcopy(base[0])
-    h = pipeline.params_hash(p, pipeline.TRAINING_SECTIONS)
+    h = rundir.params_hash(p, rundir.TRAINING_SECTIONS)
     p["gates"]["gate1_h90_rmse_val"] = 0.5
     p["generation"]["n_samples"] = 99
-    assert pipeline.params_hash(p, pipeline.TRAINING_SECTIONS) == h      # no retraining for a threshold
-    assert pipeline.params_hash(p) != pipeline.params_hash(base[0])       # but the notebooks re-run
+    assert rundir.params_hash(p, rundir.TRAINING_SECTIONS) == h      # no retraining for a threshold
+    assert rundir.params_hash(p) != rundir.params_hash(base[0])       # but the notebooks re-run
     p["training"]["learning_rate"] = 1e-4
-    assert pipeline.params_hash(p, pipeline.TRAINING_SECTIONS) != h
+    assert rundir.params_hash(p, rundir.TRAINING_SECTIONS) != h
 
 
 def test_context_slope_hand_case():
     x = np.array([0.1, 0.2, 0.3, 0.4])
-    assert train._slope(x, 0.5 * x + 0.2) == pytest.approx(0.5)       # keeps half of a context shock
-    assert train._slope(x, np.full(4, 0.23)) == pytest.approx(0.0, abs=1e-12)   # context-blind
-    assert np.isnan(train._slope(np.full(4, 0.2), x))
+    assert phases._slope(x, 0.5 * x + 0.2) == pytest.approx(0.5)       # keeps half of a context shock
+    assert phases._slope(x, np.full(4, 0.23)) == pytest.approx(0.0, abs=1e-12)   # context-blind
+    assert np.isnan(phases._slope(np.full(4, 0.2), x))
 
 
 def test_build_model_fits_the_backbone_and_the_change_scale_on_the_training_split(base):
@@ -148,10 +148,10 @@ def test_checkpoints_load_as_weights_only(base, tmp_path):
     st = torch.load(ck_dir / "last.pt", weights_only=True)["rng"]
     assert st["torch"].dtype == torch.uint8 and st["numpy"]["key"].dtype == torch.uint32
     # the stored states restore the generators exactly
-    train._set_rng_state(st)
+    checkpoint.set_rng_state(st)
     want = (torch.rand(3), np.random.rand(3), random.random())
     torch.manual_seed(0), np.random.seed(0), random.seed(0)
-    train._set_rng_state(st)
+    checkpoint.set_rng_state(st)
     assert torch.equal(torch.rand(3), want[0]) and (np.random.rand(3) == want[1]).all() and random.random() == want[2]
 
 
@@ -167,17 +167,17 @@ class _Evil:
 def test_a_checkpoint_with_pickled_code_is_refused(tmp_path):
     path, marker = tmp_path / "foreign.pt", tmp_path / "pwned"
     torch.save({"model": {}, "payload": _Evil(marker)}, path)
-    with pytest.raises(train.TrainingError, match=r"^refused checkpoint .*foreign\.pt: .*(builtins|io)\.open") as e:
-        train.load_checkpoint(path)
+    with pytest.raises(checkpoint.CheckpointError, match=r"^refused checkpoint .*foreign\.pt: .*(builtins|io)\.open") as e:
+        checkpoint.load(path)
     assert "\n" not in str(e.value)
     assert not marker.exists()
-    with pytest.raises(train.TrainingError, match="foreign.pt"):
-        train.model_from_checkpoint(path)
+    with pytest.raises(checkpoint.CheckpointError, match="foreign.pt"):
+        checkpoint.load_model(path)
     assert not marker.exists()
 
 
 def test_plain_turns_numpy_into_python():
-    x = train._plain({np.int64(5): [np.float32(0.5), (np.float64(1.0), None)], "a": np.arange(3), "s": "x"})
+    x = checkpoint._plain({np.int64(5): [np.float32(0.5), (np.float64(1.0), None)], "a": np.arange(3), "s": "x"})
     assert x == {5: [0.5, (1.0, None)], "a": [0, 1, 2], "s": "x"}
     assert type(list(x)[0]) is int and type(x[5][0]) is float and isinstance(x[5][1], tuple)
 
@@ -190,12 +190,12 @@ def test_a_phase_never_starts_from_a_checkpoint_of_other_params_or_code(base, tm
         train.train_phase(changed, 2, progress=False)
     # editing the training code changes every phase's key: the finished phase 1 trains again
     key = train.phase_key(run.params, run.data, 1)
-    monkeypatch.setattr(pipeline, "code_fingerprint", lambda files=None: "edited-model")
+    monkeypatch.setattr(rundir, "code_fingerprint", lambda files=None: "edited-model")
     assert train.phase_key(run.params, run.data, 1) != key
     before = (run.run_dir / "checkpoints" / "phase1.pt").stat().st_mtime_ns
     train.train_phase(run, 1, progress=False)
     assert (run.run_dir / "checkpoints" / "phase1.pt").stat().st_mtime_ns != before
-    assert train.load_checkpoint(run.run_dir / "checkpoints" / "phase1.pt")["params_hash"] == \
+    assert checkpoint.load(run.run_dir / "checkpoints" / "phase1.pt")["params_hash"] == \
         train.phase_key(run.params, run.data, 1)
 
 
@@ -203,7 +203,7 @@ def test_publish_phase_records_the_phase_and_its_criteria(base, tmp_path):
     from backfill import gates, report
     run = _run(base, tmp_path, "publish", max_train_windows=16)
     s = train.train_phase(run, 1, progress=False)
-    result = gates.evaluate_checks(gates.phase_checks(1, s, run.params), run.params)
+    result = gates.judge_checks(gates.phase_checks(1, s, run.params), run.params)
     report.publish_phase(run, 1, s, result)
     rec = run.metrics()["phases"]["phase1"]
     assert rec["criteria"]["decision"] == result["decision"] and rec["val_kl"] == s["val_eval"]["kl"]
@@ -217,9 +217,9 @@ def test_a_checkpoint_of_older_code_is_retrained_not_fatal(base, tmp_path):
     ck = run.run_dir / "checkpoints"
     ck.mkdir(parents=True)
     torch.save({"params_hash": "old", "rng": np.random.get_state()}, ck / "phase1.pt")
-    with pytest.raises(train.TrainingError, match="refused checkpoint"):
+    with pytest.raises(checkpoint.CheckpointError, match="refused checkpoint"):
         train.train_phase(run, 2, progress=False)
     torch.save({"params_hash": "old", "rng": np.random.get_state()}, ck / "last.pt")
     s = train.train_phase(run, 1, progress=False)
-    assert s["epochs"] == 3 and train.load_checkpoint(ck / "phase1.pt")["params_hash"] == \
+    assert s["epochs"] == 3 and checkpoint.load(ck / "phase1.pt")["params_hash"] == \
         train.phase_key(run.params, run.data, 1)

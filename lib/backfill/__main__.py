@@ -33,7 +33,7 @@ def main(argv=None) -> int:
     from .data import DataError
     from .params import ParamsError
     from .compare import CompareError
-    from .pipeline import RunLocked
+    from .rundir import RunLocked
     try:
         if a.cmd == "run":
             from . import pipeline

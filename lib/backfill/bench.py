@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import data, params, pipeline, train
+from . import data, params, phases, rundir, train
 from .model import LossWeights
 
 
@@ -38,7 +38,7 @@ def time_phase(model, spec, series, starts, p, steps: int, device) -> dict:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
-            loss = train.batch_loss(model, spec, x, a, C, w, offset, grid, p["training"]["returns"])
+            loss = phases.batch_loss(model, spec, x, a, C, w, offset, grid, p["training"]["returns"])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -56,7 +56,7 @@ def time_epochs(p: dict, ds, epochs: int) -> dict:
     `train.train_phase` in a temporary run directory: what the projection above leaves out."""
     import tempfile
     with tempfile.TemporaryDirectory() as tmp:
-        run = pipeline.Run(p, ds, Path(tmp), data.splits(ds, p))
+        run = rundir.Run(p, ds, Path(tmp), data.splits(ds, p))
         train.train_phase(run, 1, stop_after=epochs, progress=False)
         hist = train.read_history(tmp, 1)
     sec = [float(x) for x in hist["seconds"]]
@@ -69,19 +69,19 @@ def main(params_path="params/full_working.yaml", out="runs/bench.json", steps: i
     ds = data.load_for(p)
     device = train.pick_device(p)
     sp = data.splits(ds, p)
-    series = train.Series.from_dataset(ds, device, p["model"]["rv_halflives"])
+    series = phases.Series.from_dataset(ds, device, p["model"]["rv_halflives"])
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     result = {"params": str(params_path), "profile": p["profile"], "device": str(device),
               "device_name": torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor()
               or platform.machine(), "torch": torch.__version__, "threads": torch.get_num_threads(),
               "batch_size": p["training"]["batch_size"], "phases": {}}
-    pipeline.seed_everything(p["seed"])
+    rundir.seed_everything(p["seed"])
     model = train.build_model(p, ds, sp["train"]).to(device)
     n_params = sum(t.numel() for t in model.parameters())
     result["model_parameters"] = n_params
     total = 0.0
-    for spec in train.phase_specs(p):
+    for spec in phases.phase_specs(p):
         starts = data.window_starts(sp["train"], spec.window)
         r = time_phase(model, spec, series, starts, p, steps, device)
         n_windows = len(starts) if p["training"]["max_train_windows"] is None else \
@@ -102,7 +102,7 @@ def main(params_path="params/full_working.yaml", out="runs/bench.json", steps: i
     result["peak_memory_mb"] = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
                                 else _peak_rss_mb())
     result["peak_memory_kind"] = "CUDA allocated" if device.type == "cuda" else "process max RSS"
-    pipeline.atomic_write_text(Path(out), json.dumps(pipeline._jsonable(result), indent=2) + "\n")
+    rundir.atomic_write_text(Path(out), json.dumps(rundir.jsonable(result), indent=2) + "\n")
     print(f"projected full curriculum: {result['projected_training_minutes']:.1f} min on {result['device']}; "
           f"written to {out}")
     return result

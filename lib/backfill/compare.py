@@ -157,7 +157,7 @@ def to_html(df: pd.DataFrame) -> str:
 
 def write(df: pd.DataFrame, out_dir="runs/compare") -> tuple[Path, Path]:
     """Atomically write out_dir/compare.md and out_dir/compare.html; returns their paths."""
-    from .pipeline import atomic_write_text
+    from .rundir import atomic_write_text
     out = Path(out_dir)
     md, html = out / "compare.md", out / "compare.html"
     atomic_write_text(md, to_markdown(df))

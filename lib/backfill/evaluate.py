@@ -10,7 +10,7 @@ import pandas as pd
 from . import arbitrage, baselines, conformal, gates, metrics
 
 SCALARS = ("rmse", "ci_violation", "ci_violation_sampling_spread", "cointegration_share", "arbitrage_share",
-           "arbitrage_share_raw", "pass_ratio_last_first", "coverage_p05", "coverage_p50", "coverage_p95",
+           "arbitrage_share_raw", "pass_ratio", "coverage_p05", "coverage_p50", "coverage_p95",
            "pinball_p05", "pinball_p50", "pinball_p95", "pinball_mean", "interval_score", "crps")
 CAL = "_cal"          # suffix of a method's conformally calibrated row
 
@@ -202,7 +202,7 @@ def deployment_checks(scores: dict, method: str, p: dict) -> dict:
     """The seed's section 13.2 criteria, judged like the gates (pass / near / fail and a decision)."""
     h = headline(scores, method)
     checks = [gates._check(name, h.get(name), thr, op) for name, (op, thr) in p["evaluation"]["deployment"].items()]
-    return gates.evaluate_checks(checks, p)
+    return gates.judge_checks(checks, p)
 
 
 def load_vae_backfills(run, names, offsets) -> dict:

@@ -79,8 +79,8 @@ def to_dataset(bf, maturities, moneyness, method: str, fingerprint: str = "") ->
 
 def save_netcdf(ds: xr.Dataset, path) -> Path:
     """Write `ds` as netCDF4 (compressed) to a temporary file beside `path`, then rename: readers never see half
-    a file (as `pipeline.atomic_write_bytes`)."""
-    from .pipeline import _UMASK
+    a file (as `rundir.atomic_write_bytes`)."""
+    from .rundir import _UMASK
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -120,7 +120,7 @@ def to_long_table(bfs: dict, maturities, moneyness) -> pd.DataFrame:
 
 def save_parquet(df: pd.DataFrame, path) -> Path:
     """Atomically write a long table as parquet (no index)."""
-    from .pipeline import atomic_write_bytes
+    from .rundir import atomic_write_bytes
     buf = io.BytesIO()
     df.to_parquet(buf, index=False)
     atomic_write_bytes(path, buf.getvalue())

@@ -57,7 +57,7 @@ def phase_checks(number: int, summary: dict, p: dict) -> list[dict]:
     offs = t[f"phase{number}_offsets"]
     ratio_thr = g["gate2_pass_ratio"] if number == 3 else g["phase4_pass_ratio"]
     gap_thr = g["gate2_offset_gap"] if number == 3 else g["phase4_offset_gap"]
-    out = [_check(f"pass {t[f'phase{number}_ar_steps']} / pass 1 RMSE, offset {o} (validation)",
+    out = [_check(f"pass ratio (pass {t[f'phase{number}_ar_steps']} / pass 1 RMSE), offset {o} (validation)",
                   va[f"offset_{o}"]["pass_ratio"], ratio_thr) for o in offs]
     if len(offs) >= 2:
         out.append(_check(f"offsets {offs[0]} vs {offs[-1]}: relative RMSE gap",
@@ -73,7 +73,7 @@ def kl_check(summary: dict, p: dict) -> dict:
     return _check("KL to the prior (validation)", summary["val_eval"].get("kl"), p["gates"]["kl_max"])
 
 
-def evaluate_checks(checks: list[dict], p: dict) -> dict:
+def judge_checks(checks: list[dict], p: dict) -> dict:
     judged = [judge(c, p["gates"]["marginal_band"]) for c in checks]
     return {"decision": decision(judged), "checks": judged}
 
@@ -91,23 +91,23 @@ ADVICE = {
 GATE_OF_PHASE = {1: "phase1", 2: "gate1", 3: "gate2", 4: "phase4"}
 
 
-def evaluate_from_checkpoint(run, number: int) -> dict:
+def validate_checkpoint(run, number: int) -> dict:
     """Re-evaluate the saved phase checkpoint on the validation split (and in-sample windows)."""
     from pathlib import Path
-    from . import train
+    from . import checkpoint, phases, train
     p = run.params
     ck = Path(run.run_dir) / "checkpoints" / f"phase{number}.pt"
     if not ck.exists():
         raise FileNotFoundError(f"{ck} is missing: run notebook 0{number + 1} (phase {number}) first")
     device = train.pick_device(p)
-    model = train.model_from_checkpoint(ck, device)
-    spec = train.phase_specs(p)[number - 1]
-    series = train.Series.from_dataset(run.data, device, p["model"]["rv_halflives"])
+    model = checkpoint.load_model(ck, device)
+    spec = phases.phase_specs(p)[number - 1]
+    series = phases.Series.from_dataset(run.data, device, p["model"]["rv_halflives"])
     cap = p["training"]["max_val_windows"]
     out = {}
     for split, key in (("train", "train_eval"), ("val", "val_eval")):
-        starts = train._eval_starts(run.splits[split], spec.window, cap)
-        out[key] = train.evaluate(model, spec, series, starts, p)
+        starts = phases.eval_starts(run.splits[split], spec.window, cap)
+        out[key] = phases.validate(model, spec, series, starts, p)
     return out
 
 
@@ -115,8 +115,8 @@ def training_gates(run) -> dict:
     """Every phase criterion and gate 1/2 from the saved checkpoints: {gate: {decision, checks, advice}}."""
     out = {}
     for number, gate in GATE_OF_PHASE.items():
-        summary = evaluate_from_checkpoint(run, number)
-        res = evaluate_checks(phase_checks(number, summary, run.params), run.params)
+        summary = validate_checkpoint(run, number)
+        res = judge_checks(phase_checks(number, summary, run.params), run.params)
         out[gate] = {**res, "phase": number, "advice": ADVICE[gate]}
     return out
 
@@ -125,7 +125,7 @@ def gate3_checks(scores: list[dict], p: dict) -> list[dict]:
     """Gate 3 on 2-pass 6-month backfills: scores = metrics.score_backfill of the normal-regime windows."""
     g = p["gates"]
     ratio = float(np.mean([s["rmse_by_pass"][-1] for s in scores]) / np.mean([s["rmse_by_pass"][0] for s in scores]))
-    return [_check("pass 2 / pass 1 RMSE", ratio, g["gate3_pass_ratio"]),
+    return [_check("pass ratio (pass 2 / pass 1 RMSE)", ratio, g["gate3_pass_ratio"]),
             _check("CI violations", float(np.mean([s["ci_violation"] for s in scores])), g["gate3_ci_violation"]),
             _check("co-integration share (normal regime)",
                    float(np.mean([s["cointegration_share"] for s in scores])), g["gate3_coint_normal"], ">")]

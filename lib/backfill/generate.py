@@ -67,7 +67,7 @@ class Backfill:
 
     def save(self, path, maturities, moneyness) -> Path:
         """Atomically write an .npz with dates, grid and quantiles."""
-        from .pipeline import atomic_write_bytes
+        from .rundir import atomic_write_bytes
         import io
         buf = io.BytesIO()
         np.savez_compressed(
@@ -101,7 +101,7 @@ def backfill(model, ds, start: int, days: int, horizon: int, offset: int, n_samp
     p05, p50 and p95 surface is projected onto the arbitrage-free set (`arbitrage.repair`); the share of days
     with arbitrage before it is kept in `arbitrage_raw`."""
     from tqdm.auto import tqdm
-    from .pipeline import show_progress
+    from .rundir import show_progress
     progress = show_progress() if progress is None else progress
     C = model.context_len
     device = device or next(model.parameters()).device

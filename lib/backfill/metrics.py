@@ -152,7 +152,7 @@ def score_backfill(p05, p50, p95, truth, segment, rv, maturities, moneyness, spr
     scores["crps"] = None if crps is None else float(np.mean(np.asarray(crps)[:n]))
     arb = arbitrage_share(p50, maturities, moneyness)["any"]
     return {"days": n, "rmse": rmse(p50, truth), "rmse_by_pass": [by_pass[s] for s in passes],
-            "pass_ratio_last_first": by_pass[passes[-1]] / by_pass[passes[0]] if by_pass[passes[0]] > 0 else None,
+            "pass_ratio": by_pass[passes[-1]] / by_pass[passes[0]] if by_pass[passes[0]] > 0 else None,
             "ci_violation": ci_violation(p05, p95, truth),
             "coverage": {"p05": coverage(p05, truth), "p50": coverage(p50, truth), "p95": coverage(p95, truth)},
             "coverage_p05": coverage(p05, truth), "coverage_p50": coverage(p50, truth),

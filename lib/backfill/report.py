@@ -334,7 +334,7 @@ def show_static(fig, path=None, dpi: int = 150) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     if path is not None:
-        from .pipeline import atomic_write_bytes
+        from .rundir import atomic_write_bytes
         atomic_write_bytes(path, buf.getvalue())
     display(Image(data=buf.getvalue()))
 

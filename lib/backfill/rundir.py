@@ -1,0 +1,248 @@
+"""What a run writes: the run directory, its params.yaml with provenance, metrics.json, atomic files, the
+run lock, and the keys (code and params fingerprints) that tell current results from stale ones.
+
+`open_run` is what every notebook calls first; training and generation write through these functions;
+`pipeline` executes the notebooks and builds the book on top of them.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import random
+import subprocess
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from . import data as _data
+from . import params as _params
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ["torch", "numpy", "pandas", "scipy", "statsmodels", "arch", "papermill", "jupyter-book",
+            "myst-nb", "plotly", "matplotlib", "ray"]
+
+
+# --- atomic files ------------------------------------------------------------------------------
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def atomic_write_bytes(path, payload: bytes) -> None:
+    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+        os.chmod(tmp, 0o666 & ~_UMASK)              # mkstemp makes 0600; give files the usual mode
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def jsonable(o):
+    if isinstance(o, dict):
+        return {str(k): jsonable(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [jsonable(v) for v in o]
+    if isinstance(o, np.ndarray):
+        return jsonable(o.tolist())
+    if isinstance(o, (np.floating, float)):
+        return None if not np.isfinite(o) else float(o)
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.bool_):
+        return bool(o)
+    return o
+
+
+def read_metrics(run_dir) -> dict:
+    path = Path(run_dir) / "metrics.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def update_metrics(run_dir, **sections) -> dict:
+    """Merge top-level sections into run_dir/metrics.json (atomic); returns the whole document."""
+    m = read_metrics(run_dir)
+    m.update(jsonable(sections))
+    atomic_write_text(Path(run_dir) / "metrics.json", json.dumps(m, indent=2, sort_keys=True) + "\n")
+    return m
+
+
+def set_status(run_dir, name, state, **extra):
+    status = read_metrics(run_dir).get("status", {})
+    status[name] = {"state": state, **extra}
+    update_metrics(run_dir, status=status)
+
+
+# --- provenance ----------------------------------------------------------------------------------
+
+def provenance() -> dict:
+    """Git commit (with a dirty flag) and package versions: what a number in the book came from."""
+    from importlib import metadata
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                                timeout=10).stdout.strip() or None
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                                    capture_output=True, text=True, timeout=10).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = None, None
+    versions = {}
+    for pkg in PACKAGES:
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return {"git_commit": commit, "git_dirty": dirty, "python": platform.python_version(),
+            "platform": platform.platform(), "packages": versions,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+TRAINING_SECTIONS = ("seed", "data", "model", "training")
+LIB = Path(__file__).resolve().parent
+TRAINING_CODE = ("data.py", "calibrated.py", "model.py", "rollout.py", "phases.py", "checkpoint.py", "train.py")   # what a checkpoint depends on
+
+
+def code_fingerprint(files=None) -> str:
+    """Hash of the package's source (or of the named files of it): editing lib/ changes every notebook's key,
+    editing the training code (TRAINING_CODE) changes the checkpoints' keys too."""
+    h = hashlib.sha256()
+    for f in sorted(LIB.glob("*.py")) if files is None else [LIB / f for f in files]:
+        h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def params_hash(p: dict, sections=None, data_fingerprint: str | None = None) -> str:
+    """Hash of the params (or of some sections: checkpoints only depend on TRAINING_SECTIONS, so
+    editing a gate threshold re-runs notebooks without retraining) and of the data's fingerprint, so
+    that changed data invalidates finished notebooks and checkpoints."""
+    body = {k: v for k, v in p.items() if k != "provenance" and (sections is None or k in sections)}
+    body["_data_fingerprint"] = data_fingerprint
+    return hashlib.sha256(json.dumps(jsonable(body), sort_keys=True).encode()).hexdigest()[:16]
+
+
+# --- a run, as notebooks see it ----------------------------------------------------------------
+
+@dataclass
+class Run:
+    params: dict
+    data: _data.Dataset
+    run_dir: Path
+    splits: dict          # name -> half-open day-index range
+
+    def metrics(self) -> dict:
+        return read_metrics(self.run_dir)
+
+    def update_metrics(self, **sections) -> dict:
+        return update_metrics(self.run_dir, **sections)
+
+
+def default_run_dir(p: dict) -> Path:
+    return ROOT / "runs" / p["profile"]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    try:
+        import torch
+        torch.manual_seed(seed)
+    except ImportError:
+        pass
+
+
+def record_params(run_dir, p: dict, ds, source, overrides=()) -> Path:
+    """Write run_dir/params.yaml: the merged params (bases and --set applied) with their provenance, the
+    file they came from and the overrides. The notebooks of a `run` load this file."""
+    fp = _data.fingerprint(ds)
+    record = dict(p, provenance={**provenance(), "params_hash": params_hash(p, data_fingerprint=fp),
+                                 "params_source": str(source), "overrides": list(overrides),
+                                 "data_fingerprint": fp})
+    path = Path(run_dir) / "params.yaml"
+    atomic_write_text(path, yaml.safe_dump(jsonable(record), sort_keys=False))
+    return path
+
+
+def open_run(params_path, run_dir=None) -> Run:
+    """Load and validate params and data, create the run directory, record params + provenance. Given a
+    run's own params.yaml (what `run` hands the notebooks), it keeps the recorded source and overrides."""
+    p = _params.load(params_path)
+    ds = _data.load_for(p)
+    run_dir = Path(run_dir) if run_dir else default_run_dir(p)
+    for sub in ("notebooks", "checkpoints", "logs", "backfill"):
+        (run_dir / sub).mkdir(parents=True, exist_ok=True)
+    prev = p.get("provenance") or {}
+    record_params(run_dir, p, ds, prev.get("params_source") or Path(params_path).resolve(),
+                  prev.get("overrides") or [])
+    if "profile" not in read_metrics(run_dir):
+        update_metrics(run_dir, profile=p["profile"])
+    seed_everything(p["seed"])
+    return Run(p, ds, run_dir, _data.splits(ds, p))
+
+
+def show_progress() -> bool:
+    """Progress bars in interactive sessions; off in batch runs (their text would clutter the book)."""
+    return os.environ.get("BACKFILL_BATCH") != "1"
+
+
+class RunLocked(RuntimeError):
+    """Another process is writing the run directory."""
+
+
+@contextmanager
+def locked(run_dir):
+    """Hold run_dir/.lock (an flock, released by the OS if the process dies) while a run writes the directory; a
+    second run gets RunLocked naming the holder."""
+    import fcntl
+    import socket
+    path = Path(run_dir) / ".lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise RunLocked(f"{run_dir} is being written by {holder}; wait for it to finish or use another --run-dir") \
+            from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+    f.flush()
+    try:
+        yield
+    finally:
+        f.truncate(0)
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
+
+
+def is_locked(run_dir) -> bool:
+    """True while some process holds run_dir/.lock."""
+    try:
+        with locked(run_dir):
+            return False
+    except RunLocked:
+        return True
+
+
+def run_state(run_dir) -> str | None:
+    """The run's state as recorded, except that a run recorded as running whose process is gone (killed, the
+    machine restarted) is 'interrupted'."""
+    st = read_metrics(run_dir).get("run_state")
+    return "interrupted" if st == "running" and not is_locked(run_dir) else st
