@@ -11,7 +11,7 @@ STAMP   := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[book,dev,lab]"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[book,dev,lab,sweep]"
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (backfill)" >/dev/null
 	@touch $@
 

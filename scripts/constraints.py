@@ -1,4 +1,4 @@
-"""Write constraints.txt: the exact installed version of every distribution that backfill[book,dev,lab]
+"""Write constraints.txt: the exact installed version of every distribution that backfill[book,dev,lab,sweep]
 pulls in (the closure of pyproject's requirements over this environment's metadata). `make constraints`.
 
 Usage: python scripts/constraints.py [OUT]   (default: constraints.txt beside pyproject.toml)
@@ -14,7 +14,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
-EXTRAS = ("book", "dev", "lab")
+EXTRAS = ("book", "dev", "lab", "sweep")
 HEADER = f"""\
 # Exact versions that CI tested: every distribution that backfill[{','.join(EXTRAS)}] pulls in, from the
 # environment it passed in. The ranges live in pyproject.toml (the one dependency list); `make install`

@@ -132,3 +132,21 @@ def test_a_real_smoke_backfill(tmp_path):
     sel = ds["iv"].sel(maturity=1.0, moneyness=0.85, method="nearest").sel(quantile=0.95).isel(date=d)
     assert sel.item() == bf.p95[d, i, j]
     assert export.open_backfill(export.save_netcdf(ds, tmp_path / "w.nc")).identical(ds)
+
+
+def test_fan_charts_select_their_grid_points_by_label():
+    """report.key_points names grid points by their labels, and report.fan_chart plots what `sel` picks there."""
+    from backfill import report
+    pts = report.key_points(MAT, MON)
+    assert pts["ATM 1-year"] == {"maturity": 1.0, "moneyness": 1.0}
+    assert pts["deep OTM put (3-month)"] == {"maturity": 0.25, "moneyness": min(MON)}
+    assert pts["ATM 1-month"]["maturity"] == pytest.approx(1 / 12)
+    bf = _bf(known=200)
+    fig = report.fan_chart(export.to_dataset(bf, MAT, MON, "vae_o90").sel(**pts["ATM 1-year"]))
+    i, j = list(MAT).index(1.0), list(MON).index(1.0)
+    by_name = {t.name: t for t in fig.data}
+    np.testing.assert_array_equal(by_name["forecast (mean p50)"].y, bf.p50[:, i, j])
+    np.testing.assert_array_equal(by_name["truth"].y[:200], bf.truth[:, i, j])
+    assert np.isnan(by_name["truth"].y[200:]).all()
+    assert len(fig.layout.shapes) == 2                          # the boundaries of passes 2 and 3
+    assert "T=1y, K/S=1.00" in fig.layout.title.text

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from backfill import pipeline
+from backfill import pipeline, rundir
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_PARAMS = ROOT / "params" / "test.yaml"
@@ -58,6 +58,12 @@ def test_run_leaves_the_contract(run_dir):
         assert len(m["calibration"]["vae_o9"]["shift"][0]) == 3 and m["calibration"]["vae_o9"]["windows"] >= 1
         dm = m["dm_tests"]["rolling_pooled"]["vae_o9 vs econometric"]
         assert abs(dm["dm"]) <= abs(dm["dm_raw"])    # the HLN correction shrinks the statistic
+    keys = pipeline._current_keys(run_dir)          # every result section carries the key of the notebook(s) that wrote it
+    assert m["writers"]["data"] == {"01_data_autocorrelation": keys["01_data_autocorrelation"]}
+    if "05_phase4_ar_h90" in names:
+        assert set(m["writers"]["phases"]) == {n for n in names if n[:2] in ("02", "03", "04", "05")}
+    assert set(m["writers"]) == set(m) - {"status", "run_state", "profile", "writers"}
+    assert rundir.stale_sections(m, keys) == []
     rec = yaml.safe_load((run_dir / "params.yaml").read_text())
     assert rec["model"]["context_len"] == 10
     prov = rec["provenance"]
@@ -100,9 +106,16 @@ def test_a_failing_notebook_marks_the_run_failed(run_dir, tmp_path):
     assert res.returncode != 0 and "failed" in res.stderr and "02_phase1_teacher_forcing" in res.stderr
 
 
-def test_book_builds_with_glued_numbers(run_dir):
-    res = cli("book", run_dir)
+def test_book_builds_with_glued_numbers(run_dir, tmp_path):
+    import shutil
+    other = tmp_path / "other"                    # a second run to compare with: same results, another seed recorded
+    shutil.copytree(run_dir, other, ignore=shutil.ignore_patterns("_build", "checkpoints", "backfill", "notebooks"))
+    rec = yaml.safe_load((other / "params.yaml").read_text())
+    (other / "params.yaml").write_text(yaml.safe_dump({**rec, "seed": 7}))
+    res = cli("book", run_dir, "--compare", other)
     assert res.returncode == 0, res.stdout + res.stderr
+    page = (run_dir / "_build" / "html" / "book" / "compare.html").read_text()
+    assert "Comparison with other runs" in page and "seed: 0 -&gt; 7" in page and str(other) in page
     index = run_dir / "_build" / "html" / "index.html"
     assert index.exists() and str(index) in res.stdout
     log = (run_dir / "logs" / "book_build.log").read_text()
@@ -134,6 +147,25 @@ def test_book_refuses_notebooks_of_other_code_or_params(run_dir, tmp_path):
     (copy / "metrics.json").write_text(json.dumps(m))
     with pytest.raises(SystemExit, match="03_phase2_multihorizon in .* ran with other params or code"):
         pipeline.build_book(copy)
+
+
+def test_a_section_written_by_hand_is_not_current_until_the_notebooks_run_again(run_dir, tmp_path):
+    """A notebook run by hand in a run directory (Jupyter, no `backfill run`) writes metrics.json sections that no
+    key vouches for: the book refuses them, and the next run re-runs every notebook instead of skipping."""
+    import shutil
+    copy = tmp_path / "hand"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("_build"))
+    rundir.update_metrics(copy, data={"days": -1})               # what a hand-run notebook 01 would do
+    m = json.loads((copy / "metrics.json").read_text())
+    assert m["writers"]["data"][rundir.BY_HAND] is None and rundir.stale_sections(m, pipeline._current_keys(copy)) == ["data"]
+    with pytest.raises(SystemExit, match=r"sections \(data\) written by hand"):
+        pipeline.build_book(copy)
+    res = cli("run", TEST_PARAMS, "--run-dir", copy, "--only", "01")
+    assert res.returncode == 0 and "written by a notebook run by hand (data)" in res.stdout
+    assert "done before, skipped" not in res.stdout
+    m = json.loads((copy / "metrics.json").read_text())
+    assert m["data"]["days"] == 5030 and rundir.BY_HAND not in m["writers"]["data"]
+    assert m["run_state"] == "partial" and m["status"]["02_phase1_teacher_forcing"]["state"] == "stale"
 
 
 def test_bad_params_leave_the_run_untouched(run_dir, tmp_path):

@@ -69,3 +69,19 @@ def test_static_figures_leave_pyplot_alone():
     report.rmse_heatmap_static(np.ones((5, 6)), MAT, MON, "x")
     report.fan_chart_static({"m": _bands(10, 0.2)}, None, np.arange(10), "x")
     assert plt.get_fignums() == []
+
+
+def test_every_figure_is_shown_with_its_caption(monkeypatch, tmp_path):
+    import IPython.display
+    import plotly.graph_objects as go
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda *a, **k: shown.append(a[0]))
+    report.show(go.Figure(), "RMSE by day: how error grows.")
+    assert shown[-1].data == "**Figure.** RMSE by day: how error grows."
+    report.show_static(report.rmse_heatmap_static(np.ones((5, 6)), MAT, MON, "x", vmax=2.0), "One scale.",
+                       tmp_path / "f.png")
+    assert shown[-1].data == "**Figure.** One scale." and (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(TypeError):
+        report.show(go.Figure())                                  # a caption is not optional
+    with pytest.raises(ValueError, match="needs a caption"):
+        report.show(go.Figure(), "  ")

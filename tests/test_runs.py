@@ -94,3 +94,20 @@ def test_a_run_restores_its_recorded_params_even_when_every_notebook_is_skipped(
     again = yaml.safe_load((rd / "params.yaml").read_text())
     assert again["provenance"]["params_hash"] == good["provenance"]["params_hash"]
     assert again["provenance"]["overrides"] == ["model.kl_weight=0.5"]
+
+
+def test_section_writers_forget_and_stale(tmp_path, monkeypatch):
+    monkeypatch.setenv("BACKFILL_NOTEBOOK", "06_gates")
+    monkeypatch.setenv("BACKFILL_NOTEBOOK_KEY", "k6")
+    rundir.update_metrics(tmp_path, gates={"gate1": 1}, run_state="running")
+    monkeypatch.setenv("BACKFILL_NOTEBOOK", "07_generate_6month")
+    monkeypatch.setenv("BACKFILL_NOTEBOOK_KEY", "k7")
+    rundir.update_metrics(tmp_path, gates={"gate1": 1, "gate3": 3}, generation={"n": 1})
+    m = rundir.read_metrics(tmp_path)
+    assert m["writers"] == {"gates": {"06_gates": "k6", "07_generate_6month": "k7"},
+                            "generation": {"07_generate_6month": "k7"}}          # bookkeeping sections carry none
+    assert rundir.stale_sections(m, {"06_gates": "k6", "07_generate_6month": "k7"}) == []
+    assert rundir.stale_sections(m, {"06_gates": "k6", "07_generate_6month": "new"}) == ["gates", "generation"]
+    rundir.forget_writer(tmp_path, "07_generate_6month")      # 07 runs again: what it alone wrote is gone
+    m = rundir.read_metrics(tmp_path)
+    assert "generation" not in m and m["writers"] == {"gates": {"06_gates": "k6"}} and m["gates"]["gate3"] == 3

@@ -12,14 +12,15 @@ import shutil
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
 
 from . import data as _data
 from . import params as _params
-from .rundir import (ROOT, atomic_write_text, code_fingerprint, default_run_dir, locked, params_hash,
-                     read_metrics, record_params, run_state, set_status, update_metrics)
+from .rundir import (BY_HAND, ROOT, atomic_write_text, code_fingerprint, default_run_dir, forget_writer, locked,
+                     params_hash, read_metrics, record_params, run_state, set_status, stale_sections, update_metrics)
 
 NOTEBOOKS = ["01_data_autocorrelation", "02_phase1_teacher_forcing", "03_phase2_multihorizon",
              "04_phase3_ar_h60", "05_phase4_ar_h90", "06_gates", "07_generate_6month",
@@ -87,6 +88,13 @@ def _run_locked(p, ds, params_path, run_dir, start, only, force, overrides, log,
     todo = select(available_notebooks(), start, only)
     resolved = record_params(run_dir, p, ds, params_path, overrides)   # also restores it after a hand-run notebook
     status = read_metrics(run_dir).get("status", {})
+    hand = [sec for sec, ws in read_metrics(run_dir).get("writers", {}).items() if BY_HAND in ws]
+    if hand:     # a notebook ran by hand in this directory: which one is unknown, so none is trusted
+        log(f"metrics.json has sections written by a notebook run by hand ({', '.join(hand)}): every notebook "
+            f"runs again so that no result is mixed")
+        forget_writer(run_dir, BY_HAND)
+        status = {n: {"state": "stale"} for n in status}
+        update_metrics(run_dir, status=status)
     update_metrics(run_dir, profile=p["profile"], run_state="running")
     for i, name in enumerate(todo, 1):
         out = run_dir / "notebooks" / f"{name}.ipynb"
@@ -98,12 +106,14 @@ def _run_locked(p, ds, params_path, run_dir, start, only, force, overrides, log,
             continue
         log(f"[{i}/{len(todo)}] {name}: running ...", )
         set_status(run_dir, name, "running", params_hash=h, key=keys[name])
+        forget_writer(run_dir, name)
         t0 = time.time()
         tmp = out.with_name(f".{name}.running.ipynb")
         try:
-            pm.execute_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"), str(tmp),
-                                parameters={"params_path": str(resolved), "run_dir": str(run_dir)},
-                                cwd=str(ROOT / "notebooks"), progress_bar=False, kernel_name="python3")
+            with _kernel_env(BACKFILL_NOTEBOOK=name, BACKFILL_NOTEBOOK_KEY=keys[name]):   # the sections' writer
+                pm.execute_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"), str(tmp),
+                                    parameters={"params_path": str(resolved), "run_dir": str(run_dir)},
+                                    cwd=str(ROOT / "notebooks"), progress_bar=False, kernel_name="python3")
         except BaseException as e:  # papermill's execution error, a dead kernel, or Ctrl-C
             failed = out.with_name(f"{name}.failed.ipynb")
             if tmp.exists():
@@ -127,9 +137,25 @@ def _run_locked(p, ds, params_path, run_dir, start, only, force, overrides, log,
     status = read_metrics(run_dir).get("status", {})
     for name in available_notebooks():
         status.setdefault(name, {"state": "skipped"})
-    current = all(s["state"] == "ok" and s.get("key") == keys.get(n) for n, s in status.items())
+    current = all(s["state"] == "ok" and s.get("key") == keys.get(n) for n, s in status.items()) and \
+        not stale_sections(read_metrics(run_dir), keys)
     update_metrics(run_dir, status=status, run_state="ok" if current else "partial")
     return 0
+
+
+@contextmanager
+def _kernel_env(**env):
+    """Environment variables for the kernels started inside the block (they inherit this process's)."""
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _set_aside(names: list[str], run_dir: Path) -> None:
@@ -148,8 +174,9 @@ def _set_aside(names: list[str], run_dir: Path) -> None:
 
 # --- the book ----------------------------------------------------------------------------------
 
-def build_book(run_dir, log=print) -> Path:
-    """Stage the book pages and config beside the run's executed notebooks and build the HTML."""
+def build_book(run_dir, log=print, compare=()) -> Path:
+    """Stage the book pages and config beside the run's executed notebooks and build the HTML. With `compare`
+    (other run directories), the book gets a comparison page: this run against each of them (`compare.table`)."""
     import plotly
     run_dir = Path(run_dir).resolve()
     m = read_metrics(run_dir)
@@ -166,6 +193,10 @@ def build_book(run_dir, log=print) -> Path:
     if stale:
         raise SystemExit(f"backfill: {', '.join(stale)} in {run_dir} ran with other params or code than the "
                          f"current ones; re-run the run before building its book")
+    sections = stale_sections(m, _current_keys(run_dir))
+    if sections:
+        raise SystemExit(f"backfill: metrics.json in {run_dir} has sections ({', '.join(sections)}) written by hand or "
+                         f"by notebooks under other params or code; re-run the run before building its book")
     done = [n for n in NOTEBOOKS if (run_dir / "notebooks" / f"{n}.ipynb").exists()
             and m.get("status", {}).get(n, {}).get("state", "ok") == "ok"]
     if not done:
@@ -184,6 +215,9 @@ def build_book(run_dir, log=print) -> Path:
         part["chapters"] = [c for c in part["chapters"]
                             if not c["file"].startswith("notebooks/") or Path(c["file"]).name in done]
     toc["parts"] = [pt for pt in toc.get("parts", []) if pt["chapters"]]
+    if compare:
+        atomic_write_text(run_dir / "book" / "compare.md", _compare_page(run_dir, compare))
+        toc["parts"][0]["chapters"].append({"file": "book/compare"})
     atomic_write_text(run_dir / "_toc.yml", yaml.safe_dump(toc, sort_keys=False))
     static = run_dir / "_static"
     static.mkdir(exist_ok=True)
@@ -202,11 +236,27 @@ def build_book(run_dir, log=print) -> Path:
     return index
 
 
-def _stale_notebooks(run_dir: Path, m: dict) -> list[str]:
-    """Executed notebooks whose recorded key is not the key of the run's params and data with today's code."""
+def _compare_page(run_dir: Path, others) -> str:
+    """The book's comparison page: `compare.table` of this run (the reference) and the others, as markdown."""
+    from . import compare
+    dirs = [run_dir, *map(Path, others)]
+    df = compare.table(dirs)
+    names = ", ".join(f"`{d}`" for d in dirs[1:])
+    return (f"# Comparison with other runs\n\nThis run (first row) beside {names}: each run's profile, the params "
+            f"that differ from this run's, its gate decisions and its headline rolling-origin scores, read from each "
+            f"run's `metrics.json` (`python -m backfill compare` writes the same table).\n\n" + compare.to_markdown(df))
+
+
+def _current_keys(run_dir: Path) -> dict:
+    """{notebook: key} for the run's recorded params and data with today's code."""
     rec = yaml.safe_load((run_dir / "params.yaml").read_text()) if (run_dir / "params.yaml").exists() else {}
     h = (rec or {}).get("provenance", {}).get("params_hash")
-    keys = notebook_keys(h) if h else {}
+    return notebook_keys(h) if h else {}
+
+
+def _stale_notebooks(run_dir: Path, m: dict) -> list[str]:
+    """Executed notebooks whose recorded key is not the key of the run's params and data with today's code."""
+    keys = _current_keys(run_dir)
     return [n for n, s in m.get("status", {}).items()
             if s.get("state") == "ok" and (run_dir / "notebooks" / f"{n}.ipynb").exists() and s.get("key") != keys.get(n)]
 

@@ -14,12 +14,22 @@ from . import metrics as _metrics
 CRISIS_FILL = "rgba(214, 39, 40, 0.12)"
 
 
-def show(fig) -> None:
-    """Display a plotly figure interactively in JupyterLab and in the built book."""
+def show(fig, caption: str) -> None:
+    """Display a plotly figure interactively in JupyterLab and in the built book, with its caption below: what it
+    shows and how to read it (every figure of the book has one)."""
     import json
     from IPython.display import display
     html = fig.to_html(full_html=False, include_plotlyjs=False, config={"responsive": True})
     display({"application/vnd.plotly.v1+json": json.loads(fig.to_json()), "text/html": html}, raw=True)
+    show_caption(caption)
+
+
+def show_caption(caption: str) -> None:
+    """A figure's caption as a markdown paragraph (rendered as text by the book, readable in print)."""
+    from IPython.display import Markdown, display
+    if not caption or not caption.strip():
+        raise ValueError("a figure needs a caption: say what it shows and how to read it")
+    display(Markdown(f"**Figure.** {caption.strip()}"))
 
 
 def glue(key: str, value, fmt: str | None = None):
@@ -189,29 +199,31 @@ def data_summary(ds, acf_lags=(20, 60, 90)) -> dict:
             "butterfly_violation_share": arb["butterfly"]}
 
 
-def fan_chart(bf, i_mat: int, i_mon: int, maturities, moneyness, title: str | None = None):
-    """p05-p95 band, sampling spread, forecast (mean p50) and truth at one grid point across a backfill,
-    pass boundaries marked."""
+def fan_chart(xb, title: str | None = None):
+    """p05-p95 band, sampling spread, forecast (mean p50) and truth across a backfill at one grid point, pass
+    boundaries marked. xb: a labelled backfill (`export.to_dataset`) selected at one point, e.g.
+    `xb.sel(**key_points(...)["ATM 1-year"])`: iv (date, quantile), spread05/95 and truth (date,)."""
     import plotly.graph_objects as go
-    x = pd.to_datetime(bf.dates) if all(str(d)[:2] in ("19", "20") for d in bf.dates) else np.arange(bf.days)
-    pt = lambda a: np.asarray(a)[:, i_mat, i_mon]                                  # noqa: E731
+    x = xb["date"].values                               # (days,) datetime64, or day indices for data without dates
+    if x.dtype.kind == "M" and np.isnat(x).any():      # days past the end of the data: number the days instead
+        x = xb["day"].values
+    q = lambda level: xb["iv"].sel(quantile=level).values                           # noqa: E731
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=x, y=pt(bf.p95), line={"width": 0}, showlegend=False, hoverinfo="skip"))
-    fig.add_trace(go.Scatter(x=x, y=pt(bf.p05), fill="tonexty", fillcolor="rgba(31,119,180,0.2)",
+    fig.add_trace(go.Scatter(x=x, y=q(0.95), line={"width": 0}, showlegend=False, hoverinfo="skip"))
+    fig.add_trace(go.Scatter(x=x, y=q(0.05), fill="tonexty", fillcolor="rgba(31,119,180,0.2)",
                              line={"width": 0}, name="p05-p95 (quantile average)"))
-    fig.add_trace(go.Scatter(x=x, y=pt(bf.spread05), line={"dash": "dot", "color": "gray", "width": 1},
+    fig.add_trace(go.Scatter(x=x, y=xb["spread05"].values, line={"dash": "dot", "color": "gray", "width": 1},
                              name="5-95% of sample p50 paths"))
-    fig.add_trace(go.Scatter(x=x, y=pt(bf.spread95), line={"dash": "dot", "color": "gray", "width": 1},
+    fig.add_trace(go.Scatter(x=x, y=xb["spread95"].values, line={"dash": "dot", "color": "gray", "width": 1},
                              showlegend=False))
-    fig.add_trace(go.Scatter(x=x, y=pt(bf.p50), line={"color": "rgb(31,119,180)"}, name="forecast (mean p50)"))
-    if bf.truth is not None and len(bf.truth):
-        fig.add_trace(go.Scatter(x=x[:len(bf.truth)], y=pt(bf.truth), line={"color": "black"}, name="truth"))
-    for s in range(1, bf.passes):
-        d = s * bf.offset
-        if d < bf.days:
-            fig.add_vline(x=x[d], line_dash="dash", line_color="firebrick", opacity=0.5)
-    t = title or (f"{bf.name}: T={maturities[i_mat]:.3g}y, K/S={moneyness[i_mon]:.2f} "
-                  f"({bf.passes} passes, offset {bf.offset})")
+    fig.add_trace(go.Scatter(x=x, y=q(0.5), line={"color": "rgb(31,119,180)"}, name="forecast (mean p50)"))
+    if np.isfinite(xb["truth"].values).any():
+        fig.add_trace(go.Scatter(x=x, y=xb["truth"].values, line={"color": "black"}, name="truth"))
+    a = xb.attrs
+    for d in (k * a["offset"] for k in range(1, a["passes"]) if k * a["offset"] < a["days"]):
+        fig.add_vline(x=x[d], line_dash="dash", line_color="firebrick", opacity=0.5)
+    t = title or (f"{a['window']}: T={float(xb['maturity']):.3g}y, K/S={float(xb['moneyness']):.2f} "
+                  f"({a['passes']} passes, offset {a['offset']})")
     fig.update_layout(title=t, yaxis_title="implied vol", height=400)
     return fig
 
@@ -235,11 +247,14 @@ def pass_end_surfaces(bf, maturities, moneyness):
 
 
 def key_points(maturities, moneyness) -> dict:
-    """The grid points the fan charts follow: ATM 1-month, ATM 1-year, a deep OTM put (lowest K/S, ~3m)."""
-    ix = _data.feature_indices(maturities, moneyness)
-    m1 = int(np.argmin(np.abs(np.asarray(maturities) - 1 / 12)))
-    return {"ATM 1-month": (m1, ix["atm"]), "ATM 1-year": (ix["m1y"], ix["atm"]),
-            "deep OTM put (3-month)": (ix["m3m"], 0)}
+    """The grid points the fan charts follow, as labels for `Dataset.sel`: {name: {"maturity": T, "moneyness": K}}:
+    ATM 1-month, ATM 1-year and a deep OTM put (the lowest K/S at ~3 months), each the nearest point of the grid."""
+    mat, mon = np.asarray(maturities, float), np.asarray(moneyness, float)
+    near = lambda grid, x: float(grid[np.argmin(np.abs(grid - x))])                    # noqa: E731
+    atm = near(mon, 1.0)
+    return {"ATM 1-month": {"maturity": near(mat, 1 / 12), "moneyness": atm},
+            "ATM 1-year": {"maturity": near(mat, 1.0), "moneyness": atm},
+            "deep OTM put (3-month)": {"maturity": near(mat, 0.25), "moneyness": float(mon.min())}}
 
 
 VERDICT_COLOURS = {"pass": "#cdebd0", "PASS": "#cdebd0", "stretch": "#b5e0ba", "target": "#cdebd0",
@@ -273,9 +288,10 @@ def _tenor(t: float) -> str:
     return f"{t * 12:.3g}m" if t < 1 else f"{t:.3g}y"
 
 
-def rmse_heatmap_static(values, maturities, moneyness, title: str, fmt: str = ".4f"):
+def rmse_heatmap_static(values, maturities, moneyness, title: str, fmt: str = ".4f", vmax: float | None = None):
     """A seaborn heatmap of one RMSE per grid point (maturity rows x moneyness columns), every cell
-    annotated, for print. Pure: returns a matplotlib Figure, shows and saves nothing (no pyplot state)."""
+    annotated, for print; `vmax` fixes the top of the colour scale (0 is the bottom) so that several methods' maps
+    read on one scale. Pure: returns a matplotlib Figure, shows and saves nothing (no pyplot state)."""
     import seaborn as sns
     from matplotlib.figure import Figure
     v = np.asarray(values, dtype=float)                                  # (n_mat, n_mon)
@@ -284,7 +300,8 @@ def rmse_heatmap_static(values, maturities, moneyness, title: str, fmt: str = ".
                          f"{len(maturities)}x{len(moneyness)}")
     fig = Figure(figsize=(1.2 * v.shape[1] + 2.6, 0.6 * v.shape[0] + 1.6), layout="constrained")
     ax = fig.subplots()
-    sns.heatmap(v, ax=ax, annot=True, fmt=fmt, cmap="viridis", linewidths=0.5, linecolor="white",
+    sns.heatmap(v, ax=ax, annot=True, fmt=fmt, cmap="viridis", vmin=0 if vmax is not None else None, vmax=vmax,
+                linewidths=0.5, linecolor="white",
                 xticklabels=[f"{m:.2f}" for m in moneyness], yticklabels=[_tenor(t) for t in maturities],
                 annot_kws={"fontsize": 9}, cbar_kws={"label": "RMSE (implied vol)"})
     ax.tick_params(axis="y", labelrotation=0)
@@ -326,9 +343,10 @@ def fan_chart_static(series: dict, truth, dates, title: str, ylabel: str = "impl
     return fig                                 # the legend sits below the axes: it never hides a band
 
 
-def show_static(fig, path=None, dpi: int = 150) -> None:
-    """Display a matplotlib Figure as a PNG in the notebook (no pyplot state needed) and, with `path`, also save
-    that PNG atomically (the book's summary page reads the headline figure from the run directory)."""
+def show_static(fig, caption: str, path=None, dpi: int = 150) -> None:
+    """Display a matplotlib Figure as a PNG in the notebook (no pyplot state needed) with its caption below and,
+    with `path`, also save that PNG atomically (the book's summary page reads the headline figure from the run
+    directory)."""
     import io
     from IPython.display import Image, display
     buf = io.BytesIO()
@@ -337,6 +355,7 @@ def show_static(fig, path=None, dpi: int = 150) -> None:
         from .rundir import atomic_write_bytes
         atomic_write_bytes(path, buf.getvalue())
     display(Image(data=buf.getvalue()))
+    show_caption(caption)
 
 
 def headline_window(names) -> str:

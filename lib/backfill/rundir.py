@@ -75,12 +75,46 @@ def read_metrics(run_dir) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+BOOKKEEPING = ("status", "run_state", "profile", "writers")    # metrics.json sections the pipeline itself keeps
+BY_HAND = "by hand"          # the writer of a section written outside `backfill run` (a notebook run in Jupyter)
+
+
 def update_metrics(run_dir, **sections) -> dict:
-    """Merge top-level sections into run_dir/metrics.json (atomic); returns the whole document."""
+    """Merge top-level sections into run_dir/metrics.json (atomic); returns the whole document.
+
+    Each result section records its writers, {section: {notebook: key}}: the notebook and key that `backfill run`
+    hands its kernel (BACKFILL_NOTEBOOK, BACKFILL_NOTEBOOK_KEY), or BY_HAND. A run is current only when every
+    writer of every section carries its notebook's current key (`stale_sections`)."""
     m = read_metrics(run_dir)
     m.update(jsonable(sections))
+    results = [k for k in sections if k not in BOOKKEEPING]
+    if results:
+        nb, key = os.environ.get("BACKFILL_NOTEBOOK", BY_HAND), os.environ.get("BACKFILL_NOTEBOOK_KEY")
+        writers = m.setdefault("writers", {})
+        for k in results:
+            writers.setdefault(k, {})[nb] = key
     atomic_write_text(Path(run_dir) / "metrics.json", json.dumps(m, indent=2, sort_keys=True) + "\n")
     return m
+
+
+def stale_sections(m: dict, keys: dict) -> list[str]:
+    """Result sections of metrics.json `m` with a writer that is not a notebook with its current key in `keys`
+    ({notebook: key}): written by hand, by an older version of a notebook, or under other params."""
+    return sorted(sec for sec, ws in m.get("writers", {}).items() if sec in m
+                  and any(nb not in keys or key != keys[nb] for nb, key in ws.items()))
+
+
+def forget_writer(run_dir, notebook: str) -> None:
+    """Before `notebook` runs again: drop it from every section's writers, and drop the sections it alone wrote
+    (if it still writes them, it writes them anew; if it fails, no old numbers are left behind)."""
+    m = read_metrics(run_dir)
+    writers = m.get("writers", {})
+    for sec in list(writers):
+        writers[sec].pop(notebook, None)
+        if not writers[sec]:
+            del writers[sec]
+            m.pop(sec, None)
+    atomic_write_text(Path(run_dir) / "metrics.json", json.dumps(m, indent=2, sort_keys=True) + "\n")
 
 
 def set_status(run_dir, name, state, **extra):
