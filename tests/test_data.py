@@ -1,7 +1,7 @@
 """Data loading, validation, features, splits, regimes, windows and the default-data cache (SPEC section 3)."""
 from __future__ import annotations
 
-import zipfile
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -436,3 +436,13 @@ def test_window_dates_on_data_without_dates_fail_at_load(tmp_path):
     p["generation"]["windows"] = {"early": 450, "late": 650}
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(p))
     assert data.load_for(params.load(tmp_path / "p.yaml")).dates is None
+
+
+def test_the_surfaces_select_by_label():
+    p = params.load(Path(__file__).resolve().parents[1] / "params" / "test.yaml")
+    ds = data.load_for(p)
+    iv = ds.to_xarray()
+    d = ds.index_of("2008-10-10")
+    i, j = list(ds.maturities).index(1.0), list(ds.moneyness).index(0.85)
+    assert iv.sel(date="2008-10-10", maturity=1.0, moneyness=0.85).item() == ds.surface[d, i, j]
+    assert iv.dims == ("date", "maturity", "moneyness") and iv.shape == ds.surface.shape

@@ -50,6 +50,16 @@ class Dataset:
         rv = [np.log(ewma_vol(self.ret, h)) for h in rv_halflives]
         return np.stack([self.ret, skew, slope, *rv], axis=-1).astype(np.float32)
 
+    def to_xarray(self):
+        """The surfaces as a labelled xarray DataArray `iv` (date, maturity, moneyness): select by label
+        (`.sel(date="2008-10-10", maturity=1.0, moneyness=0.85)`), not by index. Data without dates is indexed by
+        day number."""
+        import xarray as xr
+        date = self.dates.astype("datetime64[ns]") if self.dates is not None else np.arange(self.n_days)
+        return xr.DataArray(self.surface, dims=("date", "maturity", "moneyness"), name="iv",
+                            coords={"date": date, "maturity": np.asarray(self.maturities, float),
+                                    "moneyness": np.asarray(self.moneyness, float)})
+
     def day_labels(self) -> np.ndarray:
         """ISO dates, or integer day indices when the data has no dates."""
         if self.dates is None:
