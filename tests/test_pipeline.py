@@ -112,10 +112,17 @@ def test_book_builds_with_glued_numbers(run_dir, tmp_path):
     shutil.copytree(run_dir, other, ignore=shutil.ignore_patterns("_build", "checkpoints", "backfill", "notebooks"))
     rec = yaml.safe_load((other / "params.yaml").read_text())
     (other / "params.yaml").write_text(yaml.safe_dump({**rec, "seed": 7}))
-    res = cli("book", run_dir, "--compare", other)
+    sweep_dir = tmp_path / "sweep"                  # a sweep's chapter (unexecuted here: the book executes nothing)
+    sweep_dir.mkdir()
+    shutil.copy2(ROOT / "notebooks" / "10_sweep.ipynb", sweep_dir / "10_sweep.ipynb")
+    res = cli("book", run_dir, "--compare", other, "--sweep", sweep_dir)
     assert res.returncode == 0, res.stdout + res.stderr
     page = (run_dir / "_build" / "html" / "book" / "compare.html").read_text()
     assert "Comparison with other runs" in page and "seed: 0 -&gt; 7" in page and str(other) in page
+    assert "configurations across seeds" in (run_dir / "_build" / "html" / "sweep" / "10_sweep.html").read_text()
+    bad = cli("book", run_dir, "--sweep", tmp_path)
+    assert bad.returncode != 0 and "has no executed sweep chapter" in bad.stderr
+    assert (run_dir / "_build" / "html" / "sweep" / "10_sweep.html").exists()       # the built book is kept
     index = run_dir / "_build" / "html" / "index.html"
     assert index.exists() and str(index) in res.stdout
     log = (run_dir / "logs" / "book_build.log").read_text()

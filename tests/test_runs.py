@@ -111,3 +111,29 @@ def test_section_writers_forget_and_stale(tmp_path, monkeypatch):
     rundir.forget_writer(tmp_path, "07_generate_6month")      # 07 runs again: what it alone wrote is gone
     m = rundir.read_metrics(tmp_path)
     assert "generation" not in m and m["writers"] == {"gates": {"06_gates": "k6"}} and m["gates"]["gate3"] == 3
+
+
+def test_the_code_key_leaves_out_only_modules_no_notebook_reaches():
+    """rundir.ORCHESTRATION is left out of every notebook's key: that is only sound while no notebook of a run
+    (01-09) and no other module imports them."""
+    import re
+    lib = ROOT / "lib" / "backfill"
+    orch = {m.removesuffix(".py") for m in rundir.ORCHESTRATION}
+    pattern = re.compile(r"(?:from\s+(?:backfill|\.)\s+import\s+([\w, ]+)|from\s+(?:backfill)?\.(\w+)\s+import|"
+                         r"import\s+backfill\.(\w+))")
+
+    def imported(text):
+        out = set()
+        for a, b, c in pattern.findall(text):
+            out |= {x.strip().split(" as ")[0] for x in a.split(",") if x.strip()} | {b, c}
+        return out - {""}
+    for f in lib.glob("*.py"):
+        if f.name not in rundir.ORCHESTRATION:
+            assert not imported(f.read_text()) & orch, f"{f.name} imports {imported(f.read_text()) & orch}"
+    for name in pipeline.NOTEBOOKS:
+        cells = [c.source for c in nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4).cells
+                 if c.cell_type == "code"]
+        assert not imported("\n".join(cells)) & orch, name
+    before = rundir.code_fingerprint()
+    assert rundir.code_fingerprint([f.name for f in sorted(lib.glob("*.py")) if f.name not in rundir.ORCHESTRATION]) \
+        == before

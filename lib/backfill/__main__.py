@@ -1,5 +1,5 @@
 """Command line: python -m backfill run PARAMS [--from NN] [--only NN] [--force] [--set KEY=VALUE ...]
-| book RUN_DIR | bench | compare RUN_DIR..."""
+| book RUN_DIR|SWEEP_DIR [--compare RUN_DIR...] [--sweep SWEEP_DIR] | bench | compare RUN_DIR... | sweep SWEEP.yaml [--address ADDR]"""
 from __future__ import annotations
 
 import argparse
@@ -20,6 +20,9 @@ def main(argv=None) -> int:
                    help="override a param (dotted key, YAML value), e.g. --set model.kl_weight=0.5; repeatable")
     b = sub.add_parser("book", help="build the Jupyter Book of a run")
     b.add_argument("run_dir")
+    b.add_argument("--compare", nargs="+", default=[], metavar="RUN_DIR",
+                   help="add a page comparing this run with these run directories")
+    b.add_argument("--sweep", metavar="SWEEP_DIR", help="add a sweep's chapter (runs/sweeps/<name>) as the last part")
     be = sub.add_parser("bench", help="benchmark training and generation; writes JSON")
     be.add_argument("--params", default="params/full_working.yaml")
     be.add_argument("--out", default="runs/bench.json")
@@ -28,12 +31,17 @@ def main(argv=None) -> int:
     c = sub.add_parser("compare", help="one table of runs: params delta, gates, scores -> compare.md/.html")
     c.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories; the first is the reference")
     c.add_argument("--out", default="runs/compare", metavar="DIR", help="where compare.md and compare.html go")
+    sw = sub.add_parser("sweep", help="run a sweep file's trials with Ray Tune into runs/sweeps/<name>/")
+    sw.add_argument("sweep", help="sweep YAML, e.g. params/sweeps/smoke_ablation.yaml")
+    sw.add_argument("--address", metavar="ADDR", help="a Ray cluster to run on (e.g. HEAD:6379; default: a local Ray)")
+    sw.add_argument("--out", metavar="DIR", help="the sweep directory (default runs/sweeps/<name>)")
     a = ap.parse_args(argv)
 
     from .data import DataError
     from .params import ParamsError
     from .compare import CompareError
     from .rundir import RunLocked
+    from .sweep import SweepError
     try:
         if a.cmd == "run":
             from . import pipeline
@@ -41,7 +49,7 @@ def main(argv=None) -> int:
                                 overrides=a.overrides)
         if a.cmd == "book":
             from . import pipeline
-            pipeline.build_book(a.run_dir)
+            pipeline.build_book(a.run_dir, compare=a.compare, sweep=a.sweep)
             return 0
         if a.cmd == "bench":
             from . import bench
@@ -52,7 +60,10 @@ def main(argv=None) -> int:
             for path in compare.write(compare.table(a.run_dirs), a.out):
                 print(path)
             return 0
-    except (ParamsError, DataError, CompareError, RunLocked) as e:
+        if a.cmd == "sweep":
+            from . import sweep
+            return sweep.run(sweep.load(a.sweep), out=a.out, address=a.address)
+    except (ParamsError, DataError, CompareError, RunLocked, SweepError) as e:
         print(f"backfill: {e}", file=sys.stderr)
         return 2
     return 1

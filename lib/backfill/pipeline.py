@@ -174,11 +174,18 @@ def _set_aside(names: list[str], run_dir: Path) -> None:
 
 # --- the book ----------------------------------------------------------------------------------
 
-def build_book(run_dir, log=print, compare=()) -> Path:
+def build_book(run_dir, log=print, compare=(), sweep=None) -> Path:
     """Stage the book pages and config beside the run's executed notebooks and build the HTML. With `compare`
-    (other run directories), the book gets a comparison page: this run against each of them (`compare.table`)."""
-    import plotly
+    (other run directories), the book gets a comparison page: this run against each of them (`compare.table`);
+    with `sweep` (a sweep directory), the sweep's executed chapter (10_sweep) as its last part. Given a sweep
+    directory itself, the book is that chapter alone."""
     run_dir = Path(run_dir).resolve()
+    if (run_dir / "sweep.json").exists() and not (run_dir / "metrics.json").exists():
+        _sweep_chapter(run_dir)              # the trials are run directories with books of their own
+        title = f"Sweep {json.loads((run_dir / 'sweep.json').read_text()).get('name', run_dir.name)}"
+        return _build(run_dir, {"format": "jb-book", "root": "10_sweep"}, log, title=title, exclude=["*/**"])
+    chapter = _sweep_chapter(sweep) if sweep else None     # checked before anything of the old book is removed
+    compare_md = _compare_page(run_dir, compare) if compare else None
     m = read_metrics(run_dir)
     state = run_state(run_dir)
     if state == "failed":
@@ -209,15 +216,39 @@ def build_book(run_dir, log=print, compare=()) -> Path:
         if "% headline-start" in text:
             head, rest = text.split("% headline-start", 1)
             atomic_write_text(summary, head + rest.split("% headline-end", 1)[1])
-    shutil.copy2(ROOT / "_config.yml", run_dir / "_config.yml")
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
     for part in toc.get("parts", []):
         part["chapters"] = [c for c in part["chapters"]
                             if not c["file"].startswith("notebooks/") or Path(c["file"]).name in done]
     toc["parts"] = [pt for pt in toc.get("parts", []) if pt["chapters"]]
-    if compare:
-        atomic_write_text(run_dir / "book" / "compare.md", _compare_page(run_dir, compare))
+    if compare_md:
+        atomic_write_text(run_dir / "book" / "compare.md", compare_md)
         toc["parts"][0]["chapters"].append({"file": "book/compare"})
+    if chapter:
+        (run_dir / "sweep").mkdir(exist_ok=True)
+        shutil.copy2(chapter, run_dir / "sweep" / chapter.name)
+        toc["parts"].append({"caption": "Sweep", "chapters": [{"file": f"sweep/{chapter.stem}"}]})
+    return _build(run_dir, toc, log)
+
+
+def _sweep_chapter(sweep_dir) -> Path:
+    """The executed sweep chapter of a sweep directory (what `backfill sweep` writes at its end)."""
+    chapter = Path(sweep_dir) / "10_sweep.ipynb"
+    if not chapter.exists():
+        raise SystemExit(f"backfill: {sweep_dir} has no executed sweep chapter (10_sweep.ipynb); run "
+                         f"`python -m backfill sweep SWEEP.yaml` first")
+    return chapter
+
+
+def _build(run_dir: Path, toc: dict, log, title: str | None = None, exclude=()) -> Path:
+    """Write the toc and config (the repository's, with another `title` and more `exclude` patterns if given)
+    into run_dir and build the HTML there with Jupyter Book."""
+    import plotly
+    shutil.rmtree(run_dir / "_build", ignore_errors=True)
+    cfg = yaml.safe_load((ROOT / "_config.yml").read_text())
+    cfg["title"] = title or cfg["title"]
+    cfg["exclude_patterns"] = [*cfg.get("exclude_patterns", []), *exclude]
+    atomic_write_text(run_dir / "_config.yml", yaml.safe_dump(cfg, sort_keys=False))
     atomic_write_text(run_dir / "_toc.yml", yaml.safe_dump(toc, sort_keys=False))
     static = run_dir / "_static"
     static.mkdir(exist_ok=True)

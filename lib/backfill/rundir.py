@@ -151,11 +151,17 @@ LIB = Path(__file__).resolve().parent
 TRAINING_CODE = ("data.py", "calibrated.py", "model.py", "rollout.py", "phases.py", "checkpoint.py", "train.py")   # what a checkpoint depends on
 
 
+ORCHESTRATION = ("__main__.py", "pipeline.py", "sweep.py", "compare.py", "bench.py")   # run notebooks; none runs in one
+
+
 def code_fingerprint(files=None) -> str:
-    """Hash of the package's source (or of the named files of it): editing lib/ changes every notebook's key,
-    editing the training code (TRAINING_CODE) changes the checkpoints' keys too."""
+    """Hash of the package's source that the notebooks run (every module but ORCHESTRATION), or of the named files:
+    editing it changes every notebook's key, editing the training code (TRAINING_CODE) changes the checkpoints' keys
+    too. The orchestration modules are left out so that, e.g., editing the sweep code does not re-run finished
+    trials; tests check that no notebook or other module imports them."""
     h = hashlib.sha256()
-    for f in sorted(LIB.glob("*.py")) if files is None else [LIB / f for f in files]:
+    mods = [f for f in sorted(LIB.glob("*.py")) if f.name not in ORCHESTRATION]
+    for f in mods if files is None else [LIB / f for f in files]:
         h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
     return h.hexdigest()[:16]
 
