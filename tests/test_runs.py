@@ -137,3 +137,28 @@ def test_the_code_key_leaves_out_only_modules_no_notebook_reaches():
     before = rundir.code_fingerprint()
     assert rundir.code_fingerprint([f.name for f in sorted(lib.glob("*.py")) if f.name not in rundir.ORCHESTRATION]) \
         == before
+
+
+def test_a_kernel_that_dies_before_it_starts_is_started_again(monkeypatch, tmp_path):
+    """Kernels launched at the same moment by several trials can race for ports; the loser dies before replying to
+    kernel_info, before any cell ran: execute_notebook retries that, and only that."""
+    import papermill
+    calls = []
+
+    def flaky(src, dest, **kw):
+        calls.append(kw["cwd"])
+        if len(calls) == 1:
+            raise RuntimeError("Kernel died before replying to kernel_info")
+    monkeypatch.setattr(papermill, "execute_notebook", flaky)
+    monkeypatch.setattr(pipeline.time, "sleep", lambda s: None)
+    pipeline.execute_notebook(ROOT / "notebooks" / "01_data_autocorrelation.ipynb", tmp_path / "out.ipynb", {})
+    assert calls == [str(ROOT / "notebooks")] * 2
+
+    def broken(src, dest, **kw):
+        calls.append(1)
+        raise RuntimeError("something else")
+    monkeypatch.setattr(papermill, "execute_notebook", broken)
+    calls.clear()
+    with pytest.raises(RuntimeError, match="something else"):
+        pipeline.execute_notebook(ROOT / "notebooks" / "01_data_autocorrelation.ipynb", tmp_path / "out.ipynb", {})
+    assert calls == [1]

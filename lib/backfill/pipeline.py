@@ -82,7 +82,6 @@ def run(params_path, start=None, only=None, force=False, run_dir=None, overrides
 
 
 def _run_locked(p, ds, params_path, run_dir, start, only, force, overrides, log, on_notebook=None) -> int:
-    import papermill as pm
     h = params_hash(p, data_fingerprint=_data.fingerprint(ds))
     keys = notebook_keys(h)
     todo = select(available_notebooks(), start, only)
@@ -111,9 +110,8 @@ def _run_locked(p, ds, params_path, run_dir, start, only, force, overrides, log,
         tmp = out.with_name(f".{name}.running.ipynb")
         try:
             with _kernel_env(BACKFILL_NOTEBOOK=name, BACKFILL_NOTEBOOK_KEY=keys[name]):   # the sections' writer
-                pm.execute_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"), str(tmp),
-                                    parameters={"params_path": str(resolved), "run_dir": str(run_dir)},
-                                    cwd=str(ROOT / "notebooks"), progress_bar=False, kernel_name="python3")
+                execute_notebook(ROOT / "notebooks" / f"{name}.ipynb", tmp,
+                                 {"params_path": str(resolved), "run_dir": str(run_dir)})
         except BaseException as e:  # papermill's execution error, a dead kernel, or Ctrl-C
             failed = out.with_name(f"{name}.failed.ipynb")
             if tmp.exists():
@@ -141,6 +139,26 @@ def _run_locked(p, ds, params_path, run_dir, start, only, force, overrides, log,
         not stale_sections(read_metrics(run_dir), keys)
     update_metrics(run_dir, status=status, run_state="ok" if current else "partial")
     return 0
+
+
+KERNEL_START_TRIES = 3
+
+
+def execute_notebook(src, dest, parameters: dict, tries: int = KERNEL_START_TRIES) -> None:
+    """papermill.execute_notebook with the notebook's directory as cwd, and a retry when the kernel dies before it
+    ran anything: kernels started at the same moment by several processes (the trials of a sweep) can race for
+    the same free TCP ports, and the loser dies before replying to kernel_info. No cell ran, so a retry is safe."""
+    import random
+    import papermill as pm
+    for attempt in range(1, tries + 1):
+        try:
+            pm.execute_notebook(str(src), str(dest), parameters=parameters, cwd=str(Path(src).parent),
+                                progress_bar=False, kernel_name="python3")
+            return
+        except RuntimeError as e:
+            if "before replying to kernel_info" not in str(e) or attempt == tries:
+                raise
+            time.sleep(0.5 + random.random())      # out of step with the process it raced
 
 
 @contextmanager

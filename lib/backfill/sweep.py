@@ -852,12 +852,11 @@ def versus_figure(df: pd.DataFrame, x: str, metric: str = "rmse"):
 
 def execute_chapter(out, base=None) -> Path:
     """Execute notebooks/10_sweep.ipynb with papermill for this sweep directory into out/10_sweep.ipynb."""
-    import papermill as pm
+    from . import pipeline
     out = Path(out).resolve()
     dest = out / CHAPTER.name
     tmp = out / f".{CHAPTER.stem}.running.ipynb"
     os.environ["BACKFILL_BATCH"] = "1"
-    pm.execute_notebook(str(CHAPTER), str(tmp), cwd=str(CHAPTER.parent), progress_bar=False, kernel_name="python3",
-                        parameters={"params_path": str(base or ""), "run_dir": str(out), "sweep_dir": str(out)})
+    pipeline.execute_notebook(CHAPTER, tmp, {"params_path": str(base or ""), "run_dir": str(out), "sweep_dir": str(out)})
     os.replace(tmp, dest)
     return dest
