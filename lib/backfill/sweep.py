@@ -456,7 +456,13 @@ def _init_ray(sw: Sweep, address: str | None) -> None:
     kw = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
               ignore_reinit_error=True)
     if address:
-        ray.init(address=address, **kw)
+        try:
+            ray.init(address=address, **kw)
+        except Exception as e:                  # ConnectionError, ray.exceptions.AuthenticationError, ...
+            raise SweepError(f"cannot join the Ray cluster at {address} ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0][:160]}); a cluster started by `ray start` uses token "
+                             f"authentication: run with RAY_AUTH_MODE=token and the cluster's token in "
+                             f"~/.ray/auth_token (or RAY_AUTH_TOKEN)") from None
         return
     cpus = os.cpu_count() or 1
     if sw.resources["cpu"] > cpus:
