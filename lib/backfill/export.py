@@ -13,8 +13,6 @@ and are dropped from the long table, which is addressed by date. Data without da
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -78,22 +76,11 @@ def to_dataset(bf, maturities, moneyness, method: str, fingerprint: str = "") ->
 
 
 def save_netcdf(ds: xr.Dataset, path) -> Path:
-    """Write `ds` as netCDF4 (compressed) to a temporary file beside `path`, then rename: readers never see half
-    a file (as `rundir.atomic_write_bytes`)."""
-    from .rundir import _UMASK
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        enc = {v: {"zlib": True, "complevel": 4} for v in ds.data_vars}
-        ds.to_netcdf(tmp, engine=ENGINE, encoding=enc)
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write `ds` as netCDF4 (compressed) atomically (`rundir.atomic_path`): readers never see half a file."""
+    from .rundir import atomic_path
+    with atomic_path(path) as tmp:
+        ds.to_netcdf(tmp, engine=ENGINE, encoding={v: {"zlib": True, "complevel": 4} for v in ds.data_vars})
+    return Path(path)
 
 
 def open_backfill(path) -> xr.Dataset:

@@ -360,18 +360,19 @@ def validate(p: dict) -> dict:
     return p
 
 
-def _read(path: Path) -> dict:
-    """One YAML file as a mapping, as written (no bases merged)."""
-    if not path.exists():
-        raise ParamsError(f"params: file not found: {path}")
+def read_mapping(path, error=None, prefix: str = "params: ") -> dict:
+    """One YAML file as a mapping, as written (no bases merged); a missing file, bad YAML or another top level is
+    one line of `error` (ParamsError; the sweep files use their own) starting with `prefix`."""
+    error = error or ParamsError
+    if not Path(path).is_file():
+        raise error(f"{prefix}file not found: {path}")
     try:
-        p = yaml.safe_load(path.read_text())
+        p = yaml.safe_load(Path(path).read_text())
     except yaml.YAMLError as e:
         line = getattr(getattr(e, "problem_mark", None), "line", None)
-        raise ParamsError(f"params: {path} is not valid YAML"
-                          + (f" (line {line + 1})" if line is not None else "")) from None
+        raise error(f"{prefix}{path} is not valid YAML" + (f" (line {line + 1})" if line is not None else "")) from None
     if not isinstance(p, dict):
-        raise ParamsError(f"params: {path} must hold a mapping at the top level")
+        raise error(f"{prefix}{path} must hold a mapping at the top level")
     return p
 
 
@@ -388,10 +389,11 @@ def merge(base: dict, over: dict, schema=None) -> dict:
     return out
 
 
-def _base_path(value, path: Path) -> Path:
-    """`base: smoke` is params/smoke.yaml; `base: x.yaml` or `base: ../x.yaml` is relative to the file."""
+def base_path(value, path: Path, error=None, prefix: str = "params: ") -> Path:
+    """`base: smoke` is params/smoke.yaml; `base: x.yaml` or `base: ../x.yaml` is relative to the file `path`
+    (a params file, or a sweep file: it passes its own `error` and `prefix`)."""
     if not isinstance(value, str) or not value.strip():
-        raise ParamsError(f"params: {path}: 'base' must be a profile name or a path, got {value!r}")
+        raise (error or ParamsError)(f"{prefix}{path}: 'base' must be a profile name or a path, got {value!r}")
     if "/" in value or value.endswith((".yaml", ".yml")):
         return (path.parent / value).resolve()
     return profile_path(value).resolve()
@@ -401,11 +403,11 @@ def resolve(path, _chain: tuple = ()) -> dict:
     """The params of `path` merged onto its chain of bases (`base:`), not yet validated. `profile` and
     `description` are never inherited: every file of a chain names its own experiment."""
     path = Path(path)
-    p = _read(path)
+    p = read_mapping(path)
     if "base" not in p:
         return p
     value = p.pop("base")
-    base = _base_path(value, path)
+    base = base_path(value, path)
     chain = (*_chain, path.resolve())
     if base in chain:
         cycle = " -> ".join(x.name for x in (*chain[chain.index(base):], base))

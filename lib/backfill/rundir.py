@@ -35,19 +35,27 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-def atomic_write_bytes(path, payload: bytes) -> None:
-    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
+@contextmanager
+def atomic_path(path):
+    """A temporary path beside `path` to write to; renamed onto `path` when the block ends without an error, removed
+    otherwise: readers never see half a file (for writers that want a file name, e.g. netCDF)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
+        yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)              # mkstemp makes 0600; give files the usual mode
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path, payload: bytes) -> None:
+    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(payload)
 
 
 def atomic_write_text(path, text: str) -> None:

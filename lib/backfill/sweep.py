@@ -35,6 +35,8 @@ import yaml
 
 from . import compare as _compare
 from . import params as _params
+from . import pipeline
+from .gates import GATE_OF_PHASE
 from .rundir import ROOT, atomic_write_bytes, atomic_write_text, is_locked, read_metrics
 
 
@@ -49,9 +51,7 @@ HEADLINE = [*_compare.SCORES, *(f"cal {s}" for s in _compare.SCORES), *(f"{b} rm
             "dm vs econometric", "dm p"]                       # compare.table's score columns (09_evaluation)
 PHASE_METRICS = [f"phase{n}.{k}" for n in range(1, 5) for k in ("val_rmse", "val_kl")]   # notebooks 02-05
 METRICS = HEADLINE + PHASE_METRICS
-PHASE_NOTEBOOKS = {"02_phase1_teacher_forcing": 1, "03_phase2_multihorizon": 2, "04_phase3_ar_h60": 3,
-                   "05_phase4_ar_h90": 4}
-GATE_OF_PHASE = {1: "phase1", 2: "gate1", 3: "gate2", 4: "phase4"}     # as gates.GATE_OF_PHASE
+PHASE_NOTEBOOKS = {name: n for n, name in enumerate(pipeline.NOTEBOOKS[1:5], 1)}       # 02-05 train phases 1-4
 SCHEDULERS = {"none": {}, "asha": {"metric": "val_rmse", "grace_period": 1, "reduction_factor": 2},
               "gates": {"stop_on": ["FAIL"]}}
 FINAL = ("ok", "failed", "stopped")                           # trial.json states after which a trial is done
@@ -169,29 +169,12 @@ def _name_trials(configs: list[dict], overrides: list[list[str]], axes: list[str
     return out
 
 
-def base_path(value, sweep_path: Path) -> Path:
-    """`base: smoke` is params/smoke.yaml; `base: ../test.yaml` (a path) is relative to the sweep file."""
-    if not isinstance(value, str) or not value.strip():
-        raise SweepError(f"{sweep_path}: 'base' must be a params profile name or a path, got {value!r}")
-    if "/" in value or value.endswith((".yaml", ".yml")):
-        return (sweep_path.parent / value).resolve()
-    return _params.profile_path(value).resolve()
-
-
 def load(path) -> Sweep:
     """Read and validate a sweep file and expand its trials; SweepError (one line) on any problem. Every trial's
     overrides are validated by `params.load(base, overrides)` here, before anything is launched."""
     path = Path(path).resolve()
     where = str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
-    if not path.is_file():
-        raise SweepError(f"sweep file not found: {where}")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        line = getattr(getattr(e, "problem_mark", None), "line", None)
-        raise SweepError(f"{where} is not valid YAML" + (f" (line {line + 1})" if line is not None else "")) from None
-    if not isinstance(raw, dict):
-        raise SweepError(f"{where}: must hold a mapping at the top level")
+    raw = _params.read_mapping(path, SweepError, prefix="sweep: ")
     for k in raw:
         if k not in KEYS:
             raise SweepError(f"{where}: unknown key '{k}' (known: {', '.join(KEYS)})")
@@ -205,7 +188,7 @@ def load(path) -> Sweep:
          "digits, '_', '.', '-' (it names runs/sweeps/<name>)")
     sw.description = raw.get("description") or ""
     need("base", "base" in raw, "given: the params file every trial starts from")
-    sw.base = base_path(raw["base"], path)
+    sw.base = _params.base_path(raw["base"], path, SweepError, prefix="sweep: ")
     if not sw.base.is_file():
         raise SweepError(f"{where}: 'base' {raw['base']!r} not found ({sw.base})")
     fixed = raw.get("set") or {}
@@ -355,7 +338,6 @@ def trainable(config: dict) -> None:
     scheduler on an earlier launch only replays its phases; any other resumes its run (pipeline.run skips
     finished notebooks, training resumes from checkpoints/last.pt)."""
     from ray import tune
-    from . import pipeline
     t, ctx = config["trial"], config["ctx"]
     run_dir = Path(ctx["sweep_dir"]) / t["name"]
     threads = str(ctx["threads"])             # kernels inherit the environment: torch and BLAS use the trial's CPUs
@@ -708,16 +690,21 @@ def axis_levels(df: pd.DataFrame, axis: str) -> list:
     return list(dict.fromkeys(df[axis])) if axis in df.columns else []
 
 
+def _compared(df: pd.DataFrame, axis: str, a, b, axes) -> tuple[list, object, object]:
+    """The sweep's axes (from sweep.json unless given) and the two levels of `axis` compared (its first two unless
+    given)."""
+    lv = axis_levels(df, axis)
+    return (axes or df.attrs.get("sweep", {}).get("axes") or [axis], lv[0] if a is None and lv else a,
+            lv[1] if b is None and len(lv) > 1 else b)
+
+
 def paired_by_seed(df: pd.DataFrame, axis: str, metric: str = "rmse", a=None, b=None, axes=None) -> pd.DataFrame:
     """Level b against level a of `axis` on `metric`, trials paired by seed (and every other axis equal): per
     configuration of the other axes, the mean of each, the mean and sd of the per-seed differences b - a, the
     paired t statistic and its two-sided p-value (n - 1 df). The noise is the seed-to-seed spread of the
     difference: a gap smaller than what reseeding moves it by is not significant."""
     from scipy import stats
-    axes = axes or df.attrs.get("sweep", {}).get("axes") or [axis]
-    lv = axis_levels(df, axis)
-    a = lv[0] if a is None and lv else a
-    b = lv[1] if b is None and len(lv) > 1 else b
+    axes, a, b = _compared(df, axis, a, b, axes)
     rows = []
     for others, da, db in _pairs(df, axis, a, b, axes):
         xa, xb = pd.to_numeric(da[metric], errors="coerce"), pd.to_numeric(db[metric], errors="coerce")
@@ -776,10 +763,7 @@ def dm_by_seed(df: pd.DataFrame, axis: str, a=None, b=None, loss: str = "squared
     """Level b against level a of `axis`, per configuration of the other axes: DM on the seed-averaged daily
     loss differential pooled over the rolling test origins (seeds paired), and the DM of each seed alone, so the
     reading shows both the day-to-day evidence and how much it moves with the seed."""
-    axes = axes or df.attrs.get("sweep", {}).get("axes") or [axis]
-    lv = axis_levels(df, axis)
-    a = lv[0] if a is None and lv else a
-    b = lv[1] if b is None and len(lv) > 1 else b
+    axes, a, b = _compared(df, axis, a, b, axes)
     rows = []
     for others, da, db in _pairs(df, axis, a, b, axes):
         stacks, days = _stacked_losses([da, db], loss)
@@ -858,7 +842,6 @@ def versus_figure(df: pd.DataFrame, x: str, metric: str = "rmse"):
 
 def execute_chapter(out, base=None) -> Path:
     """Execute notebooks/10_sweep.ipynb with papermill for this sweep directory into out/10_sweep.ipynb."""
-    from . import pipeline
     out = Path(out).resolve()
     dest = out / CHAPTER.name
     tmp = out / f".{CHAPTER.stem}.running.ipynb"
