@@ -34,7 +34,7 @@ def _full_metrics(profile="a"):
                       "gate2": {"decision": "MARGINAL"}, "phase4": {"decision": "PASS"}},
             "rolling": {"vae_o90": _scores(0.01), "vae_o90_cal": {**_scores(0.011), "crps": None},
                         "econometric": _scores(0.024), "random_walk": _scores(0.027)},
-            "dm_tests": {"rolling_pooled": {"vae_o90 vs econometric": {"dm": -13.7, "p_value": 2.6e-41},
+            "dm_tests": {"rolling_by_day": {"vae_o90 vs econometric": {"dm": -13.7, "p_value": 2.6e-41},
                                             "vae_o90 vs random_walk": {"dm": -5.5, "p_value": 4e-8}}}}
 
 
@@ -137,7 +137,7 @@ def test_the_real_smoke_run(tmp_path):
         assert row[g] == res["decision"]
     if method in m.get("rolling", {}):
         assert row["rmse"] == pytest.approx(m["rolling"][method]["rmse"])
-        dm = m["dm_tests"]["rolling_pooled"][f"{method} vs econometric"]
+        dm = m["dm_tests"]["rolling_by_day"][f"{method} vs econometric"]
         assert row["dm vs econometric"] == pytest.approx(dm["dm"]) and row["dm p"] == pytest.approx(dm["p_value"])
     md, html = compare.write(df, tmp_path)
     assert md.read_text().count("\n") == 4 and html.exists()

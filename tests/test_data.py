@@ -438,6 +438,31 @@ def test_window_dates_on_data_without_dates_fail_at_load(tmp_path):
     assert data.load_for(params.load(tmp_path / "p.yaml")).dates is None
 
 
+def test_named_windows_are_checked_at_load(tmp_path):
+    """Every named window needs its context before it and its whole backfill inside the data, and one must start in
+    the test split (the headline is out of sample): one line naming the key, before any training."""
+    import yaml
+    from backfill import params
+    n = 700
+    path = _npz(tmp_path, surface=_surface(n, 5, 5), ret=np.random.default_rng(2).normal(0, 0.01, n))
+    p = yaml.safe_load(params.profile_path("test").read_text())
+    p["data"].update(source=str(path), split_by="index", train=[0, 399], test=[400, 699], crisis=[100, 200])
+    for windows, msg in (({"early": 5, "late": 650}, r"generation.windows.early \(5\) has 5 days of history before it, "
+                                                     r"fewer than the 10 context days"),
+                         ({"late": 690}, r"generation.windows.late \(690\): its 25-day backfill .* runs past the last day"),
+                         ({"early": 300}, r"generation.windows: none starts in the test split \(400..699\)"),
+                         ({"gone": 900}, r"generation.windows.gone: day index 900 is outside the data")):
+        p["generation"]["windows"] = windows
+        (tmp_path / "p.yaml").write_text(yaml.safe_dump(p))
+        with pytest.raises(DataError, match=msg):
+            data.load_for(params.load(tmp_path / "p.yaml"))
+    for name in ("smoke", "regime_shift", "short_history", "full", "full_working", "smoke_seed", "test"):
+        q = params.load(params.profile_path(name))
+        ds = data.load_for(q)                                   # every committed profile has a test-split window
+        a, b = data.splits(ds, q)["test"]
+        assert any(a <= ds.index_of(w) < b for w in q["generation"]["windows"].values()), name
+
+
 def test_the_surfaces_select_by_label():
     p = params.load(Path(__file__).resolve().parents[1] / "params" / "test.yaml")
     ds = data.load_for(p)

@@ -170,6 +170,19 @@ def test_random_walk_quantiles_on_alternating_series():
     np.testing.assert_allclose(baselines.fit_random_walk(surface, (0, 2), max_k=1)[0], 1)
 
 
+def test_random_walk_short_split_extrapolates_by_the_square_root_of_the_lead():
+    # 30 days, at least 20 pairs per k: k = 1..10 estimated, then k = 11..15 from k0 = 10 widened by sqrt(k / 10)
+    rng = np.random.default_rng(2)
+    surface = 0.2 + np.cumsum(0.01 * rng.standard_normal((30, *GRID)), 0)
+    ch = baselines.fit_random_walk(surface, (0, 30), max_k=15)
+    x = surface.reshape(30, -1)
+    np.testing.assert_allclose(ch[9], np.percentile(x[10:] - x[:-10], [5, 95], axis=0))
+    for k in range(11, 16):
+        np.testing.assert_allclose(ch[k - 1], ch[9] * np.sqrt(k / 10))
+    with pytest.raises(ValueError, match="no day-to-day change"):
+        baselines.fit_random_walk(surface, (0, 1), max_k=3)
+
+
 def test_random_walk_backfill_is_last_context_surface():
     ds, slopes = _trend_dataset()
     ch = baselines.fit_random_walk(ds.surface, (0, 40), max_k=10)
@@ -232,68 +245,6 @@ def test_cointegration_share_constant_point_counts_as_not_cointegrated():
     x = np.cumsum(rng.standard_normal(T))
     y = np.stack([2 + 0.5 * x + rng.standard_normal(T), np.full(T, 0.2)], axis=1)
     assert metrics.cointegration_share(y, x) == pytest.approx(0.5)
-
-
-# --- Newey-West and Diebold-Mariano ------------------------------------------------------------
-
-def test_newey_west_lags0_is_population_variance():
-    x = np.random.default_rng(1).standard_normal(37)
-    assert metrics.newey_west_variance(x, lags=0) == pytest.approx(np.var(x), rel=1e-12)
-    assert metrics.newey_west_variance(x, lags=0) != pytest.approx(np.var(x, ddof=1), rel=1e-6)
-
-
-def test_newey_west_bartlett_hand_case():
-    # x = [1, 3, 2, 6], mean 3, demeaned [-2, 0, -1, 3]:
-    # g0 = 14/4 = 3.5, g1 = (0 + 0 - 3)/4 = -0.75, g2 = (2 + 0)/4 = 0.5, g3 = -6/4 = -1.5
-    x = [1.0, 3.0, 2.0, 6.0]
-    assert metrics.newey_west_variance(x, lags=1) == pytest.approx(3.5 + 2 * (1 / 2) * -0.75)          # 2.75
-    assert metrics.newey_west_variance(x, lags=2) == pytest.approx(3.5 + 2 * (2 / 3) * -0.75 + 2 * (1 / 3) * 0.5)
-    # lags beyond T-1 are truncated at T-1, Bartlett weights still 1 - k/(lags+1)
-    assert metrics.newey_west_variance(x, lags=5) == pytest.approx(
-        3.5 + 2 * (5 / 6) * -0.75 + 2 * (4 / 6) * 0.5 + 2 * (3 / 6) * -1.5)
-
-
-def test_newey_west_default_lags():
-    x = np.random.default_rng(2).standard_normal(100)      # floor(4 (100/100)^(2/9)) = 4
-    assert metrics.newey_west_variance(x) == pytest.approx(metrics.newey_west_variance(x, lags=4))
-    assert metrics.newey_west_variance(x) != pytest.approx(metrics.newey_west_variance(x, lags=3))
-
-
-def test_diebold_mariano_hand_case():
-    # d_t = mean-over-grid(e_a^2) - mean-over-grid(e_b^2) = [1, 3, 1, 3]: mean 2, population variance 1
-    ea = np.array([[1.0, 1.0], [2.0, 2.0], [1.0, 1.0], [2.0, 2.0]])
-    eb = np.array([[0.0, 0.0], [1.0, 1.0], [0.0, 0.0], [1.0, 1.0]])
-    r = metrics.diebold_mariano(ea, eb, lags=0)
-    assert r["days"] == 4
-    assert r["mean_loss_diff"] == pytest.approx(2.0)
-    assert r["dm"] == pytest.approx(2.0 / math.sqrt(1.0 / 4))                      # 4
-    assert r["p_value"] == pytest.approx(2 * (1 - _phi(4.0)), rel=1e-6)
-    # lags=1: demeaned d = [-1, 1, -1, 1], g1 = -3/4, lrv = 1 + 2 * 0.5 * -0.75 = 0.25 -> DM = 8
-    r1 = metrics.diebold_mariano(ea, eb, lags=1)
-    assert r1["dm"] == pytest.approx(2.0 / math.sqrt(0.25 / 4))
-    assert r1["p_value"] == pytest.approx(2 * (1 - _phi(8.0)), abs=1e-12)
-
-
-def test_diebold_mariano_detects_better_method_and_is_antisymmetric():
-    rng = np.random.default_rng(5)
-    ea = rng.normal(0, 0.01, (250, *GRID))
-    eb = rng.normal(0, 0.03, (250, *GRID))
-    r = metrics.diebold_mariano(ea, eb)
-    assert r["dm"] < 0 and r["p_value"] < 0.01 and r["mean_loss_diff"] < 0
-    s = metrics.diebold_mariano(eb, ea)
-    assert s["dm"] == pytest.approx(-r["dm"])
-    assert s["p_value"] == pytest.approx(r["p_value"])
-    assert s["mean_loss_diff"] == pytest.approx(-r["mean_loss_diff"])
-    # equally accurate methods: no significant difference
-    ec = rng.normal(0, 0.01, (250, *GRID))
-    assert metrics.diebold_mariano(ea, ec)["p_value"] > 0.01
-
-
-def test_diebold_mariano_identical_errors():
-    e = np.random.default_rng(6).normal(0, 0.02, (30, *GRID))
-    r = metrics.diebold_mariano(e, e.copy())
-    assert r["mean_loss_diff"] == 0.0
-    assert not r["p_value"] < 0.05                          # nan (zero variance) is never significant
 
 
 # --- RMSE by pass, CI violation, coverage: score_backfill ---------------------------------------
@@ -450,10 +401,11 @@ def _bf(name, start, p50, truth):
                     segment=np.zeros(days, int))
 
 
-def test_dm_tests_named_windows_and_rolling_pool():
+def test_dm_tests_named_windows_and_per_calendar_day_over_rolling_origins():
+    from statsmodels.tsa.stattools import diebold_mariano_test
     rng = np.random.default_rng(9)
     bfs = {}
-    sizes = {"crisis": (0, 30), "rolling_000": (100, 20), "rolling_021": (121, 25)}
+    sizes = {"crisis": (0, 30), "rolling_100": (100, 20), "rolling_110": (110, 25)}     # the rolling ones overlap
     errs = {}
     for name, (start, days) in sizes.items():
         truth = 0.2 + 0.01 * rng.standard_normal((days, *GRID))
@@ -464,25 +416,32 @@ def test_dm_tests_named_windows_and_rolling_pool():
         bfs[name] = {"vae_o90": _bf(name, start, truth + e_vae, truth),
                      "econometric": _bf(name, start, truth + e_eco, truth),
                      "random_walk": _bf(name, start, truth + e_rw, truth)}
+        bfs[name]["vae_o90_cal"] = bfs[name]["vae_o90"]
     out = evaluate.dm_tests(bfs, "vae_o90")
-    assert set(out) == {"crisis", "rolling_pooled"}
-    assert set(out["crisis"]) == {"vae_o90 vs econometric", "vae_o90 vs random_walk"}
-    assert set(out["rolling_pooled"]) == {"vae_o90 vs econometric", "vae_o90 vs random_walk"}
+    assert set(out) == {"crisis", "rolling_by_day"}
+    assert set(out["crisis"]) == {"vae_o90 vs econometric", "vae_o90 vs random_walk"}     # no calibrated row
     c = out["crisis"]["vae_o90 vs econometric"]
     assert c["days"] == 30 and c["dm"] < 0 and c["p_value"] < 0.01
-    # HLN horizon H (capped at half the window, here 15 of 30 days), bandwidth H-1 within a window
-    want = metrics.diebold_mariano(errs["crisis"][0], errs["crisis"][1], lags=14, horizon=15)
-    assert c["dm"] == pytest.approx(want["dm"]) and c["p_value"] == pytest.approx(want["p_value"])
-    assert abs(c["dm"]) < abs(c["dm_raw"])                                           # the HLN shrinkage
-    assert c["dm"] != pytest.approx(metrics.diebold_mariano(errs["crisis"][0], errs["crisis"][1])["dm"])
-    pooled = out["rolling_pooled"]["vae_o90 vs random_walk"]
-    assert pooled["days"] == 20 + 25
-    roll = ["rolling_000", "rolling_021"]
-    want = metrics.diebold_mariano(np.concatenate([errs[w][0] for w in roll]),
-                                   np.concatenate([errs[w][2] for w in roll]), lags=22, horizon=22)
-    # the window length (25), capped at half the pooled days (45 // 2) as within a window
-    assert pooled["dm"] == pytest.approx(want["dm"])
-    assert pooled["mean_loss_diff"] == pytest.approx(want["mean_loss_diff"])
+    # within a window: HLN horizon H (capped at half the window, 15 of 30 days), bandwidth H - 1
+    sq = lambda e: (e ** 2).reshape(len(e), -1).mean(1)                                  # noqa: E731
+    want = diebold_mariano_test(np.zeros(30), sq(errs["crisis"][0]), sq(errs["crisis"][1]), criterion=lambda y, f: f,
+                                lags=14, horizon=15, harvey_adj=True)
+    assert c["dm"] == pytest.approx(want.statistic) and c["p_value"] == pytest.approx(want.pvalue)
+    # the rolling origins: days 100..119 and 110..134 -> 35 calendar days, each counted once (not 45)
+    by_day = out["rolling_by_day"]["vae_o90 vs random_walk"]
+    assert by_day["days"] == 35
+    loss = {}
+    for k in (0, 2):
+        acc = {}
+        for w in ("rolling_100", "rolling_110"):
+            for d, v in zip(range(sizes[w][0], sizes[w][0] + sizes[w][1]), sq(errs[w][k])):
+                acc.setdefault(d, []).append(v)
+        loss[k] = np.array([np.mean(acc[d]) for d in sorted(acc)])
+    h = 90 if 90 < 35 // 2 else 35 // 2                                                  # H capped at half the days
+    want = diebold_mariano_test(np.zeros(35), loss[0], loss[2], criterion=lambda y, f: f, lags=h - 1, horizon=h,
+                                harvey_adj=True)
+    assert by_day["dm"] == pytest.approx(want.statistic) and by_day["p_value"] == pytest.approx(want.pvalue)
+    assert by_day["mean_loss_diff"] == pytest.approx(np.mean(loss[0] - loss[2]))
 
 
 def test_dm_tests_scores_only_known_truth():
@@ -495,9 +454,9 @@ def test_dm_tests_scores_only_known_truth():
                                         "econometric": _bf("normal", 0, pe, truth)}}, "vae_o90")
     r = out["normal"]["vae_o90 vs econometric"]
     assert r["days"] == 12
-    assert "rolling_pooled" not in out
-    want = metrics.diebold_mariano(pv[:12] - truth, pe[:12] - truth, lags=5, horizon=6)
-    assert r["dm"] == pytest.approx(want["dm"])
+    assert "rolling_by_day" not in out
+    d = ((pv[:12] - truth) ** 2).reshape(12, -1).mean(1) - ((pe[:12] - truth) ** 2).reshape(12, -1).mean(1)
+    assert r["dm"] == pytest.approx(metrics.dm_test(d, horizon=6, lags=5)["dm"])
 
 
 def test_tables_6_2_6_3_and_deployment_on_hand_made_scores():
@@ -554,13 +513,20 @@ def test_calibrate_adds_conformal_rows_fitted_on_validation_windows_only():
         return {"vae_o90": _bf(name, start, flat, flat + rng.normal(0, scale, flat.shape))}
     calib = {f"calib_{i}": window(f"calib_{i}", i, 0.02) for i in range(6)}
     test = {"rolling_0": window("rolling_0", 500, 0.02)}
-    out, cals = evaluate.calibrate(calib, test)
+    out, cals = evaluate.calibrate(calib, test, rv=np.linspace(0.1, 0.3, 600))
     raw, cal = out["rolling_0"]["vae_o90"], out["rolling_0"]["vae_o90_cal"]
     assert set(out["rolling_0"]) == {"vae_o90", "vae_o90_cal"} and set(cals) == {"vae_o90"}
     assert metrics.ci_violation(raw.p05, raw.p95, raw.truth) > 0.4           # too narrow
     assert abs(metrics.ci_violation(cal.p05, cal.p95, cal.truth) - 0.1) < 0.06
     assert cal.n_samples == 0 and cal.crps is None and (cal.p05 <= cal.p50).all() and (cal.p50 <= cal.p95).all()
-    # a repaired method's calibrated surfaces are repaired again (a shift per grid point can add arbitrage)
+    np.testing.assert_array_equal(cal.p50, raw.p50)                          # the median never moves
+    assert cals["vae_o90"].rv_range == pytest.approx((0.1, float(np.linspace(0.1, 0.3, 600)[44])))   # days 0..44
+    # calibrated RMSE is raw RMSE, and the calibrated row says how many of its days lie outside the calibration's RV
+    run = _FakeRun(Dataset(np.full((600, *GRID), 0.2), np.full(600, 0.01), None, MAT, MON))
+    sc = evaluate.score(run, out, cals)["rolling_0"]
+    assert sc["vae_o90_cal"]["rmse"] == sc["vae_o90"]["rmse"]
+    assert sc["vae_o90_cal"]["rv_outside_calibration"] is not None and "rv_outside_calibration" not in sc["vae_o90"]
+    # a repaired method's calibrated tails are repaired again (a per-row stretch can add calendar arbitrage)
     mats, mons = np.array([0.25, 1.0]), np.array([0.9, 1.0, 1.1])
     smile = np.array([[0.22, 0.2, 0.21], [0.21, 0.2, 0.205]])
     base = np.broadcast_to(smile, (40, 2, 3)).copy()
@@ -570,6 +536,13 @@ def test_calibrate_adds_conformal_rows_fitted_on_validation_windows_only():
              for i in range(4)}
     test = {"rolling_0": {"vae_o90": dataclasses.replace(_bf("t", 500, base, base), arbitrage_raw=0.0)}}
     shifted, _ = evaluate.calibrate(calib, test)
-    assert metrics.arbitrage_share(shifted["rolling_0"]["vae_o90_cal"].p50, mats, mons)["any"] == 1.0
+    assert metrics.arbitrage_share(shifted["rolling_0"]["vae_o90_cal"].p95, mats, mons)["any"] == 1.0
     fixed, _ = evaluate.calibrate(calib, test, (mats, mons))
-    assert metrics.arbitrage_share(fixed["rolling_0"]["vae_o90_cal"].p50, mats, mons)["any"] == 0.0
+    assert metrics.arbitrage_share(fixed["rolling_0"]["vae_o90_cal"].p95, mats, mons)["any"] == 0.0
+    np.testing.assert_array_equal(fixed["rolling_0"]["vae_o90_cal"].p50, base)
+
+
+class _FakeRun:
+    """What evaluate.score reads of a run."""
+    def __init__(self, ds):
+        self.data = ds

@@ -137,3 +137,34 @@ def test_error_correction_backbone_follows_realised_vol_beyond_the_training_rang
     want = 0.02 + 0.8 * 1.5
     torch.testing.assert_close(vols, torch.full_like(vols, float(want)), rtol=1e-4, atol=1e-6)
     assert vols.min() > 4 * x.max()                         # far above every surface the model saw
+
+
+def test_interval_widths_follow_realised_vol_beyond_the_training_range():
+    """The half-widths around the median are scaled by exp(width path), linear in the *unclipped* standardised
+    log-RV levels and in log(1 + lead): with a positive RV weight the band widens without bound as RV leaves the
+    training range (the network's inputs are clipped at +-4 sd and could not do it), and at initialisation the path
+    is zero (the network's own widths)."""
+    model = _model("conditional")
+    x, a = _data(1, 16, 5)
+    zero = model.forecast(x[:, :10], a[:, :10], 6, a[:, 10:], prior_scale=0.0)["q"]
+    assert model.width_path(model.norm_f(a), 10).abs().max() == 0                    # zero at initialisation
+    with torch.no_grad():
+        model.width_link.weight.zero_()
+        model.width_link.weight[:, 0] = 0.2                 # +0.2 log width per sd of the 5-day log RV
+    def half_width(rv_sd):
+        b = a.clone()
+        b[:, 10:, 3] = model.f_mean[3] + rv_sd * model.f_std[3]
+        q = model.forecast(x[:, :10], b[:, :10], 6, b[:, 10:], prior_scale=0.0)["q"][:, 10:]
+        return (q[:, :, -1] - q[:, :, model.mid])                                     # (1, 6, 5, 5)
+    h0, h6, h12 = half_width(0.0), half_width(6.0), half_width(12.0)
+    # the decoder sees the RV clipped at 4 sd in both cases, so its own widths are the same at 6 and 12 sd: the ratio
+    # is the path's exp(0.2 * 6) exactly, the same as from 0 to 6 up to what the (clipped) network adds below 4 sd
+    torch.testing.assert_close(h12 / h6, torch.full_like(h6, float(np.exp(0.2 * 6))), rtol=1e-4, atol=1e-6)
+    assert (h6 / h0).min() > 2.0
+    assert not torch.equal(zero, model.forecast(x[:, :10], a[:, :10], 6, a[:, 10:], prior_scale=0.0)["q"])
+    # the lead path: widths grow as (1 + k)^w_lead
+    with torch.no_grad():
+        model.width_link.weight.zero_()
+        model.width_lead.fill_(0.5)
+    lw = model.width_path(model.norm_f(a), 10)[0, :, 0]
+    torch.testing.assert_close(lw[9:], 0.5 * torch.log1p(torch.arange(7.0)))

@@ -56,7 +56,7 @@ def test_run_leaves_the_contract(run_dir):
         assert roll["vae_o9"]["crps"] > 0 and roll["econometric"]["crps"] > 0 and roll["random_walk"]["crps"] is None
         assert set(m["mcs"]) == {"pinball", "squared"} and set(m["mcs"]["pinball"]["methods"]) >= {"vae_o9", "econometric"}
         assert len(m["calibration"]["vae_o9"]["shift"][0]) == 3 and m["calibration"]["vae_o9"]["windows"] >= 1
-        dm = m["dm_tests"]["rolling_pooled"]["vae_o9 vs econometric"]
+        dm = m["dm_tests"]["rolling_by_day"]["vae_o9 vs econometric"]
         assert abs(dm["dm"]) <= abs(dm["dm_raw"])    # the HLN correction shrinks the statistic
     keys = pipeline._current_keys(run_dir)          # every result section carries the key of the notebook(s) that wrote it
     assert m["writers"]["data"] == {"01_data_autocorrelation": keys["01_data_autocorrelation"]}
@@ -137,7 +137,7 @@ def test_book_builds_with_glued_numbers(run_dir, tmp_path):
         assert f"{v:.1f}" in html
     assert f"{r['vae_o9']['interval_score']:.4f}" in html and f"{m['phases']['phase4']['val_kl']:.3g}" in html
     from backfill import report
-    p_text = report.fmt_p(m["dm_tests"]["rolling_pooled"]["vae_o9 vs econometric"]["p_value"])
+    p_text = report.fmt_p(m["dm_tests"]["rolling_by_day"]["vae_o9 vs econometric"]["p_value"])
     assert p_text.replace("<", "&lt;") in html and "p = 0" not in html
     nb01 = (run_dir / "_build" / "html" / "notebooks" / "01_data_autocorrelation.html").read_text()
     assert "plotly-graph-div" in nb01 and "Plotly.newPlot" in nb01

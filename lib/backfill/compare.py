@@ -22,7 +22,8 @@ from .report import fmt_p
 GATE_ORDER = [*GATE_OF_PHASE.values(), "gate3"]        # in the order the notebooks decide them
 SCORES = ["rmse", "ci_violation", "coverage_p05", "coverage_p50", "coverage_p95", "pinball_mean",
           "interval_score", "crps"]
-BASELINES = ["econometric", "random_walk"]
+BASELINES = ["econometric", "random_walk", "har", "backbone"]
+DM_AGAINST = ["har", "backbone"]                       # beside the econometric one (`dm vs econometric`, `dm p`)
 NOT_PARAMS = ("provenance", "profile", "description")   # not experiment settings (profile has its own column)
 MISSING = "-"
 
@@ -98,7 +99,8 @@ def _num(v) -> float:
 def table(run_dirs) -> pd.DataFrame:
     """One row per run: run, profile, state, params delta against the first run, one column per gate (its
     decision), the VAE method key and its rolling scores (`cal ...`: its conformal row), the baselines' RMSE, and
-    `dm vs econometric` / `dm p` of the pooled DM test (negative: the VAE's squared loss is lower)."""
+    `dm vs econometric` / `dm p` (and `dm vs har`, `dm p vs har`, ... for the strong baselines) of the DM test on
+    the per-calendar-day loss (negative: the VAE's squared loss is lower)."""
     run_dirs = [Path(r) for r in run_dirs]
     if not run_dirs:
         raise CompareError("no run directories to compare")
@@ -120,8 +122,11 @@ def table(run_dirs) -> pd.DataFrame:
         for prefix, key in (("", method), ("cal ", f"{method}_cal" if method else None)):
             row.update({f"{prefix}{s}": _num(_get(roll, key, s)) for s in SCORES})
         row.update({f"{b} rmse": _num(_get(roll, b, "rmse")) for b in BASELINES})
-        dm = _get(m, "dm_tests", "rolling_pooled", f"{method} vs econometric") if method else None
+        dm = _get(m, "dm_tests", "rolling_by_day", f"{method} vs econometric") if method else None
         row["dm vs econometric"], row["dm p"] = _num(_get(dm, "dm")), _num(_get(dm, "p_value"))
+        for b in DM_AGAINST:
+            dm = _get(m, "dm_tests", "rolling_by_day", f"{method} vs {b}") if method else None
+            row[f"dm vs {b}"], row[f"dm p vs {b}"] = _num(_get(dm, "dm")), _num(_get(dm, "p_value"))
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -133,7 +138,7 @@ def formatted(df: pd.DataFrame) -> pd.DataFrame:
             return v
         if v is None or not np.isfinite(v):
             return MISSING
-        return fmt_p(v) if col == "dm p" else f"{v:.4g}"
+        return fmt_p(v) if col.startswith("dm p") else f"{v:.4g}"
     return pd.DataFrame({c: [cell(c, v) for v in df[c]] for c in df.columns})
 
 

@@ -1,13 +1,32 @@
-"""Split-conformal calibration of quantile forecasts (conformalised quantile regression, one level
-at a time): fitted on backfills from validation-split origins, applied to test backfills, separately
-per horizon bucket (e.g. the pass index day // horizon) and per grid point.
+"""Conformal calibration of backfill intervals: normalised, signed, per tail, Mondrian by lead time.
 
-For each level tau the residual r = truth - q_tau is collected over all calibration days of a bucket
-and the calibrated quantile is q_tau + shift_tau, shift_tau an order statistic of r with the
-finite-sample correction: the ceil((n+1) tau)-th smallest of n residuals for tau > 0.5 (then
-P(y <= q + shift) >= tau for an exchangeable new day), the floor((n+1) tau)-th for tau < 0.5 (so the
-lower tail holds at most tau), the plain median for tau = 0.5. The p05-p95 interval then covers at
-least ~90%. Arrays in vols: quantiles (Q, days, n_mat, n_mon), truth (days_known, n_mat, n_mon).
+A backfill's truth is never observed in the backfilled period, so the calibration learns, on backfills from
+validation-split origins (whose truth is known), how far the truth falls beyond each tail of a method's
+5-95% interval in units of a scale known at backfill time, and applies that to test backfills:
+
+    lower tail  r = (y - q05) / s_lo,  s_lo = q50 - q05   (the method's own lower half-width)
+    upper tail  r = (y - q95) / s_hi,  s_hi = q95 - q50
+
+Scores are pooled over the grid points of one maturity row and the days of one lead-time bin (days since the
+anchor, the last context day: 1-10, 11-30, 31-90, 91+ by default), the Mondrian categories. With n scores in a
+bin, the calibrated quantiles are q05 + s_lo * r_(k) with k = floor((n + 1) 0.05) and q95 + s_hi * r_(k') with
+k' = ceil((n + 1) 0.95) (order statistics, 1-based): the split-conformal guarantee per tail (a new exchangeable
+point falls below the calibrated q05 with probability <= 5%, above q95 with <= 5%), in scale-free units so that
+a shift learned in a volatile period widens a calm period's interval by the same *share* of its half-width,
+not by the same number of vol points. The median is never moved: calibrated RMSE is raw RMSE.
+
+A bin with fewer than 19 scores (where (n + 1) 0.05 < 1) has no order statistic: it is empty, and its days take
+the nearest non-empty lead bin of the same maturity row; `Calibration.empty` names such bins. Where the
+validation span is shorter than a backfill, origins score only the leads they reach, so the short-lead bins
+fill first.
+
+crepes' ConformalPredictiveSystem (fit with `sigmas` and `bins`, `predict(lower_percentiles=5)` /
+`higher_percentiles=95`) computes the same two order statistics (the tests check it), but it builds each test
+point's whole predictive distribution in a Python loop (n_test x n_calibration), minutes to hours at the sizes of
+a backfill evaluation (~10^5 test points); here the two order statistics are taken once per bin.
+
+Arrays: quantiles (3, days, n_mat, n_mon) for levels (0.05, 0.5, 0.95), truth (days_known, n_mat, n_mon),
+lead (days,) days since the anchor (1 = the first backfilled day).
 """
 from __future__ import annotations
 
@@ -16,78 +35,154 @@ from dataclasses import dataclass
 
 import numpy as np
 
+LEVELS = (0.05, 0.5, 0.95)
+LEAD_BINS = (1, 11, 31, 91)      # lower edges (days since the anchor) of the Mondrian lead-time bins
+MIN_SCALE = 1e-4                 # vol: floor on a half-width used as a scale
+
 
 @dataclass(eq=False)
 class Calibration:
-    """Per-bucket, per-level, per-grid-point additive shifts and the calibration days behind them."""
-    levels: tuple                 # (Q,) quantile levels, increasing
-    buckets: np.ndarray           # (n_buckets,) sorted bucket labels seen in calibration
-    shift: np.ndarray             # (n_buckets, Q, n_mat, n_mon) added to the raw quantiles
-    n: np.ndarray                 # (n_buckets,) calibration days per bucket
+    """Per lead bin and maturity row, the normalised score quantile of each tail, and what they rest on."""
+    lead_bins: tuple                 # (n_bins,) lower edges of the lead-time bins, increasing, first 1
+    lower: np.ndarray                # (n_bins, n_mat) r_(k) of the lower tail, NaN where the bin is empty
+    upper: np.ndarray                # (n_bins, n_mat) r_(k') of the upper tail, NaN where empty
+    n: np.ndarray                    # (n_bins, n_mat) scores per bin
+    rv_range: tuple                  # (min, max) realised vol over the calibration days (None if not given)
+    windows: int = 0                 # calibration backfills
+
+    def empty(self) -> list[str]:
+        """The lead bins (as 'a-b days') with no usable order statistic in some maturity row."""
+        return [bin_label(self.lead_bins, j) for j in range(len(self.lead_bins))
+                if np.isnan(self.lower[j]).any() or np.isnan(self.upper[j]).any()]
 
     def to_dict(self) -> dict:
-        """Plain lists, JSON-able."""
-        return {"levels": [float(x) for x in self.levels], "buckets": [int(b) for b in self.buckets],
-                "shift": np.asarray(self.shift, float).tolist(), "n": [int(k) for k in self.n]}
+        """Plain lists, JSON-able (NaN as None)."""
+        f = lambda a: [[None if not np.isfinite(x) else float(x) for x in row] for row in np.asarray(a)]  # noqa: E731
+        return {"lead_bins": [int(x) for x in self.lead_bins], "lower": f(self.lower), "upper": f(self.upper),
+                "n": np.asarray(self.n, int).tolist(), "windows": int(self.windows),
+                "rv_range": None if self.rv_range is None else [float(x) for x in self.rv_range],
+                "empty_bins": self.empty()}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Calibration":
-        return cls(levels=tuple(float(x) for x in d["levels"]), buckets=np.asarray(d["buckets"], int),
-                   shift=np.asarray(d["shift"], float), n=np.asarray(d["n"], int))
+        a = lambda x: np.array([[np.nan if v is None else v for v in row] for row in x], float)  # noqa: E731
+        return cls(lead_bins=tuple(int(x) for x in d["lead_bins"]), lower=a(d["lower"]), upper=a(d["upper"]),
+                   n=np.asarray(d["n"], int), rv_range=None if d.get("rv_range") is None else tuple(d["rv_range"]),
+                   windows=int(d.get("windows", 0)))
 
 
-def _order_stat_index(n: int, tau: float) -> int:
-    """0-based index of the conformal order statistic of n residuals for level tau (see module doc)."""
-    k = math.ceil((n + 1) * tau - 1e-9) if tau > 0.5 else math.floor((n + 1) * tau + 1e-9)
-    return min(max(k, 1), n) - 1
+def bin_label(lead_bins, j: int) -> str:
+    """'1-10 days', ..., '91+ days'."""
+    lo = lead_bins[j]
+    return f"{lo}+ days" if j == len(lead_bins) - 1 else f"{lo}-{lead_bins[j + 1] - 1} days"
 
 
-def fit(windows, levels=(0.05, 0.5, 0.95)) -> Calibration:
-    """Calibration from windows = [(quantiles (Q, days, n_mat, n_mon), truth (days_known, n_mat, n_mon),
-    bucket (days,) int labels), ...]; only days where truth is known count."""
-    levels = tuple(float(x) for x in levels)
+def lead_bin(lead, lead_bins=LEAD_BINS) -> np.ndarray:
+    """(days,) index of each lead's bin."""
+    lead = np.asarray(lead)
+    if np.any(lead < 1):
+        raise ValueError(f"leads must be >= 1 day, got {lead.min()}")
+    return np.searchsorted(np.asarray(lead_bins), lead, side="right") - 1
+
+
+def lower_rank(n: int, tau: float = 0.05) -> int:
+    """1-based rank of the lower tail's order statistic among n scores; 0 when n is too small."""
+    return math.floor((n + 1) * tau + 1e-9)
+
+
+def upper_rank(n: int, tau: float = 0.95) -> int:
+    """1-based rank of the upper tail's order statistic; n + 1 (none) when n is too small."""
+    return math.ceil((n + 1) * tau - 1e-9)
+
+
+def scores(q, truth):
+    """Signed normalised scores of the days with known truth: (lower, upper), each (days_known, n_mat, n_mon)."""
+    q, y = np.asarray(q, float), np.asarray(truth, float)
+    n = len(y)
+    lo, mid, hi = q[0, :n], q[1, :n], q[2, :n]
+    return (y - lo) / np.maximum(mid - lo, MIN_SCALE), (y - hi) / np.maximum(hi - mid, MIN_SCALE)
+
+
+def _check(q, y, lead, i):
+    q, y, lead = np.asarray(q, float), np.asarray(y, float), np.asarray(lead)
+    if q.ndim != 4 or q.shape[0] != 3 or y.ndim != 3 or y.shape[1:] != q.shape[2:] or len(y) > q.shape[1] \
+            or lead.shape != (q.shape[1],):
+        raise ValueError(f"conformal: window {i} shapes disagree: quantiles {q.shape} (need 3 levels), truth {y.shape}, "
+                         f"lead {lead.shape}")
+    return q, y, lead
+
+
+def fit(windows, lead_bins=LEAD_BINS, rv=None) -> Calibration:
+    """Calibration from windows = [(quantiles (3, days, n_mat, n_mon), truth (days_known, n_mat, n_mon),
+    lead (days,)), ...]; only days with known truth count. `rv` optional [(days_known,) realised vol per window]
+    records the range of realised vol the calibration saw."""
+    lead_bins = tuple(int(x) for x in lead_bins)
+    if not lead_bins or lead_bins[0] != 1 or any(b <= a for a, b in zip(lead_bins, lead_bins[1:])):
+        raise ValueError(f"conformal: lead bins must be increasing lower edges starting at 1, got {lead_bins}")
     if not windows:
-        raise ValueError("conformal.fit: no calibration windows")
-    if not levels or np.any(np.diff(levels) <= 0) or not all(0 < x < 1 for x in levels):
-        raise ValueError(f"conformal.fit: levels must be increasing in (0, 1), got {levels}")
-    res, lab, grid = [], [], None
-    for i, (q, truth, bucket) in enumerate(windows):
-        q, y, b = np.asarray(q, float), np.asarray(truth, float), np.asarray(bucket).astype(int)
-        if (q.ndim != 4 or q.shape[0] != len(levels) or y.ndim != 3 or y.shape[1:] != q.shape[2:]
-                or len(y) > q.shape[1] or b.shape != (q.shape[1],) or (grid is not None and q.shape[2:] != grid)):
-            raise ValueError(f"conformal.fit: window {i} shapes disagree: quantiles {q.shape} (Q={len(levels)}), "
-                             f"truth {y.shape}, bucket {b.shape}" + (f", grid {grid}" if grid else ""))
+        raise ValueError("conformal: no calibration windows")
+    lo_s, hi_s, bins, grid = [], [], [], None
+    for i, (q, y, lead) in enumerate(windows):
+        q, y, lead = _check(q, y, lead, i)
+        if grid is not None and q.shape[2:] != grid:
+            raise ValueError(f"conformal: window {i} shapes disagree: grid {q.shape[2:]}, earlier windows {grid}")
         grid = q.shape[2:]
-        n = len(y)
-        res.append(y[None] - q[:, :n])                               # (Q, n, n_mat, n_mon)
-        lab.append(b[:n])
-    r = np.concatenate(res, axis=1)                                  # (Q, all days, n_mat, n_mon)
-    lab = np.concatenate(lab)
-    buckets = np.unique(lab)
-    if buckets.size == 0:
-        raise ValueError("conformal.fit: no calibration day has known truth")
-    shift = np.empty((len(buckets), len(levels), *grid))
-    counts = np.empty(len(buckets), int)
-    for j, bk in enumerate(buckets):
-        rb = r[:, lab == bk]                                         # (Q, n_b, n_mat, n_mon)
-        counts[j] = rb.shape[1]
-        for k, tau in enumerate(levels):
-            if tau == 0.5:
-                shift[j, k] = np.median(rb[k], axis=0)
-            else:
-                shift[j, k] = np.sort(rb[k], axis=0)[_order_stat_index(counts[j], tau)]
-    return Calibration(levels=levels, buckets=buckets, shift=shift, n=counts)
+        a, b = scores(q, y)
+        lo_s.append(a), hi_s.append(b), bins.append(lead_bin(lead[:len(y)], lead_bins))
+    lo_s, hi_s, bins = np.concatenate(lo_s), np.concatenate(hi_s), np.concatenate(bins)   # (days, n_mat, n_mon)
+    if len(bins) == 0:
+        raise ValueError("conformal: no calibration day has known truth")
+    nb, n_mat = len(lead_bins), grid[0]
+    lower, upper, n = np.full((nb, n_mat), np.nan), np.full((nb, n_mat), np.nan), np.zeros((nb, n_mat), int)
+    for j in range(nb):
+        sel = bins == j
+        for m in range(n_mat):
+            a, b = np.sort(lo_s[sel, m].ravel()), np.sort(hi_s[sel, m].ravel())
+            n[j, m] = k = len(a)
+            if lower_rank(k) >= 1:
+                lower[j, m] = a[lower_rank(k) - 1]
+            if upper_rank(k) <= k:
+                upper[j, m] = b[upper_rank(k) - 1]
+    if np.isnan(lower).all():
+        raise ValueError(f"conformal: no lead bin has the 19 scores a 5% order statistic needs ({n.sum()} in all)")
+    rv_range = None
+    if rv is not None:
+        r = np.concatenate([np.asarray(x, float) for x in rv])
+        rv_range = (float(r.min()), float(r.max())) if r.size else None
+    return Calibration(lead_bins=lead_bins, lower=lower, upper=upper, n=n, rv_range=rv_range, windows=len(windows))
 
 
-def apply(cal: Calibration, quantiles, bucket) -> np.ndarray:
-    """Calibrated quantiles (Q, days, n_mat, n_mon): raw + the shift of each day's bucket; a bucket not
-    seen in calibration takes the nearest seen one (the last one beyond the calibrated horizons).
-    Sorted along Q so the levels stay monotone."""
+def _filled(table: np.ndarray) -> np.ndarray:
+    """Each empty (NaN) lead bin takes the nearest non-empty bin of its maturity row (ties: the shorter lead)."""
+    out = table.copy()
+    for m in range(table.shape[1]):
+        ok = np.flatnonzero(np.isfinite(table[:, m]))
+        if ok.size == 0:
+            raise ValueError(f"conformal: maturity row {m} has no calibrated lead bin")
+        for j in np.flatnonzero(~np.isfinite(table[:, m])):
+            out[j, m] = table[ok[np.abs(ok - j).argmin()], m]
+    return out
+
+
+def apply(cal: Calibration, quantiles, lead) -> np.ndarray:
+    """Calibrated quantiles (3, days, n_mat, n_mon): the median as given, each tail moved by its bin's score
+    times the day's own half-width; the tails never cross the median."""
     q = np.asarray(quantiles, float)
-    b = np.asarray(bucket).astype(int)
-    if q.ndim != 4 or q.shape[0] != len(cal.levels) or q.shape[2:] != cal.shift.shape[2:] or b.shape != (q.shape[1],):
-        raise ValueError(f"conformal.apply: quantiles {q.shape} / bucket {b.shape} do not match calibration "
-                         f"(Q={len(cal.levels)}, grid {cal.shift.shape[2:]})")
-    idx = np.abs(b[:, None] - np.asarray(cal.buckets)[None, :]).argmin(1)   # (days,) nearest, ties -> lower
-    out = q + np.moveaxis(cal.shift[idx], 0, 1)                      # (Q, days, n_mat, n_mon)
-    return np.sort(out, axis=0)
+    lead = np.asarray(lead)
+    if q.ndim != 4 or q.shape[0] != 3 or q.shape[2] != cal.lower.shape[1] or lead.shape != (q.shape[1],):
+        raise ValueError(f"conformal: quantiles {q.shape} / lead {lead.shape} do not match the calibration "
+                         f"(3 levels, {cal.lower.shape[1]} maturity rows)")
+    b = lead_bin(lead, cal.lead_bins)                                   # (days,)
+    lo_r, hi_r = _filled(cal.lower)[b][..., None], _filled(cal.upper)[b][..., None]   # (days, n_mat, 1)
+    lo, mid, hi = q
+    s_lo, s_hi = np.maximum(mid - lo, MIN_SCALE), np.maximum(hi - mid, MIN_SCALE)
+    return np.stack([np.minimum(lo + s_lo * lo_r, mid), mid, np.maximum(hi + s_hi * hi_r, mid)])
+
+
+def outside_share(cal: Calibration, rv) -> float | None:
+    """Share of days whose realised vol lies outside the range the calibration days covered (where the
+    exchangeability behind the guarantee is least credible)."""
+    if cal.rv_range is None:
+        return None
+    r = np.asarray(rv, float)
+    return float(np.mean((r < cal.rv_range[0]) | (r > cal.rv_range[1]))) if r.size else None

@@ -358,10 +358,27 @@ def load_for(p: dict) -> Dataset:
         if n < need:
             raise DataError(f"{key}: the {'training' if name == 'train' else 'validation'} split has {n} days, fewer "
                             f"than the longest training window ({need} days)")
+    C, days = p["model"]["context_len"], p["generation"]["days_1year"]
+    in_test = []
     for name, when in p["generation"]["windows"].items():
         if ds.dates is None and not isinstance(when, int):
             raise DataError(f"generation.windows.{name} is a date ({when}) but the data has no dates; give a day index")
-        ds.index_of(when)          # a date after the data or an index outside it: one line, here, not in notebook 08
+        try:
+            i = ds.index_of(when)  # a date after the data or an index outside it: one line, here, not in notebook 08
+        except DataError as e:
+            raise DataError(f"generation.windows.{name}: {e}") from None
+        if i < C:
+            raise DataError(f"generation.windows.{name} ({when}) has {i} days of history before it, fewer than the "
+                            f"{C} context days (model.context_len)")
+        if i + days > ds.n_days:
+            raise DataError(f"generation.windows.{name} ({when}): its {days}-day backfill (generation.days_1year) runs "
+                            f"past the last day of the data ({_label(ds, ds.n_days - 1)})")
+        if sp["test"][0] <= i < sp["test"][1]:
+            in_test.append(name)
+    if not in_test:
+        a, b = sp["test"]
+        raise DataError(f"generation.windows: none starts in the test split ({_label(ds, a)}..{_label(ds, b - 1)}); "
+                        f"add one, so that the headline window is out of sample")
     return ds
 
 

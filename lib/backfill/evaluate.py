@@ -1,5 +1,7 @@
-"""Evaluation (SPEC sections 8-9): the VAE's backfills against the econometric and random-walk
-baselines, all scored by the same `metrics.score_backfill`, plus the seed's tables 6.2, 6.3 and 13.2."""
+"""Evaluation: the VAE's backfills against the baselines (the seed's econometric model and the random walk, and
+the strong baselines with the VAE's own information: `har` and the VAE's linear `backbone`), all scored by the
+same `metrics.score_backfill` on the same days, with conformally calibrated rows, significance tests that count
+each calendar day once, and the seed's tables 6.2, 6.3 and 13.2."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,29 +13,68 @@ from . import arbitrage, baselines, conformal, gates, metrics
 
 SCALARS = ("rmse", "ci_violation", "ci_violation_sampling_spread", "cointegration_share", "arbitrage_share",
            "arbitrage_share_raw", "pass_ratio", "coverage_p05", "coverage_p50", "coverage_p95",
-           "pinball_p05", "pinball_p50", "pinball_p95", "pinball_mean", "interval_score", "crps")
+           "pinball_p05", "pinball_p50", "pinball_p95", "pinball_mean", "interval_score", "crps",
+           "rv_outside_calibration")
 CAL = "_cal"          # suffix of a method's conformally calibrated row
+BASELINES = ("econometric", "random_walk", "har", "backbone")
 
 
-def method_backfills(run, vae: dict, days: int) -> dict:
-    """{window: {method: Backfill}} for vae_o<O> (given as {(window, offset): Backfill}) and both baselines."""
+def fit_baselines(run, model, days: int) -> dict:
+    """Every baseline fitted on the run's training split (`har`'s ridge penalty chosen on validation; `har` and
+    `backbone` with their error banks of training-split origins): {method: (fitted, error bank or None)}.
+    `backbone` only when the model has one (the working model)."""
+    p, ds, sp = run.params, run.data, run.splits
+    out = {"econometric": (baselines.fit_econometric(ds.surface, ds.ret, sp["train"]), None),
+           "random_walk": (baselines.fit_random_walk(ds.surface, sp["train"], days), None)}
+    har = baselines.fit_har(ds, sp["train"], sp["val"])
+    out["har"] = (har, baselines.fit_error_bank(har, ds, sp["train"], days))
+    if model is not None and baselines.has_backbone(model):
+        bb = baselines.Backbone(model)
+        out["backbone"] = (bb, baselines.fit_error_bank(bb, ds, sp["train"], days))
+    return out
+
+
+def baseline_backfills(run, fitted: dict, start: int, days: int, name: str) -> dict:
+    """{method: Backfill} of every fitted baseline for one window."""
     p, ds = run.params, run.data
-    econ = baselines.fit_econometric(ds.surface, ds.ret, run.splits["train"])
-    rw = baselines.fit_random_walk(ds.surface, run.splits["train"], days)
     H, n_boot = p["generation"]["horizon"], p["generation"]["bootstrap_paths"]
+    out = {}
+    for m, (f, bank) in fitted.items():
+        if m == "econometric":
+            out[m] = baselines.econometric_backfill(f, ds, start, days, n_boot, p["seed"] + start, segment_len=H,
+                                                    name=name)
+        elif m == "random_walk":
+            out[m] = baselines.random_walk_backfill(f, ds, start, days, segment_len=H, name=name)
+        else:
+            out[m] = baselines.linear_backfill(f, bank, ds, start, days, n_boot, p["seed"] + start, segment_len=H,
+                                               name=name, label=m)
+    return out
+
+
+def method_backfills(run, vae: dict, fitted: dict) -> dict:
+    """{window: {method: Backfill}} for vae_o<O> (given as {(window, offset): Backfill}) and every fitted
+    baseline (`fit_baselines`), each over the VAE backfill's own days."""
     out = {}
     for (name, offset), bf in vae.items():
         w = out.setdefault(name, {})
         w[f"vae_o{offset}"] = bf
-        if "econometric" not in w:
-            w["econometric"] = baselines.econometric_backfill(econ, ds, bf.start, days, n_boot, p["seed"] + bf.start,
-                                                              segment_len=H, name=name)
-            w["random_walk"] = baselines.random_walk_backfill(rw, ds, bf.start, days, segment_len=H, name=name)
+        if not any(m in w for m in fitted):
+            w.update(baseline_backfills(run, fitted, bf.start, bf.days, name))
     return out
 
 
-def score(run, bfs: dict) -> dict:
-    """The `backfill` section of metrics.json: per window and method the scores, plus the truth's."""
+def window_split(splits: dict, start: int) -> str:
+    """The split a backfill's first day lies in: 'train (in-sample)', 'val', 'test' or 'outside the splits'."""
+    for name, (a, b) in splits.items():
+        if a <= start < b:
+            return "train (in-sample)" if name == "train" else name
+    return "outside the splits"
+
+
+def score(run, bfs: dict, calibrations: dict | None = None) -> dict:
+    """The `backfill` section of metrics.json: per window and method the scores, plus the truth's. A calibrated
+    row also gets `rv_outside_calibration`: the share of its days whose realised vol lies outside the range the
+    calibration days covered (where the conformal guarantee is least credible)."""
     ds = run.data
     rv = metrics.ewma_realized_vol(ds.ret)
     out = {}
@@ -45,6 +86,9 @@ def score(run, bfs: dict) -> dict:
                                                ds.moneyness, spread=(b.spread05, b.spread95) if b.n_samples else None,
                                                crps=b.crps, arbitrage_raw=b.arbitrage_raw)
                      for m, b in methods.items()}
+        for m in methods:
+            if m.endswith(CAL) and calibrations and m.removesuffix(CAL) in calibrations:
+                out[name][m]["rv_outside_calibration"] = conformal.outside_share(calibrations[m.removesuffix(CAL)], rv_w)
         out[name]["truth"] = {"cointegration_share": metrics.cointegration_share(any_bf.truth, rv_w),
                               "arbitrage_share": metrics.arbitrage_share(any_bf.truth, ds.maturities,
                                                                          ds.moneyness)["any"]}
@@ -69,71 +113,111 @@ def rolling_summary(scores: dict) -> dict:
     return out
 
 
-def calibrate(calib: dict, test: dict, grid=None) -> tuple[dict, dict]:
-    """Split-conformal calibration per method: fitted on the backfills of validation-split origins `calib`
-    ({window: {method: Backfill}}), per pass (H-day segment) and grid point, applied to every test window.
-    A method whose raw surfaces were projected onto the arbitrage-free set (`arbitrage_raw` set) has its shifted
-    quantiles projected again, given `grid` = (maturities, moneyness): a shift per grid point can reintroduce
-    arbitrage. Returns (test with a `<method>_cal` row beside each method, {method: conformal.Calibration})."""
+def lead(b) -> np.ndarray:
+    """(days,) days since the anchor (the last context day) of each backfilled day: 1, 2, ..."""
+    return np.arange(1, len(b.p50) + 1)
+
+
+def calibrate(calib: dict, test: dict, grid=None, rv=None, lead_bins=conformal.LEAD_BINS) -> tuple[dict, dict]:
+    """Conformal calibration per method (`conformal`: normalised signed per-tail scores, Mondrian by lead time and
+    maturity row), fitted on the backfills of validation-split origins `calib` ({window: {method: Backfill}}, each
+    scored on the days whose truth it has) and applied to every test window. The median is never moved. A method
+    whose raw surfaces were projected onto the arbitrage-free set (`arbitrage_raw` set) has its calibrated tails
+    projected again, given `grid` = (maturities, moneyness). `rv` (N,) realised vol records the calibration days'
+    range. Returns (test with a `<method>_cal` row beside each method, {method: conformal.Calibration})."""
     cals = {}
     for m in next(iter(calib.values())):
-        cals[m] = conformal.fit([(np.stack([w[m].p05, w[m].p50, w[m].p95]), w[m].truth, w[m].segment)
-                                 for w in calib.values()])
+        wins = [w[m] for w in calib.values()]
+        cals[m] = conformal.fit([(np.stack([b.p05, b.p50, b.p95]), b.truth, lead(b)) for b in wins], lead_bins,
+                                rv=None if rv is None else [rv[b.start:b.start + len(b.truth)] for b in wins])
     out = {}
     for name, methods in test.items():
         out[name] = dict(methods)
         for m, b in methods.items():
             if m in cals:
-                q = conformal.apply(cals[m], np.stack([b.p05, b.p50, b.p95]), b.segment)
+                lo, mid, hi = conformal.apply(cals[m], np.stack([b.p05, b.p50, b.p95]), lead(b))
                 if b.arbitrage_raw is not None and grid is not None:
-                    q = np.stack(arbitrage.repair_quantiles(*q, *grid))
-                out[name][m + CAL] = dataclasses.replace(b, p05=q[0], p50=q[1], p95=q[2], n_samples=0, crps=None)
+                    lo, _, hi = arbitrage.repair_quantiles(lo, mid, hi, *grid)
+                    lo, hi = np.minimum(lo, mid), np.maximum(hi, mid)
+                out[name][m + CAL] = dataclasses.replace(b, p05=lo, p50=b.p50, p95=hi, n_samples=0, crps=None)
     return out, cals
 
 
-def _pooled(bfs: dict, fn) -> dict:
-    """{method: concatenation over the rolling origins of fn(Backfill)}."""
+def calendar_losses(bfs: dict, loss: str = "squared") -> tuple[np.ndarray, dict]:
+    """(calendar day indices (U,), {method: (U,) daily loss averaged over the rolling origins covering the day}):
+    the series a significance test may treat as one observation per day."""
     roll = [w for w in bfs if w.startswith("rolling_")]
-    return {m: np.concatenate([fn(bfs[w][m]) for w in roll]) for m in bfs[roll[0]]} if roll else {}
+    if not roll:
+        return np.zeros(0, int), {}
+    out, days = {}, None
+    for m in bfs[roll[0]]:
+        bs = [bfs[w][m] for w in roll]
+        days, out[m] = metrics.by_calendar_day([b.start for b in bs],
+                                               [metrics.daily_loss(loss, b.p05, b.p50, b.p95, b.truth) for b in bs])
+    return days, out
 
 
-def dm_tests(bfs: dict, reference: str) -> dict:
-    """Diebold-Mariano with the Harvey-Leybourne-Newbold correction (squared error, Bartlett long-run variance)
-    of `reference` against every other method, per named window and pooled over the rolling origins. Path
-    forecasts have errors correlated over many days: within a window the bandwidth is H-1 and the HLN horizon H
-    (the standard choice for H-step forecasts); pooled over overlapping rolling windows, both are the window
-    length. Negative statistic: the reference is more accurate."""
+def _h(horizon: int, T: int) -> int:
+    return max(min(int(horizon), T // 2), 1)
+
+
+def dm_tests(bfs: dict, reference: str, loss: str = "squared") -> dict:
+    """Diebold-Mariano (`metrics.dm_test`: statsmodels, HLN correction) of `reference` against every other method on
+    the daily loss averaged over the grid, per named window and on the rolling origins' per-calendar-day loss
+    (`calendar_losses`: each day counted once, however many overlapping origins cover it). Path forecasts have
+    errors correlated over a pass: the bandwidth is H - 1 and the HLN horizon H (the segment length, capped at
+    half the days). Negative statistic: the reference is more accurate. With the squared loss the calibrated rows
+    are left out: they share their raw medians."""
     out = {}
     for name, methods in bfs.items():
         if name.startswith("rolling_"):
             continue
         ref = methods[reference]
         T = len(ref.truth)
-        h = max(min(ref.horizon, T // 2), 1)
-        out[name] = {f"{reference} vs {m}": metrics.diebold_mariano(ref.p50[:T] - ref.truth, b.p50[:T] - b.truth,
-                                                                    lags=h - 1, horizon=h)
-                     for m, b in methods.items() if m != reference}
-    err = _pooled(bfs, lambda b: b.p50[:len(b.truth)] - b.truth)
-    if err:
-        days = max(len(b.truth) for w, ms in bfs.items() if w.startswith("rolling_") for b in ms.values())
-        T = len(err[reference])
-        h = max(min(days, T // 2), 1)          # as within a window: HLN needs h well below T (few origins)
-        out["rolling_pooled"] = {f"{reference} vs {m}": metrics.diebold_mariano(err[reference], e, lags=h,
-                                                                                 horizon=h)
-                                 for m, e in err.items() if m != reference}
+        h = _h(ref.horizon, T)
+        la = metrics.daily_loss(loss, ref.p05, ref.p50, ref.p95, ref.truth)
+        out[name] = {f"{reference} vs {m}": metrics.dm_test(la - metrics.daily_loss(loss, b.p05, b.p50, b.p95, b.truth),
+                                                            horizon=h, lags=h - 1)
+                     for m, b in methods.items() if m != reference and (loss != "squared" or not m.endswith(CAL))}
+    days, losses = calendar_losses(bfs, loss)
+    if losses:
+        h = _h(next(b for w, ms in bfs.items() if w.startswith("rolling_") for b in ms.values()).horizon, len(days))
+        out["rolling_by_day"] = {f"{reference} vs {m}": metrics.dm_test(losses[reference] - l, horizon=h, lags=h - 1)
+                                 for m, l in losses.items() if m != reference and (loss != "squared" or not m.endswith(CAL))}
     return out
 
 
 def confidence_set(bfs: dict, methods: list[str], loss: str = "pinball", size: float = 0.1, seed: int = 0) -> dict:
     """Model Confidence Set (Hansen, Lunde and Nason; arch.bootstrap.MCS) at level 1 - size over `methods`, on
-    their daily losses pooled over the rolling origins; stationary bootstrap with blocks of a window's length,
-    since a path forecast's losses stay correlated across it. {method: {in_set, p_value}}, plus 'loss'."""
-    losses = _pooled(bfs, lambda b: metrics.daily_loss(loss, b.p05, b.p50, b.p95, b.truth))
+    their per-calendar-day losses over the rolling origins (`calendar_losses`); stationary bootstrap with blocks of
+    a pass's length (capped at half the days), since a path forecast's losses stay correlated across it.
+    {method: {in_set, p_value}}, plus 'loss'."""
+    days, losses = calendar_losses(bfs, loss)
     if not losses:
         return {}
-    days = max(len(b.truth) for w, ms in bfs.items() if w.startswith("rolling_") for b in ms.values())
-    res = metrics.model_confidence_set({m: losses[m] for m in methods}, size=size, block_size=days, seed=seed)
-    return {"loss": loss, "size": size, "block_size": days, "methods": res}
+    block = _h(next(b for w, ms in bfs.items() if w.startswith("rolling_") for b in ms.values()).horizon, len(days))
+    res = metrics.model_confidence_set({m: losses[m] for m in methods}, size=size, block_size=block, seed=seed)
+    return {"loss": loss, "size": size, "block_size": block, "days": int(len(days)), "methods": res}
+
+
+def width_vs_rv(bfs: dict, methods: list[str], rv, decile: float = 0.1) -> pd.DataFrame:
+    """Whether interval widths follow the market: per method, on the calendar days of the rolling origins, the mean
+    5-95% width (over the grid, averaged over the origins covering the day) on the top realised-vol decile of days
+    over the bottom decile, beside the same ratio of the median's absolute error (what the width should track)."""
+    roll = [w for w in bfs if w.startswith("rolling_")]
+    rows = []
+    for m in methods:
+        bs = [bfs[w][m] for w in roll]
+        starts = [b.start for b in bs]
+        n = [len(b.truth) for b in bs]
+        days, width = metrics.by_calendar_day(starts, [metrics.ci_width_by_day(b.p05[:k], b.p95[:k]) for b, k in zip(bs, n)])
+        _, err = metrics.by_calendar_day(starts, [np.abs(b.p50[:k] - b.truth).reshape(k, -1).mean(1) for b, k in zip(bs, n)])
+        r = np.asarray(rv)[days]
+        lo, hi = r <= np.quantile(r, decile), r >= np.quantile(r, 1 - decile)
+        rows.append({"method": m, "days": int(len(days)), "rv bottom decile": float(r[lo].mean()),
+                     "rv top decile": float(r[hi].mean()), "width ratio (top / bottom)": float(width[hi].mean() / width[lo].mean()),
+                     "abs error ratio (top / bottom)": float(err[hi].mean() / err[lo].mean())})
+    return pd.DataFrame(rows)
 
 
 def _grade(value, row) -> str:
@@ -242,3 +326,33 @@ def coverage_frame(scores: dict, methods: list[str]) -> pd.DataFrame:
             rows.append({"method": m.removesuffix(CAL), "quantile": q, "level": level,
                          "coverage": roll.get(m, {}).get(f"coverage_{q}"), "calibrated": m.endswith(CAL)})
     return pd.DataFrame(rows)
+
+
+def calibration_table(cals: dict, maturities) -> pd.DataFrame:
+    """What each method's calibration could fit: per method and lead bin, the scores behind it, the normalised
+    score quantiles of each tail (min..max over maturity rows; negative lower / positive upper: the tail widens)
+    and the maturity rows left empty (they borrow the nearest filled lead bin)."""
+    rows = []
+    for m, c in cals.items():
+        for j in range(len(c.lead_bins)):
+            lo, hi = c.lower[j], c.upper[j]
+            empty = [f"{maturities[i]:g}y" for i in range(len(lo)) if not (np.isfinite(lo[i]) and np.isfinite(hi[i]))]
+            rng = lambda a: "-" if not np.isfinite(a).any() else f"{np.nanmin(a):+.2f} .. {np.nanmax(a):+.2f}"  # noqa: E731
+            rows.append({"method": m, "lead": conformal.bin_label(c.lead_bins, j), "scores": int(c.n[j].sum()),
+                         "lower tail score": rng(lo), "upper tail score": rng(hi),
+                         "empty maturity rows": ", ".join(empty) or "none"})
+    return pd.DataFrame(rows)
+
+
+def versus(rolling: dict, dm: dict, ref: str, other: str, level: float = 0.05) -> str:
+    """One sentence, from the numbers, on whether `ref` beats `other` over the rolling origins: their RMSE, the gap,
+    and the per-calendar-day Diebold-Mariano test at `level`."""
+    from .report import fmt_p
+    r, o = rolling.get(ref, {}).get("rmse"), rolling.get(other, {}).get("rmse")
+    d = dm.get("rolling_by_day", {}).get(f"{ref} vs {other}")
+    if r is None or o is None or d is None:
+        return f"{ref} vs {other}: not scored in this run"
+    sig = np.isfinite(d["p_value"]) and d["p_value"] < level
+    verdict = ("beats" if d["dm"] < 0 else "is beaten by") if sig else "does not beat (no significant difference from)"
+    return (f"{ref} {verdict} {other}: RMSE {r:.4f} against {o:.4f} ({r / o - 1:+.1%}), Diebold-Mariano on the "
+            f"per-day loss {d['dm']:.2f} (p {fmt_p(d['p_value'])}, {d['days']} days)")

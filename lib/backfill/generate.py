@@ -179,15 +179,21 @@ def window_starts(ds, p: dict, split_span, days: int) -> dict[str, int]:
     return out
 
 
-def calibration_starts(ds, p: dict, split_span, days: int) -> dict[str, int]:
-    """Origins inside the validation split whose whole `days`-day backfill is in it, every `calibration_every`
-    days (at most `max_calibration`): the backfills the conformal calibration is fitted on."""
+def calibration_starts(ds, p: dict, split_span, days: int) -> dict[str, tuple[int, int]]:
+    """Origins inside the validation split for the conformal calibration, {name: (start, days)}: every
+    `calibration_every` days from the first with a whole context to the last that still fills the first lead bin,
+    at most `max_calibration` of them spread evenly over all of these (not the first few: one regime). Each
+    backfills min(days, the days left in the split): the truth beyond the split is never used, and a validation
+    span shorter than a backfill still fills the lead bins its origins reach."""
     g, C = p["generation"], p["model"]["context_len"]
     a, b = split_span
-    origins = list(range(max(a, C), b - days + 1, g["calibration_every"]))
-    if g["max_calibration"] is not None:
-        origins = origins[:g["max_calibration"]]
-    return {f"calib_{t}": t for t in origins}
+    bins = g["calibration_lead_bins"]
+    first = bins[1] - 1 if len(bins) > 1 else 1                 # days of the first lead bin
+    origins = list(range(max(a, C), b - first + 1, g["calibration_every"]))
+    k = g["max_calibration"]
+    if k is not None and len(origins) > k:
+        origins = [origins[i] for i in np.unique(np.round(np.linspace(0, len(origins) - 1, k)).astype(int))]
+    return {f"calib_{t}": (t, min(days, b - t)) for t in origins}
 
 
 def bench(p: dict, ds, device, n_samples: int = 1000, days: int = 252) -> dict:

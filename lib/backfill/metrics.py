@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.stats import norm
-from scipy.stats import t as student_t
 
 
 def _grids(surface, maturities, moneyness):
@@ -179,39 +178,6 @@ def ci_width_by_day(lo, hi) -> np.ndarray:
     return w.reshape(len(w), -1).mean(1)
 
 
-def newey_west_variance(x, lags: int | None = None) -> float:
-    """Long-run variance of a series with Bartlett weights; default lags floor(4 (T/100)^(2/9))."""
-    x = np.asarray(x, float) - np.mean(x)
-    T = len(x)
-    if lags is None:
-        lags = int(np.floor(4 * (T / 100) ** (2 / 9)))
-    v = x @ x / T
-    for k in range(1, min(lags, T - 1) + 1):
-        v += 2 * (1 - k / (lags + 1)) * (x[k:] @ x[:-k]) / T
-    return float(v)
-
-
-def diebold_mariano(err_a, err_b, lags: int | None = None, horizon: int | None = None) -> dict:
-    """DM test on squared-error loss: d_t = mean-over-grid(e_a^2) - mean-over-grid(e_b^2) per day.
-    Negative statistic: method a is more accurate.
-
-    horizon None (the historical behaviour, which evaluate.dm_tests and its tests rely on): the raw
-    statistic with a Bartlett long-run variance (lags default floor(4 (T/100)^(2/9))) and a two-sided
-    normal p-value. horizon given: `dm_test` on d (Harvey-Leybourne-Newbold correction, Student t
-    p-value, bandwidth lags or horizon-1). Statistic and p are NaN when d has no variance."""
-    ea = np.asarray(err_a, float).reshape(len(err_a), -1)
-    eb = np.asarray(err_b, float).reshape(len(err_b), -1)
-    d = (ea ** 2).mean(1) - (eb ** 2).mean(1)                        # (days,)
-    if horizon is not None:
-        return dm_test(d, horizon=horizon, lags=lags)
-    if lags is None:
-        lags = int(np.floor(4 * (len(d) / 100) ** (2 / 9)))
-    lrv = long_run_variance(d, lags)
-    stat = float(np.mean(d) / np.sqrt(lrv / len(d))) if lrv > 0 else float("nan")
-    p = float(2 * norm.sf(abs(stat))) if np.isfinite(stat) else float("nan")
-    return {"dm": stat, "p_value": p, "mean_loss_diff": float(np.mean(d)), "days": len(d)}
-
-
 # --- proper scoring rules, DM with small-sample correction, model confidence set ----------------
 
 def pinball_loss(q, truth, tau) -> np.ndarray:
@@ -229,23 +195,20 @@ def interval_score(lo, hi, truth, alpha: float = 0.1) -> np.ndarray:
     return (hi - lo) + (2.0 / alpha) * (np.maximum(lo - y, 0.0) + np.maximum(y - hi, 0.0))
 
 
-def crps_ensemble(samples, truth, chunk: int = 64) -> np.ndarray:
-    """Elementwise CRPS of an ensemble, samples (N, ...), truth (...) -> (...):
-    E|X - y| - 0.5 E|X - X'| with the empirical distribution of the N members (exact, not the
-    'fair' N-1 version). The pair term uses the sorted members, sum_ij |x_i - x_j| =
-    2 sum_i (2i - N - 1) x_(i), so memory is one sorted copy of samples, never N^2; the |X - y|
-    term is accumulated in chunks of members."""
-    x = np.sort(np.asarray(samples), axis=0)                          # (N, ...) sorted members
-    y = np.asarray(truth, float)
-    N = x.shape[0]
-    if N == 0 or x.shape[1:] != y.shape:
+def crps_ensemble(samples, truth) -> np.ndarray:
+    """Elementwise CRPS of an ensemble, samples (N, ...), truth (...) -> (...), with the *fair* estimator
+    E|X - y| - sum_{i != j} |x_i - x_j| / (2 N (N - 1)): unbiased for the CRPS of the distribution the members are
+    drawn from, so methods with different ensemble sizes (the VAE's latent samples, a baseline's bootstrap paths)
+    are scored alike. Computed by scoringrules' probability-weighted-moment estimator (`estimator="pwm"`), which on
+    the sorted members is the same number in O(N) memory (scoringrules' `"fair"` forms all N^2 pairs: gigabytes
+    here). One member: |x - y|."""
+    import scoringrules as sr
+    x, y = np.asarray(samples, float), np.asarray(truth, float)
+    if x.ndim < 1 or x.shape[0] == 0 or x.shape[1:] != y.shape:
         raise ValueError(f"samples shape {x.shape} does not match truth shape {y.shape} (need N >= 1)")
-    w = (2.0 * np.arange(1, N + 1) - N - 1) / N**2                   # (N,) order-statistic weights
-    pair = np.tensordot(w, x, axes=(0, 0))                            # (...) = 0.5 E|X - X'|
-    absdev = np.zeros(y.shape)
-    for i in range(0, N, chunk):
-        absdev += np.abs(x[i:i + chunk] - y).sum(0)
-    return absdev / N - pair
+    if x.shape[0] == 1:
+        return np.abs(x[0] - y)
+    return np.asarray(sr.crps_ensemble(y, x, m_axis=0, estimator="pwm", backend="numpy"), float)
 
 
 def proper_scores(p05, p50, p95, truth, samples=None) -> dict:
@@ -281,33 +244,36 @@ def daily_loss(kind: str, p05, p50, p95, truth) -> np.ndarray:
     return loss.reshape(n, -1).mean(1)
 
 
-def long_run_variance(x, bandwidth) -> float:
-    """Long-run variance of a series (T,) with arch's Bartlett kernel (weights 1 - k/(bandwidth+1),
-    demeaned, inner products divided by T); same numbers as `newey_west_variance(x, lags)`."""
-    from arch.covariance.kernel import Bartlett
-    x = np.asarray(x, float)
-    return float(np.asarray(Bartlett(x, bandwidth=max(float(bandwidth), 0.0)).cov.long_run)[0, 0])
-
-
 def dm_test(d, horizon: int = 1, lags: int | None = None) -> dict:
-    """Diebold-Mariano test on a loss differential d (T,) = loss_a - loss_b, with the
-    Harvey-Leybourne-Newbold small-sample correction for h-step forecasts. Negative: a is better.
-
-    Long-run variance: Bartlett kernel with bandwidth `lags`, default horizon-1 (h-step errors are
-    MA(h-1) under optimal forecasts). dm = dm_raw * sqrt((T + 1 - 2h + h(h-1)/T) / T); p-value
-    two-sided from Student t with T-1 df. dm and p are NaN when the variance is not positive, and
-    when h >= T (the correction factor, sqrt((T-h)(T-h+1))/T, is zero or meaningless there)."""
+    """Diebold-Mariano test on a loss differential d (T,) = loss_a - loss_b (negative: a is better), by
+    statsmodels' `diebold_mariano_test` with the Harvey-Leybourne-Newbold correction for h-step forecasts: the
+    t statistic of the mean of d with a Newey-West (Bartlett) variance of `lags` lags (default h - 1), times
+    sqrt((T + 1 - 2h + h(h - 1) / T) / T), p-value from Student t with T - 1 df. dm and p are NaN when d has no
+    variance and when h >= T (the correction is zero or meaningless there)."""
+    from statsmodels.tsa.stattools import diebold_mariano_test
     d = np.asarray(d, float).ravel()
     T, h = len(d), int(horizon)
     if h < 1:
         raise ValueError(f"horizon must be >= 1, got {horizon}")
     lags = max(h - 1, 0) if lags is None else max(int(lags), 0)
-    lrv = long_run_variance(d, lags) if T > 1 else 0.0
-    raw = float(np.mean(d) / np.sqrt(lrv / T)) if lrv > 0 else float("nan")
-    stat = raw * np.sqrt((T + 1 - 2 * h + h * (h - 1) / T) / T) if h < T else float("nan")
-    p = float(2 * student_t.sf(abs(stat), T - 1)) if np.isfinite(stat) else float("nan")
-    return {"dm": float(stat), "dm_raw": raw, "p_value": p, "mean_loss_diff": float(np.mean(d)) if T else float("nan"),
-            "days": T, "lags": lags}
+    out = {"dm": float("nan"), "p_value": float("nan"), "mean_loss_diff": float(np.mean(d)) if T else float("nan"),
+           "days": T, "lags": lags, "horizon": h}
+    if T < 3 or h >= T or np.ptp(d) == 0:
+        return out
+    res = diebold_mariano_test(np.zeros(T), d, np.zeros(T), criterion=lambda y, f: f, lags=min(lags, T - 2),
+                               harvey_adj=True, horizon=h)
+    out.update(dm=float(res.statistic), p_value=float(res.pvalue))
+    return out
+
+
+def by_calendar_day(starts, series) -> tuple[np.ndarray, np.ndarray]:
+    """Per-origin daily series averaged per calendar day: starts (n,) day index of each series' first day,
+    series [(len_i,) ...] -> (day indices (U,), mean over the series covering each day (U,)). Overlapping
+    rolling origins cover the same days many times; a test on the result counts each calendar day once."""
+    idx = np.concatenate([s + np.arange(len(x)) for s, x in zip(starts, series)]).astype(int)
+    val = np.concatenate([np.asarray(x, float) for x in series])
+    days, inv = np.unique(idx, return_inverse=True)
+    return days, np.bincount(inv, weights=val) / np.bincount(inv)
 
 
 def model_confidence_set(losses: dict, size: float = 0.1, block_size: int | None = None, reps: int = 1000,

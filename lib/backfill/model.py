@@ -33,6 +33,7 @@ PRIORS = ("standard", "conditional")
 CLIP = 4.0      # change target: standardised inputs of the networks are clipped to +-4 sd of the training split;
                 # the linear backbone reads them unclipped, so forecasts still extrapolate along it
 TARGETS = ("level", "change")
+WIDTH_CLAMP = 4.0
 
 
 @dataclass
@@ -123,6 +124,14 @@ class CVAE(nn.Module):
             self.register_buffer("ecm_a", torch.full((g,), 0.2))                 # vol
             self.register_buffer("ecm_b", torch.zeros(len(self.rv_idx), g))      # vol per unit of RV (vol)
             self.ecm_rate = nn.Parameter(torch.full((g,), -4.0))     # rho = 1 - sigmoid(rate): half-life ~ 38 days
+            # interval widths that follow the market: the half-widths of the quantiles around the median are scaled
+            # by exp(width path), linear in the *unclipped* standardised log-RV levels and in log(1 + lead), so that
+            # a crisis beyond the training range widens the band as the linear RV path moves the median; zero at
+            # initialisation (the network's own widths)
+            self.width_link = nn.Linear(len(self.rv_idx), g)
+            nn.init.zeros_(self.width_link.weight)
+            nn.init.zeros_(self.width_link.bias)
+            self.width_lead = nn.Parameter(torch.zeros(g))
         # standardisation (set from the training split by train.build_model)
         self.register_buffer("s_mean", torch.zeros(cfg.n_maturity, cfg.n_moneyness))
         self.register_buffer("s_std", torch.ones(cfg.n_maturity, cfg.n_moneyness))
@@ -164,22 +173,43 @@ class CVAE(nn.Module):
         return torch.cat([down, mid, up], dim=2)
 
     def _heads(self, h, fs, C: int, anchor) -> tuple:
-        """h (B, T, M) decoder states, fs (B, T, F) standardised features, anchor (B, n_mat, n_mon) vols
-        -> q (B, T, Q, n_mat, n_mon) in the target space, feat (B, T, F)."""
+        """h (B, T, M) decoder states, fs (B, T, F) standardised features (unclipped), anchor (B, n_mat, n_mon)
+        vols -> q (B, T, Q, n_mat, n_mon) in the target space, feat (B, T, F)."""
         cfg, (B, T) = self.cfg, h.shape[:2]
         raw = self.surface_head(self.dec_dense(h)).view(B, T, len(cfg.quantiles), -1)
         q = self._quantiles(raw)                                                # (B, T, Q, G)
         if self.rv_idx:
-            rv = fs[..., self.rv_idx]                                           # (B, T, R)
-            k = (torch.arange(T, device=h.device) - (C - 1)).clamp_min(0).to(h.dtype)   # days since the anchor
-            keep = torch.exp(k[:, None] * F.logsigmoid(-self.ecm_rate))        # rho^k, (T, G)
-            log_a = torch.log(anchor).flatten(1)[:, None]                       # (B, 1, G)
-            rv_vol = torch.exp(rv * self.f_std[self.rv_idx] + self.f_mean[self.rv_idx])   # RV in vol units
-            level = (self.ecm_a + rv_vol @ self.ecm_b).clamp_min(1e-3)            # (B, T, G), linear in RV
-            ecm = (1 - keep) * (torch.log(level) - log_a)                       # (B, T, G) in log vol
-            lin = self.rv_link(rv - rv[:, C - 1:C]) + ecm / self.c_std.flatten()
-            q = q + lin.unsqueeze(2)
+            mid = q[:, :, self.mid:self.mid + 1]
+            q = mid + (q - mid) * torch.exp(self.width_path(fs, C)).unsqueeze(2)
+            q = q + self.linear_path(fs, C, anchor).unsqueeze(2)
         return q.view(B, T, len(cfg.quantiles), cfg.n_maturity, cfg.n_moneyness), self.feat_head(h)
+
+    def _lead(self, T: int, C: int, device, dtype):
+        """(T,) days since the anchor (day C - 1): 0 on context days."""
+        return (torch.arange(T, device=device) - (C - 1)).clamp_min(0).to(dtype)
+
+    def linear_path(self, fs, C: int, anchor):
+        """The linear backbone of the change target, in target units (B, T, G): a path from the RV features'
+        change since the anchor to every grid point's log-vol change, plus error correction: log x reverts from the
+        anchor at the learned daily rate rho towards the level L_t = a + b RV_t of the regression of vol on RV (fitted
+        on the training split, fixed): after k days (1 - rho^k)(log L_t - log x_anchor). fs (B, T, F) standardised
+        features (unclipped), the anchor day at index C - 1; anchor (B, n_mat, n_mon) vols. The network's output is
+        added to this; alone, it is the `backbone` baseline."""
+        rv = fs[..., self.rv_idx]                                               # (B, T, R)
+        k = self._lead(fs.shape[1], C, fs.device, fs.dtype)
+        keep = torch.exp(k[:, None] * F.logsigmoid(-self.ecm_rate))            # rho^k, (T, G)
+        log_a = torch.log(anchor).flatten(1)[:, None]                           # (B, 1, G)
+        rv_vol = torch.exp(rv * self.f_std[self.rv_idx] + self.f_mean[self.rv_idx])   # RV in vol units
+        level = (self.ecm_a + rv_vol @ self.ecm_b).clamp_min(1e-3)              # (B, T, G), linear in RV
+        ecm = (1 - keep) * (torch.log(level) - log_a)                           # (B, T, G) in log vol
+        return self.rv_link(rv - rv[:, C - 1:C]) + ecm / self.c_std.flatten()
+
+    def width_path(self, fs, C: int):
+        """Log scale (B, T, G) of the quantiles' half-widths: linear in the unclipped standardised log-RV levels and
+        in log(1 + days since the anchor), clamped to +-WIDTH_CLAMP (a factor of e^4 ~ 55 either way)."""
+        k = self._lead(fs.shape[1], C, fs.device, fs.dtype)
+        log_w = self.width_link(fs[..., self.rv_idx]) + torch.log1p(k)[:, None] * self.width_lead
+        return log_w.clamp(-WIDTH_CLAMP, WIDTH_CLAMP)
 
     def _inputs(self, surface, feats):
         """Standardised inputs: the surface (B, T, G) clipped to +-clip, the features (B, T, F) unclipped."""

@@ -146,7 +146,8 @@ SCHEMA = {
         "max_rolling": (int, None),
         "bootstrap_paths": int,
         "calibration_every": int,          # validation-split origins for the conformal calibration, every n days
-        "max_calibration": (int, None),
+        "max_calibration": (int, None),    # at most this many, spread evenly over the validation origins
+        "calibration_lead_bins": _list_of(int),   # lower edges of the conformal lead-time bins (days), from 1
         "repair_arbitrage": bool,          # project each generated day onto the arbitrage-free set
     },
     "evaluation": {
@@ -344,6 +345,11 @@ def validate(p: dict) -> dict:
     for key in ("horizon", "offset_fast", "offset_ensemble", "days_6month", "days_1year"):
         if g[key] < 1:
             _fail(f"generation.{key}", f"must be >= 1, got {g[key]}")
+    lb = g["calibration_lead_bins"]
+    if lb[0] != 1 or any(b <= a for a, b in zip(lb, lb[1:])):
+        _fail("generation.calibration_lead_bins", f"must be strictly increasing lower edges starting at 1, got {lb}")
+    if g["max_calibration"] is not None and g["max_calibration"] < 1:
+        _fail("generation.max_calibration", f"must be >= 1 or null, got {g['max_calibration']}")
     for key in ("offset_fast", "offset_ensemble"):
         if g[key] > g["horizon"]:
             _fail(f"generation.{key}", f"offset {g[key]} must be <= generation.horizon ({g['horizon']})")

@@ -358,9 +358,12 @@ def show_static(fig, caption: str, path=None, dpi: int = 150) -> None:
     show_caption(caption)
 
 
-def headline_window(names) -> str:
-    """The window the summary's headline figure shows: the named crisis window if there is one, else the first
-    named window, else the first window."""
-    names = list(names)
-    named = [n for n in names if not n.startswith("rolling_")]
-    return "crisis" if "crisis" in names else (named[0] if named else names[0])
+def headline_window(starts: dict, test_span, rv, days: int) -> str:
+    """The window the summary's headline figure shows: of the named windows ({name: first day}; rolling origins are
+    left out) that start in the test split, the one whose year has the highest mean realised vol `rv` (N,): the
+    hardest out-of-sample year the run backfilled. data.load_for guarantees there is one."""
+    a, b = test_span
+    cand = {n: t for n, t in starts.items() if not n.startswith("rolling_") and a <= t < b}
+    if not cand:
+        raise ValueError("no named window starts in the test split")
+    return max(cand, key=lambda n: float(np.mean(rv[cand[n]:cand[n] + days])))

@@ -48,7 +48,8 @@ KEYS = ("name", "description", "base", "set", "arms", "space", "num_samples", "s
         "resources", "max_concurrent", "scheduler")
 DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice")
 HEADLINE = [*_compare.SCORES, *(f"cal {s}" for s in _compare.SCORES), *(f"{b} rmse" for b in _compare.BASELINES),
-            "dm vs econometric", "dm p"]                       # compare.table's score columns (09_evaluation)
+            "dm vs econometric", "dm p", *(f"dm{x} vs {b}" for b in _compare.DM_AGAINST for x in ("", " p"))]
+# compare.table's score columns (09_evaluation)
 PHASE_METRICS = [f"phase{n}.{k}" for n in range(1, 5) for k in ("val_rmse", "val_kl")]   # notebooks 02-05
 METRICS = HEADLINE + PHASE_METRICS
 PHASE_NOTEBOOKS = {name: n for n, name in enumerate(pipeline.NOTEBOOKS[1:5], 1)}       # 02-05 train phases 1-4
@@ -735,42 +736,47 @@ def daily_losses(run_dir, loss: str = "squared") -> dict:
 
 def seed_averaged_dm(loss_a: np.ndarray, loss_b: np.ndarray, horizon: int) -> dict:
     """Diebold-Mariano (HLN-corrected, metrics.dm_test) on the seed-averaged loss differential: loss_a, loss_b
-    (seeds, T) daily losses of two configurations on the same days, row i of each trained with seed i; d_t =
-    mean over seeds of (b - a). Negative: b is better. `horizon` is the path length whose errors are correlated
-    (a rolling window's days, capped at T/2 as in evaluate.dm_tests). Also the DM of each seed alone."""
+    (seeds, T) daily losses of two configurations on the same calendar days, row i of each trained with seed i;
+    d_t = mean over seeds of (b - a). Negative: b is better. `horizon` is the path length whose errors are
+    correlated, capped at T/2. Also the DM of each seed alone."""
     from . import metrics
     la, lb = np.atleast_2d(np.asarray(loss_a, float)), np.atleast_2d(np.asarray(loss_b, float))
     T = la.shape[1]
     h = max(min(int(horizon), T // 2), 1)
-    res = metrics.dm_test((lb - la).mean(0), horizon=h, lags=h)
-    per_seed = [metrics.dm_test(lb[i] - la[i], horizon=h, lags=h)["dm"] for i in range(len(la))]
+    res = metrics.dm_test((lb - la).mean(0), horizon=h, lags=h - 1)
+    per_seed = [metrics.dm_test(lb[i] - la[i], horizon=h, lags=h - 1)["dm"] for i in range(len(la))]
     return {**res, "seeds": len(la), "dm_per_seed": per_seed}
 
 
 def _stacked_losses(frames: list[pd.DataFrame], loss: str) -> tuple[list[np.ndarray], int]:
-    """Daily losses of the trials of each frame (run_dir column) on the rolling windows all of them share:
-    [(trials, T)] in the frames' row order, and the days of one window."""
+    """Daily losses of the trials of each frame (run_dir column) on the rolling windows all of them share, averaged
+    per calendar day over the windows covering it (`metrics.by_calendar_day`: each day counted once):
+    [(trials, U)] in the frames' row order, and the pass length (generation.horizon: the span over which a path
+    forecast's errors stay correlated, the DM test's horizon)."""
+    from . import metrics
     per = [[daily_losses(r, loss) for r in f["run_dir"]] for f in frames]
     common = set.intersection(*(set(d) for ds in per for d in ds)) if per and per[0] else set()
     names = sorted(common, key=lambda w: int(w.split("_")[1]))
     if not names:
         return [], 0
-    days = len(per[0][0][names[0]])
-    return [np.stack([np.concatenate([d[w] for w in names]) for d in ds]) for ds in per], days
+    run0 = Path(frames[0]["run_dir"].iloc[0])
+    horizon = int(yaml.safe_load((run0 / "params.yaml").read_text())["generation"]["horizon"])
+    starts = [int(w.split("_")[1]) for w in names]
+    return [np.stack([metrics.by_calendar_day(starts, [d[w] for w in names])[1] for d in ds]) for ds in per], horizon
 
 
 def dm_by_seed(df: pd.DataFrame, axis: str, a=None, b=None, loss: str = "squared", axes=None) -> pd.DataFrame:
-    """Level b against level a of `axis`, per configuration of the other axes: DM on the seed-averaged daily
-    loss differential pooled over the rolling test origins (seeds paired), and the DM of each seed alone, so the
+    """Level b against level a of `axis`, per configuration of the other axes: DM on the seed-averaged per-calendar-
+    day loss differential over the rolling test origins (seeds paired), and the DM of each seed alone, so the
     reading shows both the day-to-day evidence and how much it moves with the seed."""
     axes, a, b = _compared(df, axis, a, b, axes)
     rows = []
     for others, da, db in _pairs(df, axis, a, b, axes):
-        stacks, days = _stacked_losses([da, db], loss)
-        if not days:
+        stacks, horizon = _stacked_losses([da, db], loss)
+        if not horizon:
             continue
         la, lb = stacks
-        r = seed_averaged_dm(la, lb, days)
+        r = seed_averaged_dm(la, lb, horizon)
         rows.append({**others, "a": a, "b": b, "seeds": r["seeds"], "loss": loss, "days": r["days"],
                      "mean loss diff b - a": r["mean_loss_diff"], "dm": r["dm"], "p": r["p_value"],
                      "dm per seed": ", ".join(f"{x:.2f}" for x in r["dm_per_seed"])})
@@ -779,18 +785,19 @@ def dm_by_seed(df: pd.DataFrame, axis: str, a=None, b=None, loss: str = "squared
 
 def config_mcs(df: pd.DataFrame, loss: str = "squared", size: float = 0.1, seed: int = 0) -> pd.DataFrame:
     """Model Confidence Set (metrics.model_confidence_set) over the groups, each group's loss the mean over its
-    seeds of the daily loss on the rolling origins all trials share; block length one window. {group, mean
-    loss, in_set, p_value}."""
+    seeds of the per-calendar-day loss on the rolling origins all trials share; block length one pass (capped at
+    half the days). {group, mean loss, in_set, p_value}."""
     from . import metrics
     ok = finished(df)
     groups = list(dict.fromkeys(ok["group"]))
     if len(groups) < 2:
         return pd.DataFrame(columns=["group", "mean loss", "in set", "p"])
-    stacks, days = _stacked_losses([ok[ok["group"] == g] for g in groups], loss)
-    if not days:
+    stacks, horizon = _stacked_losses([ok[ok["group"] == g] for g in groups], loss)
+    if not horizon:
         return pd.DataFrame(columns=["group", "mean loss", "in set", "p"])
     losses = {g: s.mean(0) for g, s in zip(groups, stacks)}
-    res = metrics.model_confidence_set(losses, size=size, block_size=days, seed=seed)
+    block = max(min(horizon, stacks[0].shape[1] // 2), 1)
+    res = metrics.model_confidence_set(losses, size=size, block_size=block, seed=seed)
     return pd.DataFrame([{"group": g, "mean loss": float(losses[g].mean()), "in set": res[g]["in_set"],
                           "p": res[g]["p_value"]} for g in groups]).sort_values("mean loss", kind="stable")
 
