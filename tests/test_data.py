@@ -451,8 +451,12 @@ def test_named_windows_are_checked_at_load(tmp_path):
                                                      r"fewer than the 10 context days"),
                          ({"late": 690}, r"generation.windows.late \(690\): its 25-day backfill .* runs past the last day"),
                          ({"early": 300}, r"generation.windows: none starts in the test split \(400..699\)"),
-                         ({"gone": 900}, r"generation.windows.gone: day index 900 is outside the data")):
+                         ({"gone": 900}, r"generation.windows.gone: day index 900 is outside the data"),
+                         ({"late": 650, "short": 400}, None)):
         p["generation"]["windows"] = windows
+        if msg is None:                                          # a test split shorter than one backfill
+            p["data"]["test"], msg = [680, 699], r"data.test: the test split \(680..699\) has 20 days, fewer than one 25-day"
+            p["generation"]["windows"] = {"late": 670}
         (tmp_path / "p.yaml").write_text(yaml.safe_dump(p))
         with pytest.raises(DataError, match=msg):
             data.load_for(params.load(tmp_path / "p.yaml"))

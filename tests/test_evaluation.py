@@ -140,13 +140,14 @@ def test_econometric_backfill_reproducible_with_seed(econ_data):
 # --- random-walk baseline ----------------------------------------------------------------------
 
 def _trend_dataset(n=60):
+    """Vols growing at a constant daily log rate per grid point: every k-day log change is k * slope."""
     t = np.arange(n, dtype=float)
     slopes = np.array([[1, 2, 3], [-1, 0.5, 4]]) * 1e-3
-    surface = 0.2 + t[:, None, None] * slopes
+    surface = 0.2 * np.exp(t[:, None, None] * slopes)
     return Dataset(surface=surface, ret=np.zeros(n), dates=None, maturities=MAT, moneyness=MON), slopes
 
 
-def test_random_walk_quantiles_on_linear_trend():
+def test_random_walk_quantiles_on_exponential_trend():
     ds, slopes = _trend_dataset()
     ch = baselines.fit_random_walk(ds.surface, (0, 40), max_k=5)
     assert ch.shape == (5, 2, 6)
@@ -156,14 +157,14 @@ def test_random_walk_quantiles_on_linear_trend():
 
 
 def test_random_walk_quantiles_on_alternating_series():
-    # x alternates 0, 1, 0, 1, ...: 1-day changes are +-1 (half each), 2-day changes are all 0,
+    # log x alternates 0, 1, 0, 1, ...: 1-day log changes are +-1 (half each), 2-day changes are all 0,
     # 3-day changes +-1 again: the 5th / 95th percentiles are -1 / +1, 0 / 0, -1 / +1.
-    x = (np.arange(41) % 2).astype(float)
+    x = np.exp((np.arange(41) % 2).astype(float))
     surface = np.broadcast_to(x[:, None, None], (41, *GRID))
     ch = baselines.fit_random_walk(surface, (0, 41), max_k=3)
     np.testing.assert_allclose(ch[0, 0], -1)
     np.testing.assert_allclose(ch[0, 1], 1)
-    np.testing.assert_allclose(ch[1], 0)
+    np.testing.assert_allclose(ch[1], 0, atol=1e-15)
     np.testing.assert_allclose(ch[2, 0], -1)
     np.testing.assert_allclose(ch[2, 1], 1)
     # the span is honoured: on days 0..1 only (one 1-day change, +1) both percentiles are +1
@@ -173,9 +174,9 @@ def test_random_walk_quantiles_on_alternating_series():
 def test_random_walk_short_split_extrapolates_by_the_square_root_of_the_lead():
     # 30 days, at least 20 pairs per k: k = 1..10 estimated, then k = 11..15 from k0 = 10 widened by sqrt(k / 10)
     rng = np.random.default_rng(2)
-    surface = 0.2 + np.cumsum(0.01 * rng.standard_normal((30, *GRID)), 0)
+    surface = 0.2 * np.exp(np.cumsum(0.05 * rng.standard_normal((30, *GRID)), 0))
     ch = baselines.fit_random_walk(surface, (0, 30), max_k=15)
-    x = surface.reshape(30, -1)
+    x = np.log(surface.reshape(30, -1))
     np.testing.assert_allclose(ch[9], np.percentile(x[10:] - x[:-10], [5, 95], axis=0))
     for k in range(11, 16):
         np.testing.assert_allclose(ch[k - 1], ch[9] * np.sqrt(k / 10))
@@ -192,12 +193,12 @@ def test_random_walk_backfill_is_last_context_surface():
     assert bf.p50.shape == (days, *GRID)
     for d in range(days):
         np.testing.assert_array_equal(bf.p50[d], ds.surface[start - 1])
-    # interval: last surface + k * slope (both ends equal on a linear trend)
+    # interval: last surface * exp(k * slope) (both ends equal on an exponential trend), never below zero
     k = np.arange(1, days + 1)[:, None, None]
-    np.testing.assert_allclose(bf.p05, ds.surface[start - 1] + k * slopes, atol=1e-12)
-    np.testing.assert_allclose(bf.p95, ds.surface[start - 1] + k * slopes, atol=1e-12)
-    # on a linear trend the interval end is exactly the truth
-    np.testing.assert_allclose(bf.p95, bf.truth, atol=1e-12)
+    np.testing.assert_allclose(bf.p05, ds.surface[start - 1] * np.exp(k * slopes), rtol=1e-12)
+    np.testing.assert_allclose(bf.p95, ds.surface[start - 1] * np.exp(k * slopes), rtol=1e-12)
+    # on the trend the interval end is exactly the truth
+    np.testing.assert_allclose(bf.p95, bf.truth, rtol=1e-12)
     np.testing.assert_array_equal(bf.segment, np.arange(days) // 4)
     assert bf.passes == 3
 
@@ -482,6 +483,12 @@ def test_tables_6_2_6_3_and_deployment_on_hand_made_scores():
     t63 = evaluate.table_6_3(scores, ["vae", "econometric"], {"vae": 3}).set_index("model")
     assert t63.loc["vae", "RMSE"] == pytest.approx(0.11) and t63.loc["vae", "passes"] == 3
     assert t63.loc["truth", "co-integration (crisis)"] == 0.9
+    # a window in the training split is labelled in-sample wherever its score is shown
+    split_of = {"crisis": "train (in-sample)", "normal": "test"}
+    t63 = evaluate.table_6_3(scores, ["vae"], {}, split_of)
+    assert "co-integration (crisis, in-sample)" in t63.columns and "co-integration (normal)" in t63.columns
+    assert list(evaluate.table_6_2(scores, ["vae"], p, split_of)["metric"])[-2:] == [
+        "cointegration_crisis (in-sample)", "cointegration_normal"]
     dep = evaluate.deployment_checks(scores, "vae", p)
     marks = {c["criterion"]: c["mark"] for c in dep["checks"]}
     assert marks["overall_rmse"] == "pass" and marks["ci_violation"] == "near"     # 0.32 within 10% of 0.35

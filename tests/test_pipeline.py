@@ -50,14 +50,24 @@ def test_run_leaves_the_contract(run_dir):
             assert ph["val_kl"] >= 0 and "KL to the prior (validation)" in [c["criterion"] for c in ph["criteria"]["checks"]]
     if "09_evaluation" in names:
         roll = m["rolling"]
-        assert {"vae_o9", "vae_o5", "econometric", "random_walk", "vae_o9_cal", "econometric_cal"} <= set(roll)
+        methods = {"vae_o9", "vae_o5", "econometric", "random_walk", "har", "backbone"}
+        assert methods | {m + "_cal" for m in methods} <= set(roll)
         for k in ("pinball_p05", "pinball_mean", "interval_score", "coverage_p05", "coverage_p95"):
             assert roll["vae_o9"][k] is not None and roll["vae_o9_cal"][k] is not None
+        for meth in methods:                         # the calibration never moves the median
+            assert roll[meth + "_cal"]["rmse"] == roll[meth]["rmse"]
+            assert 0 <= roll[meth + "_cal"]["rv_outside_calibration"] <= 1
         assert roll["vae_o9"]["crps"] > 0 and roll["econometric"]["crps"] > 0 and roll["random_walk"]["crps"] is None
-        assert set(m["mcs"]) == {"pinball", "squared"} and set(m["mcs"]["pinball"]["methods"]) >= {"vae_o9", "econometric"}
-        assert len(m["calibration"]["vae_o9"]["shift"][0]) == 3 and m["calibration"]["vae_o9"]["windows"] >= 1
-        dm = m["dm_tests"]["rolling_by_day"]["vae_o9 vs econometric"]
-        assert abs(dm["dm"]) <= abs(dm["dm_raw"])    # the HLN correction shrinks the statistic
+        assert roll["har"]["crps"] > 0 and roll["backbone"]["crps"] > 0
+        assert set(m["mcs"]) == {"pinball", "squared"} and set(m["mcs"]["pinball"]["methods"]) >= methods
+        cal = m["calibration"]["vae_o9"]
+        assert cal["windows"] >= 1 and cal["lead_bins"] == [1, 6, 13] and len(cal["lower"][0]) == 5
+        dm = m["dm_tests"]["rolling_by_day"]
+        assert set(dm) >= {f"vae_o9 vs {b}" for b in ("econometric", "random_walk", "har", "backbone")}
+        assert not any(k.endswith("_cal") for k in dm)    # squared loss: the calibrated rows share their medians
+        # each calendar day once: the 2 rolling origins 21 days apart, 25 days each, cover 46 days (not 50)
+        assert dm["vae_o9 vs econometric"]["days"] == 46
+        assert m["windows_split"]["crisis"] == "train (in-sample)" and m["windows_split"]["out_of_sample"] == "test"
     keys = pipeline._current_keys(run_dir)          # every result section carries the key of the notebook(s) that wrote it
     assert m["writers"]["data"] == {"01_data_autocorrelation": keys["01_data_autocorrelation"]}
     if "05_phase4_ar_h90" in names:
@@ -137,8 +147,10 @@ def test_book_builds_with_glued_numbers(run_dir, tmp_path):
         assert f"{v:.1f}" in html
     assert f"{r['vae_o9']['interval_score']:.4f}" in html and f"{m['phases']['phase4']['val_kl']:.3g}" in html
     from backfill import report
-    p_text = report.fmt_p(m["dm_tests"]["rolling_by_day"]["vae_o9 vs econometric"]["p_value"])
+    p_text = report.fmt_p(m["dm_tests"]["rolling_by_day"]["vae_o9 vs har"]["p_value"])
     assert p_text.replace("<", "&lt;") in html and "p = 0" not in html
+    assert f"{r['har']['rmse']:.4f}" in html and f"{r['backbone']['rmse']:.4f}" in html
+    assert "out_of_sample (test split)" in html                     # the headline window is out of sample
     nb01 = (run_dir / "_build" / "html" / "notebooks" / "01_data_autocorrelation.html").read_text()
     assert "plotly-graph-div" in nb01 and "Plotly.newPlot" in nb01
     assert (run_dir / "_build" / "html" / "_static" / "plotly.min.js").exists()

@@ -4,7 +4,8 @@ Econometric (the seed's): per grid point IV_t = a + b RV_t + c r_t + u_t with u_
 realised vol (lambda 0.94, annualised) of the returns; fitted on the training split. Over a backfill it
 uses the realised returns and the last context residual; intervals from bootstrap paths whose AR(1)
 innovations are resampled by whole days (keeping the cross-grid correlation).
-Random walk: the last context surface, intervals from the training split's k-day changes.
+Random walk: the last context surface, intervals from the training split's k-day log changes (a vol stays
+positive, and a move is proportional to the level, as vol moves are).
 
 The strong baselines see what the VAE sees (the returns of every backfilled day and the context surface):
   har       per grid point, ridge regression of log vol on log EWMA realised vol at several half-lives, the
@@ -75,11 +76,11 @@ def econometric_backfill(model: Econometric, ds, start: int, days: int, n_paths:
 
 
 def fit_random_walk(surface, span, max_k: int, min_pairs: int = 20) -> np.ndarray:
-    """(max_k, 2, G): 5th and 95th percentiles of k-day changes x_{t+k} - x_t on the training split. A split too
+    """(max_k, 2, G): 5th and 95th percentiles of k-day log changes log x_{t+k} - log x_t on the training split. A split too
     short for long k (fewer than `min_pairs` pairs) carries the last estimable k forward, widened by sqrt(k / k0)
     (a random walk's changes grow with the square root of the lead)."""
     a, b = span
-    x = np.asarray(surface[a:b], float).reshape(b - a, -1)
+    x = np.log(np.asarray(surface[a:b], float).reshape(b - a, -1))
     if len(x) < 2:
         raise ValueError(f"random walk: the training split ({len(x)} days) has no day-to-day change")
     k0 = max(1, min(max_k, len(x) - min_pairs))
@@ -94,7 +95,7 @@ def fit_random_walk(surface, span, max_k: int, min_pairs: int = 20) -> np.ndarra
 
 def random_walk_backfill(changes: np.ndarray, ds, start: int, days: int, segment_len: int = 90,
                          name: str = "") -> Backfill:
-    """The last context surface for every day; intervals from the k-day change quantiles."""
+    """The last context surface for every day; intervals from the k-day log-change quantiles."""
     if start < 1:
         raise ValueError(f"backfill start {start} has no context day before it")
     known = min(days, ds.n_days - start)
@@ -102,7 +103,7 @@ def random_walk_backfill(changes: np.ndarray, ds, start: int, days: int, segment
         raise ValueError(f"random-walk intervals fitted to {len(changes)} days, backfill needs {days}")
     last = ds.surface[start - 1].reshape(-1)
     point = np.broadcast_to(last, (known, last.size)).copy()
-    lo, hi = point + changes[:known, 0], point + changes[:known, 1]
+    lo, hi = point * np.exp(changes[:known, 0]), point * np.exp(changes[:known, 1])
     return _as_backfill(ds, start, days, known, point, None, segment_len, name, "random_walk", lo, hi)
 
 

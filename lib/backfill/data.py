@@ -359,6 +359,10 @@ def load_for(p: dict) -> Dataset:
             raise DataError(f"{key}: the {'training' if name == 'train' else 'validation'} split has {n} days, fewer "
                             f"than the longest training window ({need} days)")
     C, days = p["model"]["context_len"], p["generation"]["days_1year"]
+    a, b = sp["test"]
+    if b - max(a, C) < days:
+        raise DataError(f"data.test: the test split ({_label(ds, a)}..{_label(ds, b - 1)}) has {b - a} days, fewer than "
+                        f"one {days}-day backfill (generation.days_1year)")
     in_test = []
     for name, when in p["generation"]["windows"].items():
         if ds.dates is None and not isinstance(when, int):

@@ -250,13 +250,20 @@ def headline(scores: dict, method: str, crisis: str = "crisis", normal: str = "n
     return out
 
 
-def table_6_2(scores: dict, methods: list[str], p: dict) -> pd.DataFrame:
+def _in_sample(split_of: dict | None, window: str) -> bool:
+    """Whether a named window starts in the training split."""
+    return bool(split_of) and split_of.get(window, "").startswith("train")
+
+
+def table_6_2(scores: dict, methods: list[str], p: dict, split_of: dict | None = None) -> pd.DataFrame:
     """The seed's deployment table: each metric's target / stretch / red flag, and every method's value
-    with its grade in words (stretch, target, between target and red flag, red flag)."""
+    with its grade in words (stretch, target, between target and red flag, red flag). With `split_of`
+    ({window: split}), a co-integration metric read on a window in the training split says it is in-sample."""
     heads = {m: headline(scores, m) for m in methods}
     rows = []
     for name, row in p["evaluation"]["table_6_2"].items():
-        r = {"metric": name, "target": f"{row[0]} {row[1]:g}", "stretch": f"{row[0]} {row[2]:g}",
+        label = name + (" (in-sample)" if name.startswith("cointegration_") and _in_sample(split_of, name[14:]) else "")
+        r = {"metric": label, "target": f"{row[0]} {row[1]:g}", "stretch": f"{row[0]} {row[2]:g}",
              "red flag": f"{'>' if row[0] == '<' else '<'} {row[3]:g}"}
         for m in methods:
             v = heads[m].get(name)
@@ -265,20 +272,20 @@ def table_6_2(scores: dict, methods: list[str], p: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def table_6_3(scores: dict, methods: list[str], passes: dict) -> pd.DataFrame:
-    """The seed's comparison table: RMSE, CI violations, co-integration (crisis / normal), passes."""
+def table_6_3(scores: dict, methods: list[str], passes: dict, split_of: dict | None = None) -> pd.DataFrame:
+    """The seed's comparison table: RMSE, CI violations, co-integration (crisis / normal), passes; with `split_of`
+    a co-integration column read on a window in the training split says it is in-sample."""
+    cc, cn = (f"co-integration ({w}{', in-sample' if _in_sample(split_of, w) else ''})" for w in ("crisis", "normal"))
     rows = []
     for m in methods:
         h = headline(scores, m)
         src = rolling_summary(scores).get(m, {})
         rows.append({"model": m, "RMSE": h["overall_rmse"], "CI violations": h["ci_violation"],
                      "CI violations (sampling spread)": src.get("ci_violation_sampling_spread"),
-                     "co-integration (crisis)": h["cointegration_crisis"],
-                     "co-integration (normal)": h["cointegration_normal"], "passes": passes.get(m, "-")})
+                     cc: h["cointegration_crisis"], cn: h["cointegration_normal"], "passes": passes.get(m, "-")})
     truth = {"model": "truth", "RMSE": None, "CI violations": None, "CI violations (sampling spread)": None,
-             "co-integration (crisis)": scores.get("crisis", {}).get("truth", {}).get("cointegration_share"),
-             "co-integration (normal)": scores.get("normal", {}).get("truth", {}).get("cointegration_share"),
-             "passes": "-"}
+             cc: scores.get("crisis", {}).get("truth", {}).get("cointegration_share"),
+             cn: scores.get("normal", {}).get("truth", {}).get("cointegration_share"), "passes": "-"}
     return pd.DataFrame(rows + [truth])
 
 
