@@ -533,15 +533,17 @@ def test_calibrate_adds_conformal_rows_fitted_on_validation_windows_only():
     sc = evaluate.score(run, out, cals)["rolling_0"]
     assert sc["vae_o90_cal"]["rmse"] == sc["vae_o90"]["rmse"]
     assert sc["vae_o90_cal"]["rv_outside_calibration"] is not None and "rv_outside_calibration" not in sc["vae_o90"]
-    # a repaired method's calibrated tails are repaired again (a per-row stretch can add calendar arbitrage)
+    # a repaired method's calibrated tails are repaired again: stretching each point's own half-width can add
+    # calendar arbitrage where the 3-month band is wider than the 1-year one
     mats, mons = np.array([0.25, 1.0]), np.array([0.9, 1.0, 1.1])
     smile = np.array([[0.22, 0.2, 0.21], [0.21, 0.2, 0.205]])
     base = np.broadcast_to(smile, (40, 2, 3)).copy()
-    bad_truth = base.copy()
-    bad_truth[:, 0, :] += 0.3                                                # the 3-month row far above: calendar
-    calib = {f"calib_{i}": {"vae_o90": dataclasses.replace(_bf(f"c{i}", i, base, bad_truth), arbitrage_raw=0.0)}
-             for i in range(4)}
-    test = {"rolling_0": {"vae_o90": dataclasses.replace(_bf("t", 500, base, base), arbitrage_raw=0.0)}}
+    wide = base + np.array([0.1, 0.01])[None, :, None]                       # p95: 3-month half-width 0.1, 1-year 0.01
+
+    def bf(name, start, truth):
+        return dataclasses.replace(_bf(name, start, base, truth), p95=wide, arbitrage_raw=0.0)
+    calib = {f"calib_{i}": {"vae_o90": bf(f"c{i}", i, base + 0.5)} for i in range(4)}   # truth far above: stretch
+    test = {"rolling_0": {"vae_o90": bf("t", 500, base)}}
     shifted, _ = evaluate.calibrate(calib, test)
     assert metrics.arbitrage_share(shifted["rolling_0"]["vae_o90_cal"].p95, mats, mons)["any"] == 1.0
     fixed, _ = evaluate.calibrate(calib, test, (mats, mons))

@@ -265,7 +265,7 @@ def test_conformal_restores_coverage_per_lead_bin_when_volatility_shifts():
     calib = _backfills(rng, 12, 60, vol=0.03)
     test = _backfills(rng, 40, 60, vol=0.01)
     cal = conformal.fit(calib, BINS)
-    assert cal.empty() == [] and cal.n.shape == (3, GRID[0]) and cal.n[0, 0] == 12 * 10 * GRID[1]
+    assert cal.empty() == [] and cal.n.shape == (3,) and cal.n[0] == 12 * 10 * GRID[0] * GRID[1]
     raw = _coverage_by_bin(test, lambda q, lead: q)
     new = _coverage_by_bin(test, lambda q, lead: conformal.apply(cal, q, lead))
     for j in range(len(BINS)):
@@ -303,18 +303,18 @@ def test_conformal_never_moves_the_median_and_keeps_the_tails_outside_it():
 
 
 def test_conformal_order_statistics_hand_case():
-    # one window, one maturity row of one point, half-widths 1 (q05 = -1, q50 = 0, q95 = 1), 39 days in bin 0
+    # one window, one grid point, half-widths 1 (q05 = -1, q50 = 0, q95 = 1), 39 days in bin 0
     # lower scores r = y - q05 = y + 1; upper r = y - q95 = y - 1. n = 39: ranks floor(40 * .05) = 2, ceil(40 * .95) = 38
     y = np.random.default_rng(0).permutation(np.arange(1.0, 40.0))
     q = np.stack([np.full((39, 1, 1), -1.0), np.zeros((39, 1, 1)), np.ones((39, 1, 1))])
     cal = conformal.fit([(q, y[:, None, None], np.ones(39, int))], lead_bins=(1,))
-    assert cal.lower[0, 0] == pytest.approx(2.0 + 1) and cal.upper[0, 0] == pytest.approx(38.0 - 1)
+    assert cal.lower[0] == pytest.approx(2.0 + 1) and cal.upper[0] == pytest.approx(38.0 - 1)
     out = conformal.apply(cal, q[:, :2], np.array([1, 5]))
     # q95 + s * r = 38; q05 + s * r = 2 would cross the median, so it stops there
     np.testing.assert_allclose(out[:, 0, 0, 0], [0.0, 0.0, 1 + 37.0])
     # n = 18: (n + 1) 0.05 < 1, no 5% order statistic: the bin is empty
     cal18 = conformal.fit([(q, y[:, None, None], np.r_[np.ones(18, int), np.full(21, 11)])], lead_bins=(1, 11))
-    assert np.isnan(cal18.lower[0, 0]) and cal18.empty() == ["1-10 days"]
+    assert np.isnan(cal18.lower[0]) and cal18.empty() == ["1-10 days"]
     assert conformal.lower_rank(19) == 1 and conformal.upper_rank(19) == 19
 
 
@@ -325,12 +325,11 @@ def test_conformal_matches_crepes_normalised_mondrian_predictive_system():
     cal = conformal.fit(calib, BINS)
     q, _, lead = _backfills(rng, 1, 40, vol=0.01)[0]
     ours = conformal.apply(cal, q, lead)
-    # crepes: residuals y - p50, sigmas the tail's half-width, Mondrian categories (lead bin, maturity row)
+    # crepes: residuals y - p50, sigmas the tail's half-width, Mondrian categories: the lead bin
     def flat(a):
         return a.reshape(-1)
     def cats(ld, days):
-        return flat(conformal.lead_bin(ld, BINS)[:, None, None] * 100 + np.arange(GRID[0])[None, :, None]
-                    + np.zeros((days, *GRID), int))
+        return flat(conformal.lead_bin(ld, BINS)[:, None, None] + np.zeros((days, *GRID), int))
     res = np.concatenate([flat(y - qq[1]) for qq, y, _ in calib])
     bins = np.concatenate([cats(ll, len(y)) for _, y, ll in calib])
     for tail, pct in ((0, {"lower_percentiles": 5}), (2, {"higher_percentiles": 95})):
@@ -349,14 +348,14 @@ def test_conformal_short_validation_span_fills_the_bins_it_reaches():
         q, y, lead = _backfills(rng, 1, 60, vol=0.02)[0]
         calib.append((q, y[:k], lead))
     cal = conformal.fit(calib, BINS)
-    assert cal.n[2].sum() == 0 and cal.n[0, 0] == (6 * 10 + 5) * GRID[1]      # leads 1-10: six windows reach 10, one 5
+    assert cal.n[2] == 0 and cal.n[0] == (6 * 10 + 5) * GRID[0] * GRID[1]   # leads 1-10: six windows reach 10, one 5
     assert cal.empty() == ["31+ days"]
     assert cal.to_dict()["empty_bins"] == ["31+ days"]
     q, _, lead = _backfills(rng, 1, 60, vol=0.02)[0]
     out = conformal.apply(cal, q, lead)
     far = lead >= 31
     s_hi = q[2] - q[1]
-    np.testing.assert_allclose(out[2, far], (q[2] + s_hi * cal.upper[1][None, :, None])[far])
+    np.testing.assert_allclose(out[2, far], (q[2] + s_hi * cal.upper[1])[far])
 
 
 def test_conformal_json_round_trip_and_rv_range():
@@ -387,9 +386,9 @@ def test_conformal_errors():
     with pytest.raises(ValueError, match="lead bins"):
         conformal.fit([(q, y, lead)], lead_bins=(2, 10))
     with pytest.raises(ValueError, match="19 scores"):
-        conformal.fit([(q[:, :4], y[:4], lead[:4])])        # 4 days x 2 points per row: no order statistic anywhere
+        conformal.fit([(q[:, :4], y[:4], lead[:4])])        # 4 days x 4 points: no order statistic anywhere
     with pytest.raises(ValueError, match="leads must be"):
         conformal.lead_bin(np.array([0, 1]))
     cal = conformal.fit([(q, y, lead)], lead_bins=(1,))
     with pytest.raises(ValueError, match="do not match"):
-        conformal.apply(cal, np.zeros((3, 5, 3, 2)), np.arange(1, 6))
+        conformal.apply(cal, np.zeros((3, 5, 3, 2)), np.arange(1, 5))

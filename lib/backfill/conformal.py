@@ -7,16 +7,17 @@ validation-split origins (whose truth is known), how far the truth falls beyond 
     lower tail  r = (y - q05) / s_lo,  s_lo = q50 - q05   (the method's own lower half-width)
     upper tail  r = (y - q95) / s_hi,  s_hi = q95 - q50
 
-Scores are pooled over the grid points of one maturity row and the days of one lead-time bin (days since the
-anchor, the last context day: 1-10, 11-30, 31-90, 91+ by default), the Mondrian categories. With n scores in a
-bin, the calibrated quantiles are q05 + s_lo * r_(k) with k = floor((n + 1) 0.05) and q95 + s_hi * r_(k') with
+Scores are pooled over the whole grid and the days of one lead-time bin (days since the anchor, the last context
+day: 1-10, 11-30, 31-90, 91+ by default), the Mondrian categories: normalised scores are comparable across grid
+points, and a bin per maturity row (also tried) fits each row's quirks of the validation span and carries them
+into the test. With n scores in a bin, the calibrated quantiles are q05 + s_lo * r_(k) with k = floor((n + 1) 0.05) and q95 + s_hi * r_(k') with
 k' = ceil((n + 1) 0.95) (order statistics, 1-based): the split-conformal guarantee per tail (a new exchangeable
 point falls below the calibrated q05 with probability <= 5%, above q95 with <= 5%), in scale-free units so that
 a shift learned in a volatile period widens a calm period's interval by the same *share* of its half-width,
 not by the same number of vol points. The median is never moved: calibrated RMSE is raw RMSE.
 
 A bin with fewer than 19 scores (where (n + 1) 0.05 < 1) has no order statistic: it is empty, and its days take
-the nearest non-empty lead bin of the same maturity row; `Calibration.empty` names such bins. Where the
+the nearest non-empty lead bin; `Calibration.empty` names such bins. Where the
 validation span is shorter than a backfill, origins score only the leads they reach, so the short-lead bins
 fill first.
 
@@ -42,22 +43,22 @@ MIN_SCALE = 1e-4                 # vol: floor on a half-width used as a scale
 
 @dataclass(eq=False)
 class Calibration:
-    """Per lead bin and maturity row, the normalised score quantile of each tail, and what they rest on."""
+    """Per lead bin, the normalised score quantile of each tail, and what they rest on."""
     lead_bins: tuple                 # (n_bins,) lower edges of the lead-time bins, increasing, first 1
-    lower: np.ndarray                # (n_bins, n_mat) r_(k) of the lower tail, NaN where the bin is empty
-    upper: np.ndarray                # (n_bins, n_mat) r_(k') of the upper tail, NaN where empty
-    n: np.ndarray                    # (n_bins, n_mat) scores per bin
+    lower: np.ndarray                # (n_bins,) r_(k) of the lower tail, NaN where the bin is empty
+    upper: np.ndarray                # (n_bins,) r_(k') of the upper tail, NaN where empty
+    n: np.ndarray                    # (n_bins,) scores per bin (days x grid points)
     rv_range: tuple                  # (min, max) realised vol over the calibration days (None if not given)
     windows: int = 0                 # calibration backfills
 
     def empty(self) -> list[str]:
-        """The lead bins (as 'a-b days') with no usable order statistic in some maturity row."""
+        """The lead bins (as 'a-b days') with no usable order statistic."""
         return [bin_label(self.lead_bins, j) for j in range(len(self.lead_bins))
-                if np.isnan(self.lower[j]).any() or np.isnan(self.upper[j]).any()]
+                if not (np.isfinite(self.lower[j]) and np.isfinite(self.upper[j]))]
 
     def to_dict(self) -> dict:
         """Plain lists, JSON-able (NaN as None)."""
-        f = lambda a: [[None if not np.isfinite(x) else float(x) for x in row] for row in np.asarray(a)]  # noqa: E731
+        f = lambda a: [None if not np.isfinite(x) else float(x) for x in np.asarray(a, float)]  # noqa: E731
         return {"lead_bins": [int(x) for x in self.lead_bins], "lower": f(self.lower), "upper": f(self.upper),
                 "n": np.asarray(self.n, int).tolist(), "windows": int(self.windows),
                 "rv_range": None if self.rv_range is None else [float(x) for x in self.rv_range],
@@ -65,7 +66,7 @@ class Calibration:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Calibration":
-        a = lambda x: np.array([[np.nan if v is None else v for v in row] for row in x], float)  # noqa: E731
+        a = lambda x: np.array([np.nan if v is None else v for v in x], float)  # noqa: E731
         return cls(lead_bins=tuple(int(x) for x in d["lead_bins"]), lower=a(d["lower"]), upper=a(d["upper"]),
                    n=np.asarray(d["n"], int), rv_range=None if d.get("rv_range") is None else tuple(d["rv_range"]),
                    windows=int(d.get("windows", 0)))
@@ -132,17 +133,15 @@ def fit(windows, lead_bins=LEAD_BINS, rv=None) -> Calibration:
     lo_s, hi_s, bins = np.concatenate(lo_s), np.concatenate(hi_s), np.concatenate(bins)   # (days, n_mat, n_mon)
     if len(bins) == 0:
         raise ValueError("conformal: no calibration day has known truth")
-    nb, n_mat = len(lead_bins), grid[0]
-    lower, upper, n = np.full((nb, n_mat), np.nan), np.full((nb, n_mat), np.nan), np.zeros((nb, n_mat), int)
+    nb = len(lead_bins)
+    lower, upper, n = np.full(nb, np.nan), np.full(nb, np.nan), np.zeros(nb, int)
     for j in range(nb):
-        sel = bins == j
-        for m in range(n_mat):
-            a, b = np.sort(lo_s[sel, m].ravel()), np.sort(hi_s[sel, m].ravel())
-            n[j, m] = k = len(a)
-            if lower_rank(k) >= 1:
-                lower[j, m] = a[lower_rank(k) - 1]
-            if upper_rank(k) <= k:
-                upper[j, m] = b[upper_rank(k) - 1]
+        a, b = np.sort(lo_s[bins == j].ravel()), np.sort(hi_s[bins == j].ravel())
+        n[j] = k = len(a)
+        if lower_rank(k) >= 1:
+            lower[j] = a[lower_rank(k) - 1]
+        if upper_rank(k) <= k:
+            upper[j] = b[upper_rank(k) - 1]
     if np.isnan(lower).all():
         raise ValueError(f"conformal: no lead bin has the 19 scores a 5% order statistic needs ({n.sum()} in all)")
     rv_range = None
@@ -153,14 +152,11 @@ def fit(windows, lead_bins=LEAD_BINS, rv=None) -> Calibration:
 
 
 def _filled(table: np.ndarray) -> np.ndarray:
-    """Each empty (NaN) lead bin takes the nearest non-empty bin of its maturity row (ties: the shorter lead)."""
+    """Each empty (NaN) lead bin takes the nearest non-empty bin (ties: the shorter lead)."""
+    ok = np.flatnonzero(np.isfinite(table))
     out = table.copy()
-    for m in range(table.shape[1]):
-        ok = np.flatnonzero(np.isfinite(table[:, m]))
-        if ok.size == 0:
-            raise ValueError(f"conformal: maturity row {m} has no calibrated lead bin")
-        for j in np.flatnonzero(~np.isfinite(table[:, m])):
-            out[j, m] = table[ok[np.abs(ok - j).argmin()], m]
+    for j in np.flatnonzero(~np.isfinite(table)):
+        out[j] = table[ok[np.abs(ok - j).argmin()]]
     return out
 
 
@@ -169,11 +165,10 @@ def apply(cal: Calibration, quantiles, lead) -> np.ndarray:
     times the day's own half-width; the tails never cross the median."""
     q = np.asarray(quantiles, float)
     lead = np.asarray(lead)
-    if q.ndim != 4 or q.shape[0] != 3 or q.shape[2] != cal.lower.shape[1] or lead.shape != (q.shape[1],):
-        raise ValueError(f"conformal: quantiles {q.shape} / lead {lead.shape} do not match the calibration "
-                         f"(3 levels, {cal.lower.shape[1]} maturity rows)")
+    if q.ndim != 4 or q.shape[0] != 3 or lead.shape != (q.shape[1],):
+        raise ValueError(f"conformal: quantiles {q.shape} / lead {lead.shape} do not match (3 levels, one lead per day)")
     b = lead_bin(lead, cal.lead_bins)                                   # (days,)
-    lo_r, hi_r = _filled(cal.lower)[b][..., None], _filled(cal.upper)[b][..., None]   # (days, n_mat, 1)
+    lo_r, hi_r = _filled(cal.lower)[b][:, None, None], _filled(cal.upper)[b][:, None, None]   # (days, 1, 1)
     lo, mid, hi = q
     s_lo, s_hi = np.maximum(mid - lo, MIN_SCALE), np.maximum(hi - mid, MIN_SCALE)
     return np.stack([np.minimum(lo + s_lo * lo_r, mid), mid, np.maximum(hi + s_hi * hi_r, mid)])

@@ -335,19 +335,18 @@ def coverage_frame(scores: dict, methods: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def calibration_table(cals: dict, maturities) -> pd.DataFrame:
-    """What each method's calibration could fit: per method and lead bin, the scores behind it, the normalised
-    score quantiles of each tail (min..max over maturity rows; negative lower / positive upper: the tail widens)
-    and the maturity rows left empty (they borrow the nearest filled lead bin)."""
+def calibration_table(cals: dict) -> pd.DataFrame:
+    """What each method's calibration could fit: per method and lead bin, the scores behind it (validation days x
+    grid points) and the normalised score quantile of each tail (in units of the method's own half-width: a lower
+    tail score below 0 or an upper tail score above 0 widens the band); an empty bin borrows the nearest filled one."""
     rows = []
     for m, c in cals.items():
         for j in range(len(c.lead_bins)):
-            lo, hi = c.lower[j], c.upper[j]
-            empty = [f"{maturities[i]:g}y" for i in range(len(lo)) if not (np.isfinite(lo[i]) and np.isfinite(hi[i]))]
-            rng = lambda a: "-" if not np.isfinite(a).any() else f"{np.nanmin(a):+.2f} .. {np.nanmax(a):+.2f}"  # noqa: E731
-            rows.append({"method": m, "lead": conformal.bin_label(c.lead_bins, j), "scores": int(c.n[j].sum()),
-                         "lower tail score": rng(lo), "upper tail score": rng(hi),
-                         "empty maturity rows": ", ".join(empty) or "none"})
+            empty = not (np.isfinite(c.lower[j]) and np.isfinite(c.upper[j]))
+            rows.append({"method": m, "lead": conformal.bin_label(c.lead_bins, j), "scores": int(c.n[j]),
+                         "lower tail score": None if empty else float(c.lower[j]),
+                         "upper tail score": None if empty else float(c.upper[j]),
+                         "filled": "no: takes the nearest filled bin" if empty else "yes"})
     return pd.DataFrame(rows)
 
 
