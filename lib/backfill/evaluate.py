@@ -16,7 +16,6 @@ SCALARS = ("rmse", "ci_violation", "ci_violation_sampling_spread", "cointegratio
            "pinball_p05", "pinball_p50", "pinball_p95", "pinball_mean", "interval_score", "crps",
            "rv_outside_calibration")
 CAL = "_cal"          # suffix of a method's conformally calibrated row
-BASELINES = ("econometric", "random_walk", "har", "backbone")
 
 
 def fit_baselines(run, model, days: int) -> dict:
@@ -119,8 +118,8 @@ def lead(b) -> np.ndarray:
 
 
 def calibrate(calib: dict, test: dict, grid=None, rv=None, lead_bins=conformal.LEAD_BINS) -> tuple[dict, dict]:
-    """Conformal calibration per method (`conformal`: normalised signed per-tail scores, Mondrian by lead time and
-    maturity row), fitted on the backfills of validation-split origins `calib` ({window: {method: Backfill}}, each
+    """Conformal calibration per method (`conformal`: signed per-tail scores normalised by the method's own
+    half-width, pooled over the grid, Mondrian by lead time), fitted on the backfills of validation-split origins `calib` ({window: {method: Backfill}}, each
     scored on the days whose truth it has) and applied to every test window. The median is never moved. A method
     whose raw surfaces were projected onto the arbitrage-free set (`arbitrage_raw` set) has its calibrated tails
     projected again, given `grid` = (maturities, moneyness). `rv` (N,) realised vol records the calibration days'
