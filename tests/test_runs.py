@@ -162,3 +162,25 @@ def test_a_kernel_that_dies_before_it_starts_is_started_again(monkeypatch, tmp_p
     with pytest.raises(RuntimeError, match="something else"):
         pipeline.execute_notebook(ROOT / "notebooks" / "01_data_autocorrelation.ipynb", tmp_path / "out.ipynb", {})
     assert calls == [1]
+
+
+def test_a_run_directory_over_the_sources_is_refused(tmp_path):
+    """The repository root, notebooks/ or a folder above it as run directory would have the executed copies
+    overwrite the source notebooks (and a failure move them to notebooks/stale/)."""
+    for rd in (ROOT, ROOT / "notebooks", ROOT.parent, ROOT / "runs" / ".." / "notebooks" / "."):
+        with pytest.raises(rundir.RunDirError, match="is or contains the repository's notebooks/"):
+            rundir.make_run_dir(rd)
+    assert not (ROOT / "notebooks" / "notebooks").exists()
+    assert rundir.make_run_dir(tmp_path / "a" / "b") == (tmp_path / "a" / "b").resolve()
+    assert (tmp_path / "a" / "b" / "notebooks").is_dir()
+
+
+def test_a_run_directory_that_is_a_file_or_under_one_is_a_one_line_error(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    for rd, msg in ((f, "is a file, not a directory"), (f / "sub", "cannot create run directory")):
+        res = subprocess.run([sys.executable, "-m", "backfill", "run", ROOT / "params" / "test.yaml", "--run-dir", rd,
+                              "--only", "01"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        err = res.stderr.strip()
+        assert res.returncode == 2 and "\n" not in err and msg in err and str(rd) in err, res.stderr
+    assert f.read_text() == "x"

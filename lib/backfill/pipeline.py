@@ -20,7 +20,8 @@ import yaml
 from . import data as _data
 from . import params as _params
 from .rundir import (BY_HAND, ROOT, atomic_write_text, code_fingerprint, default_run_dir, forget_writer, locked,
-                     params_hash, read_metrics, record_params, run_state, set_status, stale_sections, update_metrics)
+                     make_run_dir, params_hash, read_metrics, record_params, run_state, set_status, stale_sections,
+                     update_metrics)
 
 NOTEBOOKS = ["01_data_autocorrelation", "02_phase1_teacher_forcing", "03_phase2_multihorizon",
              "04_phase3_ar_h60", "05_phase4_ar_h90", "06_gates", "07_generate_6month",
@@ -75,8 +76,7 @@ def run(params_path, start=None, only=None, force=False, run_dir=None, overrides
     p = _params.load(params_path, overrides)   # bad params or --set fail here, before anything is written
     os.environ["BACKFILL_BATCH"] = "1"     # inherited by the kernels papermill starts
     ds = _data.load_for(p)                 # so does bad data
-    run_dir = Path(run_dir).resolve() if run_dir else default_run_dir(p)
-    (run_dir / "notebooks").mkdir(parents=True, exist_ok=True)
+    run_dir = make_run_dir(run_dir or default_run_dir(p))   # not the sources' folder, not a file
     with locked(run_dir):
         return _run_locked(p, ds, params_path, run_dir, start, only, force, overrides, log, on_notebook)
 

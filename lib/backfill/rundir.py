@@ -203,6 +203,28 @@ def default_run_dir(p: dict) -> Path:
     return ROOT / "runs" / p["profile"]
 
 
+class RunDirError(ValueError):
+    """A run directory that cannot be used; the message names it in one line."""
+
+
+def make_run_dir(run_dir, subs=("notebooks",)) -> Path:
+    """Create run_dir and its `subs`, refusing a directory that would overwrite the repository's sources (its root,
+    notebooks/ or any folder above it: executed copies go to <run_dir>/notebooks/, and a failure sets them aside
+    to notebooks/stale/), a file, and a path that cannot be created (under a file, read-only). Returns it resolved."""
+    run_dir, src = Path(run_dir).resolve(), (ROOT / "notebooks").resolve()
+    if run_dir == src or run_dir in src.parents:
+        raise RunDirError(f"run directory {run_dir} is or contains the repository's notebooks/ (the executed copies "
+                          f"would overwrite the sources); use runs/<profile> or another --run-dir")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"run directory {run_dir} is a file, not a directory")
+    try:
+        for sub in subs:
+            (run_dir / sub).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunDirError(f"cannot create run directory {run_dir}: {e.strerror or type(e).__name__}") from None
+    return run_dir
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -230,9 +252,7 @@ def open_run(params_path, run_dir=None) -> Run:
     run's own params.yaml (what `run` hands the notebooks), it keeps the recorded source and overrides."""
     p = _params.load(params_path)
     ds = _data.load_for(p)
-    run_dir = Path(run_dir) if run_dir else default_run_dir(p)
-    for sub in ("notebooks", "checkpoints", "logs", "backfill"):
-        (run_dir / sub).mkdir(parents=True, exist_ok=True)
+    run_dir = make_run_dir(run_dir or default_run_dir(p), ("notebooks", "checkpoints", "logs", "backfill"))
     prev = p.get("provenance") or {}
     record_params(run_dir, p, ds, prev.get("params_source") or Path(params_path).resolve(),
                   prev.get("overrides") or [])
