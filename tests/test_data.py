@@ -398,6 +398,29 @@ def test_truncated_default_cache_is_rebuilt(tmp_path, default_ds):
     _assert_same(ds, default_ds)
 
 
+def test_an_unwritable_cache_dir_is_one_line(tmp_path):
+    """A cache_dir under a regular file (or read-only) was a NotADirectoryError traceback; now one line naming the
+    cache, before the dataset is built."""
+    import os
+    import subprocess
+    import sys
+    (tmp_path / "file").write_text("x")
+    for cache in (tmp_path / "file", tmp_path / "file" / "sub"):
+        with pytest.raises(DataError) as ei:
+            data.load_default(cache_dir=cache, grid={"maturities": [0.5, 1.0], "moneyness": [0.9, 1.0, 1.1]})
+        msg = str(ei.value)
+        assert "\n" not in msg and "cannot write the default dataset's cache" in msg and str(cache) in msg, msg
+    res = subprocess.run([sys.executable, "-m", "backfill", "run", str(params.profile_path("test")), "--run-dir",
+                          str(tmp_path / "run"), "--set", f"data.cache_dir={tmp_path / 'file' / 'sub'}"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "data.cache_dir" in res.stderr, res.stderr
+    assert not (tmp_path / "run").exists()
+    if os.geteuid() != 0:                                        # root writes into a read-only directory
+        (tmp_path / "ro").mkdir(mode=0o555)
+        with pytest.raises(DataError, match="cannot write the default dataset's cache"):
+            data.load_default(cache_dir=tmp_path / "ro", grid={"maturities": [0.5, 1.0], "moneyness": [0.9, 1.0, 1.1]})
+
+
 # --- 6. inputs that used to fail late or unclearly ----------------------------------------------
 
 def test_random_bytes_are_not_an_npz(tmp_path):

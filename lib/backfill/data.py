@@ -8,6 +8,7 @@ market-calibrated default (`calibrated.make_default_arrays`, cached on disk).
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import zipfile
@@ -308,18 +309,32 @@ def load_default(cache_dir=None, grid=None) -> Dataset:
                 return ds
         except DataError:
             pass
+    try:                               # checked before the build: an unwritable cache is one line, not a traceback
         path.unlink(missing_ok=True)   # a broken or foreign cache is rebuilt, never trusted
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(path.parent, os.W_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+    except OSError as e:
+        raise _cache_error(path, e) from None
     arrays = calibrated.make_default_arrays(maturities=None if grid is None else mat,
                                             moneyness=None if grid is None else mon)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-    np.savez(tmp, surface=arrays["surface"], ret=arrays["ret"], dates=np.asarray(arrays["dates"], dtype="U10"),
-             maturities=arrays["maturities"], moneyness=arrays["moneyness"],
-             vix_corr=np.float64(arrays["vix_corr"]))
-    os.replace(tmp, path)
+    try:
+        np.savez(tmp, surface=arrays["surface"], ret=arrays["ret"], dates=np.asarray(arrays["dates"], dtype="U10"),
+                 maturities=arrays["maturities"], moneyness=arrays["moneyness"],
+                 vix_corr=np.float64(arrays["vix_corr"]))
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise _cache_error(path, e) from None
     return Dataset(arrays["surface"], arrays["ret"], _parse_dates(arrays["dates"], "default"),
                    np.asarray(arrays["maturities"], float), np.asarray(arrays["moneyness"], float),
                    source="default (market-calibrated)")
+
+
+def _cache_error(path: Path, e: OSError) -> DataError:
+    return DataError(f"cannot write the default dataset's cache {path} ({e.strerror or type(e).__name__}); set "
+                     f"data.cache_dir (or BACKFILL_CACHE) to a writable directory")
 
 
 def load(source: str, returns_path=None, cache_dir=None, min_len: int = 1, grid=None) -> Dataset:
