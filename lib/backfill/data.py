@@ -254,10 +254,48 @@ def load_long(path, returns_path) -> Dataset:
     mat = np.array(sorted(df["maturity"].unique()), float)
     mon = np.array(sorted(df["moneyness"].unique()), float)
     cube = cube.reindex(columns=pd.MultiIndex.from_product([mat, mon]))
+    _check_long_grid(df, cube.index, mat, mon, path)
+    lacking = cube.index[~cube.index.isin(rets["date"])]
+    if len(lacking):               # NaN after the reindex below, which would read as bad values of the surface file
+        raise DataError(f"returns table {returns_path} has no return for {len(lacking)} surface dates (first "
+                        f"{_day(lacking[0])})")
     r = rets.set_index("date")["return"].reindex(cube.index)
+    bad = ~np.isfinite(r.to_numpy(float))
+    if bad.any():
+        raise DataError(f"returns table {returns_path} has {int(bad.sum())} NaN/inf returns (first on "
+                        f"{_day(r.index[bad][0])})")
     surface = cube.to_numpy(float).reshape(len(cube), len(mat), len(mon))
     dates = _parse_dates(cube.index.astype(str).to_numpy(), path)
     return Dataset(surface, r.to_numpy(float), dates, mat, mon, source=str(path))
+
+
+def _day(d) -> str:
+    """A date of a long table as YYYY-MM-DD (CSV gives strings, parquet timestamps)."""
+    import pandas as pd
+    try:
+        return pd.Timestamp(d).strftime("%Y-%m-%d")
+    except (TypeError, ValueError):
+        return str(d)
+
+
+def _check_long_grid(df, dates, mat, mon, path) -> None:
+    """Every date of a long table needs a row for every (maturity, moneyness) pair of its grid: a pair that no date
+    has is a grid that is not rectangular, a pair that some date lacks is a missing row (both would otherwise read
+    as NaN vols). dates: the sorted dates, mat (n_mat,), mon (n_mon,)."""
+    import pandas as pd
+    rows = df.assign(n=1).pivot_table(index="date", columns=["maturity", "moneyness"], values="n", aggfunc="sum")
+    rows = rows.reindex(index=dates, columns=pd.MultiIndex.from_product([mat, mon])).fillna(0)
+    have = rows.to_numpy() > 0                                     # (n_dates, n_mat * n_mon)
+    never = ~have.any(axis=0)
+    if never.any():
+        m, k = rows.columns[int(np.argmax(never))]
+        raise DataError(f"{path}: the grid is not rectangular: no date has a row for maturity {m:g}, moneyness {k:g} "
+                        f"({int(never.sum())} of the {len(mat)}x{len(mon)} maturity x moneyness pairs are missing)")
+    if not have.all():
+        d, c = np.argwhere(~have)[0]
+        m, k = rows.columns[c]
+        raise DataError(f"{path} has no row for date {_day(dates[d])}, maturity {m:g}, moneyness {k:g} "
+                        f"({int((~have).sum())} rows missing on {int((~have).any(axis=1).sum())} of {len(dates)} dates)")
 
 
 def default_cache_dir(cache_dir=None) -> Path:
