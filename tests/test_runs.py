@@ -184,3 +184,41 @@ def test_a_run_directory_that_is_a_file_or_under_one_is_a_one_line_error(tmp_pat
         err = res.stderr.strip()
         assert res.returncode == 2 and "\n" not in err and msg in err and str(rd) in err, res.stderr
     assert f.read_text() == "x"
+
+
+def test_ctrl_c_during_a_notebook_leaves_an_interrupted_run_that_resumes(tmp_path):
+    """SIGINT (Ctrl-C) while notebook 02 trains: exit 130 with one line, the run and the notebook read `interrupted`
+    (not failed: no .failed copy, no temp copy), `book` says how to resume, and the same command finishes it."""
+    import signal
+    import time
+    rd = tmp_path / "run"
+    args = [sys.executable, "-m", "backfill", "run", ROOT / "params" / "test.yaml", "--run-dir", rd, "--only", "02",
+            "--set", "seed=1"]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
+    while time.time() - t0 < 60 and proc.poll() is None:
+        time.sleep(0.2)
+        try:
+            if json.loads((rd / "metrics.json").read_text())["status"]["02_phase1_teacher_forcing"]["state"] == "running":
+                break
+        except (OSError, ValueError, KeyError):
+            pass
+    time.sleep(3)                                                 # inside the notebook: its kernel runs cells
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out + err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == (
+        "backfill: interrupted; run the same command again to resume (finished notebooks and checkpoints are kept)")
+    assert "02_phase1_teacher_forcing: interrupted" in out
+    m = json.loads((rd / "metrics.json").read_text())
+    assert m["run_state"] == "interrupted" and m["status"]["02_phase1_teacher_forcing"]["state"] == "interrupted"
+    assert rundir.run_state(rd) == "interrupted"
+    assert sorted(p.name for p in (rd / "notebooks").iterdir()) == []    # no .failed copy, no .running temp file
+    with pytest.raises(SystemExit) as ei:
+        pipeline.build_book(rd)
+    msg = str(ei.value)
+    assert "is interrupted; re-run it to resume" in msg and "\n" not in msg
+    assert msg.endswith(f"python -m backfill run params/test.yaml --run-dir {rd.resolve()} --set seed=1")
+    res = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and json.loads((rd / "metrics.json").read_text())["status"][
+        "02_phase1_teacher_forcing"]["state"] == "ok", res.stdout + res.stderr

@@ -66,6 +66,10 @@ def main(argv=None) -> int:
     except (ParamsError, DataError, CompareError, RunDirError, RunLocked, SweepError) as e:
         print(f"backfill: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:          # Ctrl-C: one line, not a traceback; a run reads `interrupted`
+        print("backfill: interrupted" + ("; run the same command again to resume (finished notebooks and "
+                                         "checkpoints are kept)" if a.cmd == "run" else ""), file=sys.stderr)
+        return 130
     return 1
 
 

@@ -78,7 +78,11 @@ def run(params_path, start=None, only=None, force=False, run_dir=None, overrides
     ds = _data.load_for(p)                 # so does bad data
     run_dir = make_run_dir(run_dir or default_run_dir(p))   # not the sources' folder, not a file
     with locked(run_dir):
-        return _run_locked(p, ds, params_path, run_dir, start, only, force, overrides, log, on_notebook)
+        try:
+            return _run_locked(p, ds, params_path, run_dir, start, only, force, overrides, log, on_notebook)
+        except KeyboardInterrupt:          # Ctrl-C: interrupted, not failed; the same command resumes the run
+            update_metrics(run_dir, run_state="interrupted")
+            raise
 
 
 def _run_locked(p, ds, params_path, run_dir, start, only, force, overrides, log, on_notebook=None) -> int:
@@ -114,9 +118,15 @@ def _run_locked(p, ds, params_path, run_dir, start, only, force, overrides, log,
                                  {"params_path": str(resolved), "run_dir": str(run_dir)})
         except BaseException as e:  # papermill's execution error, a dead kernel, or Ctrl-C
             failed = out.with_name(f"{name}.failed.ipynb")
+            _set_aside([n for n in NOTEBOOKS[NOTEBOOKS.index(name):]], run_dir)
+            if isinstance(e, KeyboardInterrupt):       # not a failure of the notebook: no .failed copy
+                tmp.unlink(missing_ok=True)
+                set_status(run_dir, name, "interrupted", params_hash=h, key=keys[name],
+                           seconds=round(time.time() - t0, 1))
+                log(f"[{i}/{len(todo)}] {name}: interrupted")
+                raise
             if tmp.exists():
                 os.replace(tmp, failed)
-            _set_aside([n for n in NOTEBOOKS[NOTEBOOKS.index(name):]], run_dir)
             cell = getattr(e, "exec_count", None) or getattr(e, "cell_index", None)
             err = f"{getattr(e, 'ename', type(e).__name__)}: {getattr(e, 'evalue', str(e))}".strip()
             err = err.splitlines()[0] if err else type(e).__name__
@@ -212,8 +222,9 @@ def build_book(run_dir, log=print, compare=(), sweep=None) -> Path:
                          f"before building its book")
     if state in ("running", "interrupted"):
         raise SystemExit(f"backfill: the run in {run_dir} is {state}; " + (
-            "wait for it to finish" if state == "running" else "re-run it (finished notebooks are kept)") +
-            " before building its book")
+            "wait for it to finish before building its book" if state == "running" else
+            f"re-run it to resume (finished notebooks and checkpoints are kept) before building its book: "
+            f"{resume_command(run_dir)}"))
     stale = _stale_notebooks(run_dir, m)
     if stale:
         raise SystemExit(f"backfill: {', '.join(stale)} in {run_dir} ran with other params or code than the "
@@ -247,6 +258,24 @@ def build_book(run_dir, log=print, compare=(), sweep=None) -> Path:
         shutil.copy2(chapter, run_dir / "sweep" / chapter.name)
         toc["parts"].append({"caption": "Sweep", "chapters": [{"file": f"sweep/{chapter.stem}"}]})
     return _build(run_dir, toc, log)
+
+
+def resume_command(run_dir: Path) -> str:
+    """The `backfill run` command that resumes a run: its params file, run directory and --set overrides as its
+    params.yaml records them."""
+    import shlex
+    run_dir = Path(run_dir).resolve()
+    rec = yaml.safe_load((run_dir / "params.yaml").read_text()) if (run_dir / "params.yaml").is_file() else None
+    rec = rec if isinstance(rec, dict) else {}
+    prov = rec.get("provenance") or {}
+    src = Path(prov.get("params_source") or "PARAMS.yaml")
+    src = src.relative_to(ROOT) if src.is_relative_to(ROOT) else src
+    cmd = ["python", "-m", "backfill", "run", str(src)]
+    if run_dir != ROOT / "runs" / str(rec.get("profile")):
+        cmd += ["--run-dir", str(run_dir)]
+    for o in prov.get("overrides") or []:
+        cmd += ["--set", o]
+    return " ".join(map(shlex.quote, cmd))
 
 
 def _sweep_chapter(sweep_dir) -> Path:
