@@ -339,6 +339,14 @@ def _stale_notebooks(run_dir: Path, m: dict) -> list[str]:
             if s.get("state") == "ok" and (run_dir / "notebooks" / f"{n}.ipynb").exists() and s.get("key") != keys.get(n)]
 
 
+def stale_parts(run_dir, m: dict) -> list[str]:
+    """Executed notebooks and metrics.json sections of a run that do not carry the current key of its recorded params
+    and data with today's code (a notebook run by hand rewrites params.yaml and writes sections by hand): what
+    `book` refuses, and what `compare` reads as stale."""
+    run_dir = Path(run_dir)
+    return _stale_notebooks(run_dir, m) + stale_sections(m, _current_keys(run_dir))
+
+
 def _dedupe_inline_scripts(html_dir: Path) -> None:
     """sphinx-thebe (pulled in by Jupyter Book 1) emits its inline `const THEBE_JS_URL = ...` script twice
     on this Sphinx version, a JavaScript error on every page; keep the first copy only."""
