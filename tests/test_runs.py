@@ -222,3 +222,25 @@ def test_ctrl_c_during_a_notebook_leaves_an_interrupted_run_that_resumes(tmp_pat
     res = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0 and json.loads((rd / "metrics.json").read_text())["status"][
         "02_phase1_teacher_forcing"]["state"] == "ok", res.stdout + res.stderr
+
+
+def test_a_successful_rerun_clears_failed_set_aside_and_temp_copies(tmp_path, monkeypatch):
+    """A notebook's .failed copy and its copy set aside in notebooks/stale/ go when it then succeeds (stale/ too, once
+    empty); the .running temp files a killed run left go at the start of the next run."""
+    monkeypatch.setenv("BACKFILL_BATCH", "1")
+    rd = tmp_path / "run"
+    nb = rd / "notebooks"
+    (nb / "stale").mkdir(parents=True)
+    for f in (nb / "01_data_autocorrelation.failed.ipynb", nb / "stale" / "01_data_autocorrelation.ipynb",
+              nb / ".01_data_autocorrelation.running.ipynb", nb / ".05_phase4_ar_h90.running.ipynb"):
+        f.write_text("{}")
+    assert pipeline.run(ROOT / "params" / "test.yaml", only="01", run_dir=rd, log=lambda s: None) == 0
+    assert sorted(p.name for p in nb.iterdir()) == ["01_data_autocorrelation.ipynb"]
+    # a set-aside copy of a notebook that has not run again is still the last word on it: it stays
+    (nb / "stale").mkdir()
+    (nb / "stale" / "05_phase4_ar_h90.ipynb").write_text("{}")
+    (nb / "05_phase4_ar_h90.failed.ipynb").write_text("{}")
+    pipeline._clear_superseded("01_data_autocorrelation", rd)
+    assert (nb / "stale" / "05_phase4_ar_h90.ipynb").exists() and (nb / "05_phase4_ar_h90.failed.ipynb").exists()
+    pipeline._clear_superseded("05_phase4_ar_h90", rd)
+    assert sorted(p.name for p in nb.iterdir()) == ["01_data_autocorrelation.ipynb"]

@@ -90,6 +90,8 @@ def _run_locked(p, ds, params_path, run_dir, start, only, force, overrides, log,
     keys = notebook_keys(h)
     todo = select(available_notebooks(), start, only)
     resolved = record_params(run_dir, p, ds, params_path, overrides)   # also restores it after a hand-run notebook
+    for tmp in (run_dir / "notebooks").glob(".*.running.ipynb"):      # left by a killed run (we hold the lock)
+        tmp.unlink(missing_ok=True)
     status = read_metrics(run_dir).get("status", {})
     hand = [sec for sec, ws in read_metrics(run_dir).get("writers", {}).items() if BY_HAND in ws]
     if hand:     # a notebook ran by hand in this directory: which one is unknown, so none is trusted
@@ -138,6 +140,7 @@ def _run_locked(p, ds, params_path, run_dir, start, only, force, overrides, log,
                 raise
             return 1
         os.replace(tmp, out)
+        _clear_superseded(name, run_dir)
         set_status(run_dir, name, "ok", params_hash=h, key=keys[name], seconds=round(time.time() - t0, 1))
         log(f"[{i}/{len(todo)}] {name}: ok ({time.time() - t0:.1f} s)")
         if on_notebook:
@@ -198,6 +201,16 @@ def _set_aside(names: list[str], run_dir: Path) -> None:
         if n in status and status[n].get("state") == "ok":
             status[n] = {"state": "stale"}
     update_metrics(run_dir, status=status)
+
+
+def _clear_superseded(name: str, run_dir: Path) -> None:
+    """After `name` succeeded: its .failed copy and its set-aside copy in notebooks/stale/ are superseded; stale/
+    goes once it is empty."""
+    nb = run_dir / "notebooks"
+    (nb / f"{name}.failed.ipynb").unlink(missing_ok=True)
+    (nb / "stale" / f"{name}.ipynb").unlink(missing_ok=True)
+    if (nb / "stale").is_dir() and not any((nb / "stale").iterdir()):
+        (nb / "stale").rmdir()
 
 
 # --- the book ----------------------------------------------------------------------------------
