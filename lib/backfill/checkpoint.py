@@ -80,12 +80,14 @@ def set_rng_state(st: dict) -> None:
         torch.cuda.set_rng_state_all([t.cpu() for t in st["cuda"]])
 
 
-def load_if_safe(path: Path, device="cpu") -> dict | None:
+def load_if_safe(path: Path, device="cpu", log=print) -> dict | None:
     """A checkpoint of this phase to reuse, or None: missing, or written by older code that stored more than
-    tensors and plain data (it cannot carry today's key either, so the phase trains again)."""
+    tensors and plain data (it cannot carry today's key either, so the phase trains again, saying why in one line:
+    a retraining nobody asked for should not go unexplained)."""
     if not path.exists():
         return None
     try:
         return load(path, device)
-    except CheckpointError:
+    except CheckpointError as e:
+        log(f"{str(e).removesuffix('; delete it to retrain')}; not reused, the phase trains again")
         return None
