@@ -155,6 +155,8 @@ def _run_locked(p, ds, params_path, run_dir, start, only, force, overrides, log,
 
 
 KERNEL_START_TRIES = 3
+KERNEL_QUIET = ["--IPKernelApp.log_level=CRITICAL"]   # the kernel's own log on our stderr is noise: a TCP warning
+# at every start, a ZMQ traceback when Ctrl-C shuts it down mid-cell (cell errors reach papermill, not this log)
 
 
 def execute_notebook(src, dest, parameters: dict, tries: int = KERNEL_START_TRIES) -> None:
@@ -166,7 +168,7 @@ def execute_notebook(src, dest, parameters: dict, tries: int = KERNEL_START_TRIE
     for attempt in range(1, tries + 1):
         try:
             pm.execute_notebook(str(src), str(dest), parameters=parameters, cwd=str(Path(src).parent),
-                                progress_bar=False, kernel_name="python3")
+                                progress_bar=False, kernel_name="python3", extra_arguments=KERNEL_QUIET)
             return
         except RuntimeError as e:
             if "before replying to kernel_info" not in str(e) or attempt == tries:
