@@ -8,6 +8,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+import yaml
 
 from backfill import pipeline, rundir
 
@@ -244,3 +245,55 @@ def test_a_successful_rerun_clears_failed_set_aside_and_temp_copies(tmp_path, mo
     assert (nb / "stale" / "05_phase4_ar_h90.ipynb").exists() and (nb / "05_phase4_ar_h90.failed.ipynb").exists()
     pipeline._clear_superseded("05_phase4_ar_h90", rd)
     assert sorted(p.name for p in nb.iterdir()) == ["01_data_autocorrelation.ipynb"]
+
+
+def _hand_run(rd, **status):
+    """A run directory as notebooks opened by hand leave it: params.yaml from params/test.yaml, no --set."""
+    rd.mkdir(parents=True, exist_ok=True)
+    (rd / "params.yaml").write_text(yaml.safe_dump({"profile": "test", "provenance": {
+        "params_source": str(ROOT / "params" / "test.yaml"), "overrides": []}}))
+    rundir.update_metrics(rd, profile="test", status={n: {"state": s} for n, s in status.items()})
+    return rundir.Run({}, None, rd, {})
+
+
+def test_a_notebook_opened_before_the_one_it_reads_from_says_what_to_run(tmp_path):
+    run = _hand_run(tmp_path / "run")
+    with pytest.raises(rundir.NotYetRun) as ei:
+        rundir.require(run, "generation", "08_generate_1year")
+    assert str(ei.value) == (f"{tmp_path / 'run'} has no 'generation' section: run notebook 08_generate_1year and the "
+                             f"ones before it first (python -m backfill run params/test.yaml --run-dir {tmp_path / 'run'})")
+    done = {n: "ok" for n in pipeline.NOTEBOOKS[:7]}
+    run = _hand_run(tmp_path / "run", **done)
+    with pytest.raises(rundir.NotYetRun, match=r"run notebook 08_generate_1year first \(python -m backfill run "
+                                               r"params/test.yaml --only 08 --run-dir "):
+        rundir.require(run, "generation", "08_generate_1year")
+    rundir.update_metrics(run.run_dir, generation={"windows": 1})
+    assert rundir.require(run, "generation", "08_generate_1year") == {"windows": 1}
+    # a phase checkpoint that is not there yet names the notebook that trains it
+    from backfill import checkpoint
+    with pytest.raises(FileNotFoundError) as ei:
+        checkpoint.load_model(run.run_dir / "checkpoints" / "phase4.pt")
+    assert str(ei.value).endswith("phase4.pt is missing: run notebook 05 (phase 4) first (python -m backfill run "
+                                  f"params/test.yaml --only 05 --run-dir {tmp_path / 'run'})")
+
+
+def test_notebook_09_opened_before_08_ran_says_so_in_one_line(tmp_path):
+    """Notebook 09 run by hand in a fresh clone failed with KeyError: 'generation'."""
+    import papermill
+    with pytest.raises(papermill.PapermillExecutionError) as ei:
+        pipeline.execute_notebook(ROOT / "notebooks" / "09_evaluation.ipynb", tmp_path / "09.ipynb",
+                                  {"params_path": str(ROOT / "params" / "test.yaml"), "run_dir": str(tmp_path / "run")})
+    assert ei.value.ename == "NotYetRun" and "\n" not in ei.value.evalue
+    assert ei.value.evalue.startswith(f"{tmp_path / 'run'} has no 'generation' section: run notebook 08_generate_1year")
+
+
+def test_a_notebook_run_by_hand_says_when_it_creates_the_run_directory(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("BACKFILL_BATCH", raising=False)                # JupyterLab: not a batch run
+    rundir.open_run(ROOT / "params" / "test.yaml", tmp_path / "run")
+    assert capsys.readouterr().out.strip() == (
+        f"created the run directory {tmp_path / 'run'}: this notebook writes its results there (python -m backfill "
+        f"run params/test.yaml --run-dir {tmp_path / 'run'} runs every notebook into it)")
+    rundir.open_run(ROOT / "params" / "test.yaml", tmp_path / "run")      # it exists now: nothing to say
+    monkeypatch.setenv("BACKFILL_BATCH", "1")                            # `backfill run` creates it itself
+    rundir.open_run(ROOT / "params" / "test.yaml", tmp_path / "other")
+    assert capsys.readouterr().out == ""

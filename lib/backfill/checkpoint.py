@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .model import CVAE, ModelConfig
-from .rundir import atomic_write_bytes
+from .rundir import atomic_write_bytes, run_first
 
 
 class CheckpointError(RuntimeError):
@@ -51,6 +51,10 @@ def load(path, device="cpu") -> dict:
 
 
 def load_model(path, device="cpu") -> CVAE:
+    m = re.fullmatch(r"phase(\d)\.pt", Path(path).name)
+    if m and not Path(path).exists():        # a notebook opened by hand before its phase was trained
+        n = int(m.group(1))
+        raise FileNotFoundError(f"{path} is missing: {run_first(Path(path).parent.parent, f'{n + 1:02d} (phase {n})')}")
     ck = load(path, device)
     model = CVAE(ModelConfig(**ck["model_config"])).to(device)
     model.load_state_dict(ck["model"])

@@ -20,8 +20,8 @@ import yaml
 from . import data as _data
 from . import params as _params
 from .rundir import (BY_HAND, ROOT, atomic_write_text, code_fingerprint, default_run_dir, forget_writer, locked,
-                     make_run_dir, params_hash, read_metrics, record_params, run_state, set_status, stale_sections,
-                     update_metrics)
+                     make_run_dir, params_hash, read_metrics, record_params, run_command, run_state, set_status,
+                     stale_sections, update_metrics)
 
 NOTEBOOKS = ["01_data_autocorrelation", "02_phase1_teacher_forcing", "03_phase2_multihorizon",
              "04_phase3_ar_h60", "05_phase4_ar_h90", "06_gates", "07_generate_6month",
@@ -239,7 +239,7 @@ def build_book(run_dir, log=print, compare=(), sweep=None) -> Path:
         raise SystemExit(f"backfill: the run in {run_dir} is {state}; " + (
             "wait for it to finish before building its book" if state == "running" else
             f"re-run it to resume (finished notebooks and checkpoints are kept) before building its book: "
-            f"{resume_command(run_dir)}"))
+            f"{run_command(run_dir)}"))
     stale = _stale_notebooks(run_dir, m)
     if stale:
         raise SystemExit(f"backfill: {', '.join(stale)} in {run_dir} ran with other params or code than the "
@@ -273,24 +273,6 @@ def build_book(run_dir, log=print, compare=(), sweep=None) -> Path:
         shutil.copy2(chapter, run_dir / "sweep" / chapter.name)
         toc["parts"].append({"caption": "Sweep", "chapters": [{"file": f"sweep/{chapter.stem}"}]})
     return _build(run_dir, toc, log)
-
-
-def resume_command(run_dir: Path) -> str:
-    """The `backfill run` command that resumes a run: its params file, run directory and --set overrides as its
-    params.yaml records them."""
-    import shlex
-    run_dir = Path(run_dir).resolve()
-    rec = yaml.safe_load((run_dir / "params.yaml").read_text()) if (run_dir / "params.yaml").is_file() else None
-    rec = rec if isinstance(rec, dict) else {}
-    prov = rec.get("provenance") or {}
-    src = Path(prov.get("params_source") or "PARAMS.yaml")
-    src = src.relative_to(ROOT) if src.is_relative_to(ROOT) else src
-    cmd = ["python", "-m", "backfill", "run", str(src)]
-    if run_dir != ROOT / "runs" / str(rec.get("profile")):
-        cmd += ["--run-dir", str(run_dir)]
-    for o in prov.get("overrides") or []:
-        cmd += ["--set", o]
-    return " ".join(map(shlex.quote, cmd))
 
 
 def _sweep_chapter(sweep_dir) -> Path:
