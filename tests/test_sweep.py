@@ -325,3 +325,17 @@ def test_a_local_ray_leaves_no_session_folder_behind(tmp_path):
     assert not session.exists() and (tmp_path / "ray" / "logs").is_dir()
     latest = session.parent / "session_latest"
     assert not (latest.is_symlink() and Path(os.readlink(latest)).name == session.name)
+
+
+def test_a_sweep_directory_over_the_sources_is_refused(tmp_path):
+    """`--out notebooks` would have the sweep chapter executed over notebooks/10_sweep.ipynb; a name of '..' made
+    runs/ the sweep directory."""
+    from backfill.rundir import RunDirError
+    sw = sweep.load(SWEEPS / "test.yaml")
+    before = (ROOT / "notebooks" / "10_sweep.ipynb").read_bytes()
+    for out in (ROOT / "notebooks", ROOT):
+        with pytest.raises(RunDirError, match="is or contains the repository's notebooks/"):
+            sweep.run(sw, out=out)
+    assert (ROOT / "notebooks" / "10_sweep.ipynb").read_bytes() == before and not (ROOT / "sweep.json").exists()
+    with pytest.raises(sweep.SweepError, match="'name' must be a name of letters"):
+        sweep.load(write_sweep(tmp_path, name="..", space={"seed": [0]}))

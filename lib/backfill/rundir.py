@@ -218,7 +218,7 @@ def make_run_dir(run_dir, subs=("notebooks",)) -> Path:
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"run directory {run_dir} is a file, not a directory")
     try:
-        for sub in subs:
+        for sub in ("", *subs):
             (run_dir / sub).mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise RunDirError(f"cannot create run directory {run_dir}: {e.strerror or type(e).__name__}") from None

@@ -37,7 +37,7 @@ from . import compare as _compare
 from . import params as _params
 from . import pipeline
 from .gates import GATE_OF_PHASE
-from .rundir import ROOT, atomic_write_bytes, atomic_write_text, is_locked, read_metrics
+from .rundir import ROOT, atomic_write_bytes, atomic_write_text, is_locked, make_run_dir, read_metrics
 
 
 class SweepError(ValueError):
@@ -185,8 +185,8 @@ def load(path) -> Sweep:
             raise SweepError(f"{where}: '{key}' must be {what}, got {raw.get(key)!r}")
 
     sw = Sweep(name=raw.get("name", path.stem), path=path, base=Path())
-    need("name", isinstance(sw.name, str) and re.fullmatch(r"[A-Za-z0-9_.-]+", sw.name), "a name of letters, "
-         "digits, '_', '.', '-' (it names runs/sweeps/<name>)")
+    need("name", isinstance(sw.name, str) and re.fullmatch(r"[A-Za-z0-9_.-]+", sw.name) and sw.name not in (".", ".."),
+         "a name of letters, digits, '_', '.', '-' (it names runs/sweeps/<name>)")
     sw.description = raw.get("description") or ""
     need("base", "base" in raw, "given: the params file every trial starts from")
     sw.base = _params.base_path(raw["base"], path, SweepError, prefix="sweep: ")
@@ -490,8 +490,7 @@ def run(sw: Sweep, out=None, address: str | None = None, chapter: bool = True, l
     (pipeline.run skips its notebooks: same key), an interrupted or failed one resumes from its notebooks and
     checkpoints, one stopped by the scheduler stays stopped."""
     from ray import tune
-    out = sweep_dir(sw, out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_run_dir(sweep_dir(sw, out), ())     # not the sources' folder (the chapter is executed into it)
     t0, started = time.time(), time.strftime("%Y-%m-%dT%H:%M:%S")
     write_info(sw, out)
     session = _init_ray(sw, address)
