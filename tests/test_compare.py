@@ -125,6 +125,25 @@ def test_cli_writes_markdown_and_html(tmp_path, runs, capsys):
     assert "1e-05 -&gt; 1.0" in html and "< 1e-12" not in html and "&lt; 1e-12" in html
 
 
+def test_a_run_with_a_notebook_run_by_hand_since_is_not_ok(tmp_path, monkeypatch):
+    """A notebook opened by hand rewrites the run's params.yaml without its --set overrides and writes its sections
+    by hand: `book` refuses such a run, and compare must not call it ok (its params delta would be the hand run's)."""
+    from backfill import pipeline, rundir
+    monkeypatch.setenv("BACKFILL_BATCH", "1")                   # pipeline.run sets it for its kernels
+    for k in ("BACKFILL_NOTEBOOK", "BACKFILL_NOTEBOOK_KEY"):
+        monkeypatch.delenv(k, raising=False)
+    rd = tmp_path / "run"
+    test = ROOT / "params" / "test.yaml"
+    assert pipeline.run(test, only="01", run_dir=rd, overrides=["model.kl_weight=0.5"], log=lambda s: None) == 0
+    assert list(compare.table([rd])["state"]) == ["partial"]      # the other notebooks never ran: not stale
+    run = rundir.open_run(test, rd)                                # notebook 01 opened in JupyterLab
+    assert yaml.safe_load((rd / "params.yaml").read_text())["provenance"]["overrides"] == []
+    assert list(compare.table([rd])["state"]) == ["stale"]
+    run.update_metrics(by_hand_section={"days": 1})               # ... and run: a section written by hand
+    assert list(compare.table([rd])["state"]) == ["stale"]
+    assert "by_hand_section" in pipeline.stale_parts(rd, rundir.read_metrics(rd))
+
+
 @pytest.mark.skipif(not (SMOKE / "metrics.json").exists(), reason="no finished runs/smoke")
 def test_the_real_smoke_run(tmp_path):
     m = json.loads((SMOKE / "metrics.json").read_text())

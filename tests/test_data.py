@@ -285,6 +285,36 @@ def test_long_table_duplicate_row(tmp_path):
     _load_bad(tmp_path / "iv.csv", "duplicate row", str(row["date"]), returns_path=str(tmp_path / "ret.csv"))
 
 
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_long_table_gaps_name_what_is_missing_and_where(tmp_path, fmt):
+    """A missing row, a non-rectangular grid and a returns table shorter than the surfaces all read as 'N NaN/inf
+    values' of the surface file; each now says what it is and names the right file."""
+    _, _, dates, long, rets = _long_tables()
+
+    def load(lg, rt):
+        surf, ret = tmp_path / f"iv.{fmt}", tmp_path / f"ret.{fmt}"
+        if fmt == "csv":
+            lg.to_csv(surf, index=False)
+            rt.to_csv(ret, index=False)
+        else:
+            lg.assign(date=pd.to_datetime(lg["date"])).to_parquet(surf, index=False)
+            rt.assign(date=pd.to_datetime(rt["date"])).to_parquet(ret, index=False)
+        return lambda *words: _load_bad(surf, *words, returns_path=str(ret))
+
+    gone = (long["date"] == dates[3]) & (long["maturity"] == MAT6[2]) & (long["moneyness"] == MON7[4])
+    msg = load(long[~gone], rets)(f"iv.{fmt} has no row for date {dates[3]}, maturity 0.25, moneyness 1.05",
+                                   "1 rows missing on 1 of 12 dates")
+    assert "NaN" not in msg
+    pair = (long["maturity"] == MAT6[0]) & (long["moneyness"] == MON7[0])
+    load(long[~pair], rets)(f"iv.{fmt}: the grid is not rectangular: no date has a row for maturity 0.0833333, "
+                            f"moneyness 0.8", "1 of the 6x7")
+    msg = load(long, rets.iloc[:-3])(f"returns table {tmp_path / f'ret.{fmt}'} has no return for 3 surface dates "
+                                     f"(first {dates[-3]})")
+    assert f"iv.{fmt}" not in msg
+    load(long, rets.assign(**{"return": rets["return"].where(rets.index != 5)}))(
+        f"returns table {tmp_path / f'ret.{fmt}'} has 1 NaN/inf returns (first on {dates[5]})")
+
+
 def test_long_table_without_returns_path(tmp_path):
     _, _, _, long, _ = _long_tables()
     long.to_csv(tmp_path / "iv.csv", index=False)
@@ -396,6 +426,29 @@ def test_truncated_default_cache_is_rebuilt(tmp_path, default_ds):
     (tmp_path / "default_v1.npz").write_bytes(blob[: len(blob) // 2])
     ds = data.load_default(cache_dir=tmp_path)
     _assert_same(ds, default_ds)
+
+
+def test_an_unwritable_cache_dir_is_one_line(tmp_path):
+    """A cache_dir under a regular file (or read-only) was a NotADirectoryError traceback; now one line naming the
+    cache, before the dataset is built."""
+    import os
+    import subprocess
+    import sys
+    (tmp_path / "file").write_text("x")
+    for cache in (tmp_path / "file", tmp_path / "file" / "sub"):
+        with pytest.raises(DataError) as ei:
+            data.load_default(cache_dir=cache, grid={"maturities": [0.5, 1.0], "moneyness": [0.9, 1.0, 1.1]})
+        msg = str(ei.value)
+        assert "\n" not in msg and "cannot write the default dataset's cache" in msg and str(cache) in msg, msg
+    res = subprocess.run([sys.executable, "-m", "backfill", "run", str(params.profile_path("test")), "--run-dir",
+                          str(tmp_path / "run"), "--set", f"data.cache_dir={tmp_path / 'file' / 'sub'}"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "data.cache_dir" in res.stderr, res.stderr
+    assert not (tmp_path / "run").exists()
+    if os.geteuid() != 0:                                        # root writes into a read-only directory
+        (tmp_path / "ro").mkdir(mode=0o555)
+        with pytest.raises(DataError, match="cannot write the default dataset's cache"):
+            data.load_default(cache_dir=tmp_path / "ro", grid={"maturities": [0.5, 1.0], "moneyness": [0.9, 1.0, 1.1]})
 
 
 # --- 6. inputs that used to fail late or unclearly ----------------------------------------------

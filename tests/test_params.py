@@ -650,7 +650,9 @@ def test_cli_set_runs_records_and_skips_only_the_same_params(tmp_path):
 
 
 @pytest.mark.parametrize("sets,msg", [(["model.foo=1"], "backfill: params: --set model.foo: unknown key 'model.foo'"),
-                                      (["model.kl_weight=x"], "backfill: params: 'model.kl_weight' must be float")])
+                                      (["model.kl_weight=x"], "backfill: params: 'model.kl_weight' must be float"),
+                                      (["model.kl_weight=.nan"], "backfill: params: 'model.kl_weight' must be finite"),
+                                      (["seed=-1"], "backfill: params: 'seed' must be in [0, ")])
 def test_cli_bad_set_exit_2_one_line_nothing_written(tmp_path, sets, msg):
     args = [a for s in sets for a in ("--set", s)]
     r = subprocess.run([sys.executable, "-m", "backfill", "run", str(params.profile_path("test")), *args,
@@ -722,3 +724,53 @@ def test_a_delta_replaces_free_form_mappings_whole(tmp_path):
     assert p["training"]["phase2_weights"] == {1: 1.0, 7: 0.9, 14: 0.8}
     assert p["generation"]["windows"] == {"crisis": "2008-06-02"}
     assert p["training"]["learning_rate"] == params.load(params.profile_path("smoke"))["training"]["learning_rate"]
+
+
+@pytest.mark.parametrize("text,msg", [
+    ("model.kl_weight=.nan", "params: 'model.kl_weight' must be finite, got nan"),
+    ("training.learning_rate=.inf", "params: 'training.learning_rate' must be finite, got inf"),
+    ("gates.kl_max=.nan", "params: 'gates.kl_max' must be finite, got nan"),
+    ("model.quantile_loss_weights=[1, .nan, 1, 1, 1]", "params: 'model.quantile_loss_weights' must be finite"),
+    ("training.phase2_weights.7=-.inf", "params: 'training.phase2_weights' must be finite, got -inf"),
+    ("evaluation.deployment.x=['<', .nan]", "params: 'evaluation.deployment' must be finite, got nan"),
+    ("seed=-1", "params: 'seed' must be in [0, "),
+    ("seed=4294968", "params: 'seed' must be in [0, 4294967]"),
+    ("profile=..", "params: 'profile' must be a plain name"),
+    ("profile=.", "params: 'profile' must be a plain name"),
+    ("profile=a/b", "params: 'profile' must be a plain name"),
+    ("profile=/tmp/x", "params: 'profile' must be a plain name"),
+    ("profile=''", "params: 'profile' must be a plain name")])
+def test_non_finite_numbers_a_negative_seed_and_a_path_as_profile_fail_at_validation(text, msg):
+    """YAML's .nan passes `x < 0` checks and was stored as null, failing only in notebook 01; a profile of '..' made
+    the repository root the run directory."""
+    with pytest.raises(ParamsError) as ei:
+        params.load(params.profile_path("test"), [text])
+    assert str(ei.value).startswith(msg) and "\n" not in str(ei.value), str(ei.value)
+
+
+def test_plain_profile_names_load():
+    for name in ("smoke_kl0.5", "a-b", "x.y", "A1"):
+        assert params.load(params.profile_path("test"), [f"profile={name}"])["profile"] == name
+
+
+def test_a_sweep_set_with_nan_is_one_line(tmp_path):
+    from backfill import sweep
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"base": str(params.profile_path("test")), "set": {"model.kl_weight": float("nan")},
+                                    "space": {"seed": [0]}}))
+    with pytest.raises(sweep.SweepError) as ei:
+        sweep.load(path)
+    assert "'model.kl_weight' must be finite, got nan" in str(ei.value) and "\n" not in str(ei.value)
+
+
+def test_cli_profile_dotdot_is_refused_and_the_notebooks_are_untouched():
+    """`--set profile=..` made the repository root the run directory: notebook 01's executed copy overwrote its
+    source, and a later failure moved every source notebook to notebooks/stale/."""
+    root = params.profile_path("test").parents[1]
+    before = {p.name: p.read_bytes() for p in (root / "notebooks").glob("*.ipynb")}
+    r = subprocess.run([sys.executable, "-m", "backfill", "run", str(params.profile_path("test")), "--set", "profile=..",
+                        "--set", "seed=-1", "--only", "01"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.startswith("backfill: params: 'profile' must be a plain name"), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in (root / "notebooks").glob("*.ipynb")} == before
+    assert not (root / "notebooks" / "stale").exists() and not (root / "metrics.json").exists()

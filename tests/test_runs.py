@@ -8,6 +8,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+import yaml
 
 from backfill import pipeline, rundir
 
@@ -162,3 +163,137 @@ def test_a_kernel_that_dies_before_it_starts_is_started_again(monkeypatch, tmp_p
     with pytest.raises(RuntimeError, match="something else"):
         pipeline.execute_notebook(ROOT / "notebooks" / "01_data_autocorrelation.ipynb", tmp_path / "out.ipynb", {})
     assert calls == [1]
+
+
+def test_a_run_directory_over_the_sources_is_refused(tmp_path):
+    """The repository root, notebooks/ or a folder above it as run directory would have the executed copies
+    overwrite the source notebooks (and a failure move them to notebooks/stale/)."""
+    for rd in (ROOT, ROOT / "notebooks", ROOT.parent, ROOT / "runs" / ".." / "notebooks" / "."):
+        with pytest.raises(rundir.RunDirError, match="is or contains the repository's notebooks/"):
+            rundir.make_run_dir(rd)
+    assert not (ROOT / "notebooks" / "notebooks").exists()
+    assert rundir.make_run_dir(tmp_path / "a" / "b") == (tmp_path / "a" / "b").resolve()
+    assert (tmp_path / "a" / "b" / "notebooks").is_dir()
+
+
+def test_a_run_directory_that_is_a_file_or_under_one_is_a_one_line_error(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    for rd, msg in ((f, "is a file, not a directory"), (f / "sub", "cannot create run directory")):
+        res = subprocess.run([sys.executable, "-m", "backfill", "run", ROOT / "params" / "test.yaml", "--run-dir", rd,
+                              "--only", "01"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        err = res.stderr.strip()
+        assert res.returncode == 2 and "\n" not in err and msg in err and str(rd) in err, res.stderr
+    assert f.read_text() == "x"
+
+
+def test_ctrl_c_during_a_notebook_leaves_an_interrupted_run_that_resumes(tmp_path):
+    """SIGINT (Ctrl-C) while notebook 02 trains: exit 130 with one line, the run and the notebook read `interrupted`
+    (not failed: no .failed copy, no temp copy), `book` says how to resume, and the same command finishes it."""
+    import signal
+    import time
+    rd = tmp_path / "run"
+    args = [sys.executable, "-m", "backfill", "run", ROOT / "params" / "test.yaml", "--run-dir", rd, "--only", "02",
+            "--set", "seed=1"]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
+    while time.time() - t0 < 60 and proc.poll() is None:
+        time.sleep(0.2)
+        try:
+            if json.loads((rd / "metrics.json").read_text())["status"]["02_phase1_teacher_forcing"]["state"] == "running":
+                break
+        except (OSError, ValueError, KeyError):
+            pass
+    time.sleep(3)                                                 # inside the notebook: its kernel runs cells
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out + err
+    assert "Traceback" not in err and "[IPKernelApp]" not in err and err.strip().splitlines()[-1] == (
+        "backfill: interrupted; run the same command again to resume (finished notebooks and checkpoints are kept)")
+    assert "02_phase1_teacher_forcing: interrupted" in out
+    m = json.loads((rd / "metrics.json").read_text())
+    assert m["run_state"] == "interrupted" and m["status"]["02_phase1_teacher_forcing"]["state"] == "interrupted"
+    assert rundir.run_state(rd) == "interrupted"
+    assert sorted(p.name for p in (rd / "notebooks").iterdir()) == []    # no .failed copy, no .running temp file
+    with pytest.raises(SystemExit) as ei:
+        pipeline.build_book(rd)
+    msg = str(ei.value)
+    assert "is interrupted; re-run it to resume" in msg and "\n" not in msg
+    assert msg.endswith(f"python -m backfill run params/test.yaml --run-dir {rd.resolve()} --set seed=1")
+    res = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and json.loads((rd / "metrics.json").read_text())["status"][
+        "02_phase1_teacher_forcing"]["state"] == "ok", res.stdout + res.stderr
+
+
+def test_a_successful_rerun_clears_failed_set_aside_and_temp_copies(tmp_path, monkeypatch):
+    """A notebook's .failed copy and its copy set aside in notebooks/stale/ go when it then succeeds (stale/ too, once
+    empty); the .running temp files a killed run left go at the start of the next run."""
+    monkeypatch.setenv("BACKFILL_BATCH", "1")
+    rd = tmp_path / "run"
+    nb = rd / "notebooks"
+    (nb / "stale").mkdir(parents=True)
+    for f in (nb / "01_data_autocorrelation.failed.ipynb", nb / "stale" / "01_data_autocorrelation.ipynb",
+              nb / ".01_data_autocorrelation.running.ipynb", nb / ".05_phase4_ar_h90.running.ipynb"):
+        f.write_text("{}")
+    assert pipeline.run(ROOT / "params" / "test.yaml", only="01", run_dir=rd, log=lambda s: None) == 0
+    assert sorted(p.name for p in nb.iterdir()) == ["01_data_autocorrelation.ipynb"]
+    # a set-aside copy of a notebook that has not run again is still the last word on it: it stays
+    (nb / "stale").mkdir()
+    (nb / "stale" / "05_phase4_ar_h90.ipynb").write_text("{}")
+    (nb / "05_phase4_ar_h90.failed.ipynb").write_text("{}")
+    pipeline._clear_superseded("01_data_autocorrelation", rd)
+    assert (nb / "stale" / "05_phase4_ar_h90.ipynb").exists() and (nb / "05_phase4_ar_h90.failed.ipynb").exists()
+    pipeline._clear_superseded("05_phase4_ar_h90", rd)
+    assert sorted(p.name for p in nb.iterdir()) == ["01_data_autocorrelation.ipynb"]
+
+
+def _hand_run(rd, **status):
+    """A run directory as notebooks opened by hand leave it: params.yaml from params/test.yaml, no --set."""
+    rd.mkdir(parents=True, exist_ok=True)
+    (rd / "params.yaml").write_text(yaml.safe_dump({"profile": "test", "provenance": {
+        "params_source": str(ROOT / "params" / "test.yaml"), "overrides": []}}))
+    rundir.update_metrics(rd, profile="test", status={n: {"state": s} for n, s in status.items()})
+    return rundir.Run({}, None, rd, {})
+
+
+def test_a_notebook_opened_before_the_one_it_reads_from_says_what_to_run(tmp_path):
+    run = _hand_run(tmp_path / "run")
+    with pytest.raises(rundir.NotYetRun) as ei:
+        rundir.require(run, "generation", "08_generate_1year")
+    assert str(ei.value) == (f"{tmp_path / 'run'} has no 'generation' section: run notebook 08_generate_1year and the "
+                             f"ones before it first (python -m backfill run params/test.yaml --run-dir {tmp_path / 'run'})")
+    done = {n: "ok" for n in pipeline.NOTEBOOKS[:7]}
+    run = _hand_run(tmp_path / "run", **done)
+    with pytest.raises(rundir.NotYetRun, match=r"run notebook 08_generate_1year first \(python -m backfill run "
+                                               r"params/test.yaml --only 08 --run-dir "):
+        rundir.require(run, "generation", "08_generate_1year")
+    rundir.update_metrics(run.run_dir, generation={"windows": 1})
+    assert rundir.require(run, "generation", "08_generate_1year") == {"windows": 1}
+    # a phase checkpoint that is not there yet names the notebook that trains it
+    from backfill import checkpoint
+    with pytest.raises(FileNotFoundError) as ei:
+        checkpoint.load_model(run.run_dir / "checkpoints" / "phase4.pt")
+    assert str(ei.value).endswith("phase4.pt is missing: run notebook 05 (phase 4) first (python -m backfill run "
+                                  f"params/test.yaml --only 05 --run-dir {tmp_path / 'run'})")
+
+
+def test_notebook_09_opened_before_08_ran_says_so_in_one_line(tmp_path):
+    """Notebook 09 run by hand in a fresh clone failed with KeyError: 'generation'."""
+    import papermill
+    with pytest.raises(papermill.PapermillExecutionError) as ei:
+        pipeline.execute_notebook(ROOT / "notebooks" / "09_evaluation.ipynb", tmp_path / "09.ipynb",
+                                  {"params_path": str(ROOT / "params" / "test.yaml"), "run_dir": str(tmp_path / "run")})
+    assert ei.value.ename == "NotYetRun" and "\n" not in ei.value.evalue
+    assert ei.value.evalue.startswith(f"{tmp_path / 'run'} has no 'generation' section: run notebook 08_generate_1year")
+
+
+def test_a_notebook_run_by_hand_says_when_it_creates_the_run_directory(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("BACKFILL_BATCH", raising=False)                # JupyterLab: not a batch run
+    rundir.open_run(ROOT / "params" / "test.yaml", tmp_path / "run")
+    assert capsys.readouterr().out.strip() == (
+        f"created the run directory {tmp_path / 'run'}: this notebook writes its results there (python -m backfill "
+        f"run params/test.yaml --run-dir {tmp_path / 'run'} runs every notebook into it)")
+    rundir.open_run(ROOT / "params" / "test.yaml", tmp_path / "run")      # it exists now: nothing to say
+    monkeypatch.setenv("BACKFILL_BATCH", "1")                            # `backfill run` creates it itself
+    rundir.open_run(ROOT / "params" / "test.yaml", tmp_path / "other")
+    assert capsys.readouterr().out == ""

@@ -1,6 +1,7 @@
 """Sweeps: the sweep file's validation and expansion, the analysis functions, and a 2-trial Ray Tune sweep on the
 test profile that is interrupted after phase 2, resumed from its checkpoints, and rerun without re-executing."""
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -310,3 +311,31 @@ def test_any_grid_runs_the_whole_pipeline_without_arbitrage_the_truth_lacks(swep
             for name in ("vae_o9", "vae_o5"):
                 assert methods[name]["arbitrage_share"] <= methods["truth"]["arbitrage_share"] + 0.01, (d.name, window)
                 assert methods[name]["arbitrage_share_raw"] >= methods[name]["arbitrage_share"]
+
+
+def test_a_local_ray_leaves_no_session_folder_behind(tmp_path):
+    """Each launch of an embedded Ray left a /tmp/ray/session_* folder; it goes at shutdown, its logs kept in the
+    sweep's scratch folder."""
+    sw = sweep.load(SWEEPS / "test.yaml")
+    session = sweep._init_ray(sw, None)
+    try:
+        assert session is not None and session.is_dir() and session.name.startswith("session_")
+    finally:
+        sweep._shutdown_ray(session, tmp_path)
+    assert not session.exists() and (tmp_path / "ray" / "logs").is_dir()
+    latest = session.parent / "session_latest"
+    assert not (latest.is_symlink() and Path(os.readlink(latest)).name == session.name)
+
+
+def test_a_sweep_directory_over_the_sources_is_refused(tmp_path):
+    """`--out notebooks` would have the sweep chapter executed over notebooks/10_sweep.ipynb; a name of '..' made
+    runs/ the sweep directory."""
+    from backfill.rundir import RunDirError
+    sw = sweep.load(SWEEPS / "test.yaml")
+    before = (ROOT / "notebooks" / "10_sweep.ipynb").read_bytes()
+    for out in (ROOT / "notebooks", ROOT):
+        with pytest.raises(RunDirError, match="is or contains the repository's notebooks/"):
+            sweep.run(sw, out=out)
+    assert (ROOT / "notebooks" / "10_sweep.ipynb").read_bytes() == before and not (ROOT / "sweep.json").exists()
+    with pytest.raises(sweep.SweepError, match="'name' must be a name of letters"):
+        sweep.load(write_sweep(tmp_path, name="..", space={"seed": [0]}))

@@ -223,3 +223,17 @@ def test_a_checkpoint_of_older_code_is_retrained_not_fatal(base, tmp_path):
     s = train.train_phase(run, 1, progress=False)
     assert s["epochs"] == 3 and checkpoint.load(ck / "phase1.pt")["params_hash"] == \
         train.phase_key(run.params, run.data, 1)
+
+
+def test_a_refused_checkpoint_is_retrained_with_one_line_saying_why(base, tmp_path, capsys):
+    run = _run(base, tmp_path, "old_ck_said", max_train_windows=16)
+    ck = run.run_dir / "checkpoints"
+    ck.mkdir(parents=True)
+    for name in ("phase1.pt", "last.pt"):
+        torch.save({"params_hash": "old", "rng": np.random.get_state()}, ck / name)
+    train.train_phase(run, 1, progress=False)
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "refused checkpoint" in ln]
+    assert [ln.split(": ")[0] for ln in lines] == [f"refused checkpoint {ck / 'phase1.pt'}",
+                                                   f"refused checkpoint {ck / 'last.pt'}"]
+    assert all("more than tensors and plain data" in ln and ln.endswith("not reused, the phase trains again")
+               for ln in lines)

@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     from .data import DataError
     from .params import ParamsError
     from .compare import CompareError
-    from .rundir import RunLocked
+    from .rundir import RunDirError, RunLocked
     from .sweep import SweepError
     try:
         if a.cmd == "run":
@@ -63,9 +63,13 @@ def main(argv=None) -> int:
         if a.cmd == "sweep":
             from . import sweep
             return sweep.run(sweep.load(a.sweep), out=a.out, address=a.address)
-    except (ParamsError, DataError, CompareError, RunLocked, SweepError) as e:
+    except (ParamsError, DataError, CompareError, RunDirError, RunLocked, SweepError) as e:
         print(f"backfill: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:          # Ctrl-C: one line, not a traceback; a run reads `interrupted`
+        print("backfill: interrupted" + ("; run the same command again to resume (finished notebooks and "
+                                         "checkpoints are kept)" if a.cmd == "run" else ""), file=sys.stderr)
+        return 130
     return 1
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .model import CVAE, ModelConfig
-from .rundir import atomic_write_bytes
+from .rundir import atomic_write_bytes, run_first
 
 
 class CheckpointError(RuntimeError):
@@ -51,6 +51,10 @@ def load(path, device="cpu") -> dict:
 
 
 def load_model(path, device="cpu") -> CVAE:
+    m = re.fullmatch(r"phase(\d)\.pt", Path(path).name)
+    if m and not Path(path).exists():        # a notebook opened by hand before its phase was trained
+        n = int(m.group(1))
+        raise FileNotFoundError(f"{path} is missing: {run_first(Path(path).parent.parent, f'{n + 1:02d} (phase {n})')}")
     ck = load(path, device)
     model = CVAE(ModelConfig(**ck["model_config"])).to(device)
     model.load_state_dict(ck["model"])
@@ -80,12 +84,14 @@ def set_rng_state(st: dict) -> None:
         torch.cuda.set_rng_state_all([t.cpu() for t in st["cuda"]])
 
 
-def load_if_safe(path: Path, device="cpu") -> dict | None:
+def load_if_safe(path: Path, device="cpu", log=print) -> dict | None:
     """A checkpoint of this phase to reuse, or None: missing, or written by older code that stored more than
-    tensors and plain data (it cannot carry today's key either, so the phase trains again)."""
+    tensors and plain data (it cannot carry today's key either, so the phase trains again, saying why in one line:
+    a retraining nobody asked for should not go unexplained)."""
     if not path.exists():
         return None
     try:
         return load(path, device)
-    except CheckpointError:
+    except CheckpointError as e:
+        log(f"{str(e).removesuffix('; delete it to retrain')}; not reused, the phase trains again")
         return None

@@ -92,6 +92,20 @@ def _get(d, *keys):
     return d
 
 
+def _state(run_dir: Path, m: dict) -> str:
+    """The run's state as `book` judges it: its recorded run_state, except that a finished run with a notebook or a
+    section that does not carry the current key (a notebook run by hand since, which also drops the --set overrides
+    from params.yaml; other code) is 'stale', and a running one whose process is gone is 'interrupted'."""
+    from .pipeline import stale_parts
+    from .rundir import run_state
+    state = m.get("run_state")
+    if state == "running":
+        return run_state(run_dir)
+    if state in ("ok", "partial") and stale_parts(run_dir, m):
+        return "stale"
+    return state or MISSING
+
+
 def _num(v) -> float:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else np.nan
 
@@ -113,7 +127,7 @@ def table(run_dirs) -> pd.DataFrame:
         offset = _get(p, "generation", "offset_fast")
         method = f"vae_o{offset}" if offset is not None else None
         row = {"run": str(r), "profile": m.get("profile") or _get(p, "profile") or MISSING,
-               "state": m.get("run_state") or MISSING,
+               "state": _state(r, m),
                "params delta": (MISSING if ref is None or p is None else
                                 "reference" if i == 0 else params_delta(ref, p) or "same")}
         row.update({g: _get(m, "gates", g, "decision") or MISSING for g in gate_cols})

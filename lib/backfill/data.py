@@ -8,6 +8,7 @@ market-calibrated default (`calibrated.make_default_arrays`, cached on disk).
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import zipfile
@@ -253,10 +254,48 @@ def load_long(path, returns_path) -> Dataset:
     mat = np.array(sorted(df["maturity"].unique()), float)
     mon = np.array(sorted(df["moneyness"].unique()), float)
     cube = cube.reindex(columns=pd.MultiIndex.from_product([mat, mon]))
+    _check_long_grid(df, cube.index, mat, mon, path)
+    lacking = cube.index[~cube.index.isin(rets["date"])]
+    if len(lacking):               # NaN after the reindex below, which would read as bad values of the surface file
+        raise DataError(f"returns table {returns_path} has no return for {len(lacking)} surface dates (first "
+                        f"{_day(lacking[0])})")
     r = rets.set_index("date")["return"].reindex(cube.index)
+    bad = ~np.isfinite(r.to_numpy(float))
+    if bad.any():
+        raise DataError(f"returns table {returns_path} has {int(bad.sum())} NaN/inf returns (first on "
+                        f"{_day(r.index[bad][0])})")
     surface = cube.to_numpy(float).reshape(len(cube), len(mat), len(mon))
     dates = _parse_dates(cube.index.astype(str).to_numpy(), path)
     return Dataset(surface, r.to_numpy(float), dates, mat, mon, source=str(path))
+
+
+def _day(d) -> str:
+    """A date of a long table as YYYY-MM-DD (CSV gives strings, parquet timestamps)."""
+    import pandas as pd
+    try:
+        return pd.Timestamp(d).strftime("%Y-%m-%d")
+    except (TypeError, ValueError):
+        return str(d)
+
+
+def _check_long_grid(df, dates, mat, mon, path) -> None:
+    """Every date of a long table needs a row for every (maturity, moneyness) pair of its grid: a pair that no date
+    has is a grid that is not rectangular, a pair that some date lacks is a missing row (both would otherwise read
+    as NaN vols). dates: the sorted dates, mat (n_mat,), mon (n_mon,)."""
+    import pandas as pd
+    rows = df.assign(n=1).pivot_table(index="date", columns=["maturity", "moneyness"], values="n", aggfunc="sum")
+    rows = rows.reindex(index=dates, columns=pd.MultiIndex.from_product([mat, mon])).fillna(0)
+    have = rows.to_numpy() > 0                                     # (n_dates, n_mat * n_mon)
+    never = ~have.any(axis=0)
+    if never.any():
+        m, k = rows.columns[int(np.argmax(never))]
+        raise DataError(f"{path}: the grid is not rectangular: no date has a row for maturity {m:g}, moneyness {k:g} "
+                        f"({int(never.sum())} of the {len(mat)}x{len(mon)} maturity x moneyness pairs are missing)")
+    if not have.all():
+        d, c = np.argwhere(~have)[0]
+        m, k = rows.columns[c]
+        raise DataError(f"{path} has no row for date {_day(dates[d])}, maturity {m:g}, moneyness {k:g} "
+                        f"({int((~have).sum())} rows missing on {int((~have).any(axis=1).sum())} of {len(dates)} dates)")
 
 
 def default_cache_dir(cache_dir=None) -> Path:
@@ -308,18 +347,32 @@ def load_default(cache_dir=None, grid=None) -> Dataset:
                 return ds
         except DataError:
             pass
+    try:                               # checked before the build: an unwritable cache is one line, not a traceback
         path.unlink(missing_ok=True)   # a broken or foreign cache is rebuilt, never trusted
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(path.parent, os.W_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+    except OSError as e:
+        raise _cache_error(path, e) from None
     arrays = calibrated.make_default_arrays(maturities=None if grid is None else mat,
                                             moneyness=None if grid is None else mon)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-    np.savez(tmp, surface=arrays["surface"], ret=arrays["ret"], dates=np.asarray(arrays["dates"], dtype="U10"),
-             maturities=arrays["maturities"], moneyness=arrays["moneyness"],
-             vix_corr=np.float64(arrays["vix_corr"]))
-    os.replace(tmp, path)
+    try:
+        np.savez(tmp, surface=arrays["surface"], ret=arrays["ret"], dates=np.asarray(arrays["dates"], dtype="U10"),
+                 maturities=arrays["maturities"], moneyness=arrays["moneyness"],
+                 vix_corr=np.float64(arrays["vix_corr"]))
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise _cache_error(path, e) from None
     return Dataset(arrays["surface"], arrays["ret"], _parse_dates(arrays["dates"], "default"),
                    np.asarray(arrays["maturities"], float), np.asarray(arrays["moneyness"], float),
                    source="default (market-calibrated)")
+
+
+def _cache_error(path: Path, e: OSError) -> DataError:
+    return DataError(f"cannot write the default dataset's cache {path} ({e.strerror or type(e).__name__}); set "
+                     f"data.cache_dir (or BACKFILL_CACHE) to a writable directory")
 
 
 def load(source: str, returns_path=None, cache_dir=None, min_len: int = 1, grid=None) -> Dataset:

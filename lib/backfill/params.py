@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import copy
 import datetime as _dt
+import math
+import re
 from pathlib import Path
 
 import yaml
@@ -183,6 +185,9 @@ SEED_PLAN = {
     "model.context_len": 60,
 }
 
+PROFILE_NAME = re.compile(r"[A-Za-z0-9_.-]+")     # runs/<profile>: one plain path component, not '.' or '..'
+MAX_SEED = (2 ** 32 - 5) // 1000                # train seeds numpy with seed * 1000 + phase, which must be < 2**32
+
 _PROFILES_DIR = Path(__file__).resolve().parents[2] / "params"
 
 
@@ -199,6 +204,18 @@ def _typename(t):
     if isinstance(t, tuple):
         return " or ".join("null" if x is None else _typename(x) for x in t)
     return getattr(t, "__name__", str(t))
+
+
+def _nonfinite(v):
+    """The first NaN or infinite float in a value (lists and mappings searched), else None: YAML's .nan / .inf
+    pass every type and range check (nan < 0 is False) and would only fail in a notebook."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return v
+    for x in (v.values() if isinstance(v, dict) else v if isinstance(v, list) else ()):
+        bad = _nonfinite(x)
+        if bad is not None:
+            return bad
+    return None
 
 
 def _walk(schema: dict, node, prefix: str):
@@ -218,6 +235,8 @@ def _walk(schema: dict, node, prefix: str):
             raise ParamsError(f"params: missing key '{where}'")
         if isinstance(spec, dict):
             _walk(spec, node[key], where)
+        elif where != "provenance" and _nonfinite(node[key]) is not None:
+            raise ParamsError(f"params: '{where}' must be finite, got {_nonfinite(node[key])!r}")
         elif not _isinstance(node[key], spec):
             raise ParamsError(f"params: '{where}' must be {_typename(spec)}, got {node[key]!r}")
 
@@ -234,6 +253,11 @@ def validate(p: dict) -> dict:
             raise ParamsError(f"params: '{key}' was removed: {why}")
     _walk(SCHEMA, p, "")
     d, m, t, g = p["data"], p["model"], p["training"], p["generation"]
+    if not PROFILE_NAME.fullmatch(p["profile"]) or p["profile"] in (".", ".."):
+        _fail("profile", f"must be a plain name (letters, digits, '_', '-', '.'; it names the run directory "
+                         f"runs/<profile>), got {p['profile']!r}")
+    if not 0 <= p["seed"] <= MAX_SEED:
+        _fail("seed", f"must be in [0, {MAX_SEED}], got {p['seed']}")
     if d["split_by"] not in ("date", "index"):
         _fail("data.split_by", f"must be 'date' or 'index', got {d['split_by']!r}")
     for key in ("train", "test", "crisis"):

@@ -20,7 +20,8 @@ import yaml
 from . import data as _data
 from . import params as _params
 from .rundir import (BY_HAND, ROOT, atomic_write_text, code_fingerprint, default_run_dir, forget_writer, locked,
-                     params_hash, read_metrics, record_params, run_state, set_status, stale_sections, update_metrics)
+                     make_run_dir, params_hash, read_metrics, record_params, run_command, run_state, set_status,
+                     stale_sections, update_metrics)
 
 NOTEBOOKS = ["01_data_autocorrelation", "02_phase1_teacher_forcing", "03_phase2_multihorizon",
              "04_phase3_ar_h60", "05_phase4_ar_h90", "06_gates", "07_generate_6month",
@@ -75,10 +76,13 @@ def run(params_path, start=None, only=None, force=False, run_dir=None, overrides
     p = _params.load(params_path, overrides)   # bad params or --set fail here, before anything is written
     os.environ["BACKFILL_BATCH"] = "1"     # inherited by the kernels papermill starts
     ds = _data.load_for(p)                 # so does bad data
-    run_dir = Path(run_dir).resolve() if run_dir else default_run_dir(p)
-    (run_dir / "notebooks").mkdir(parents=True, exist_ok=True)
+    run_dir = make_run_dir(run_dir or default_run_dir(p))   # not the sources' folder, not a file
     with locked(run_dir):
-        return _run_locked(p, ds, params_path, run_dir, start, only, force, overrides, log, on_notebook)
+        try:
+            return _run_locked(p, ds, params_path, run_dir, start, only, force, overrides, log, on_notebook)
+        except KeyboardInterrupt:          # Ctrl-C: interrupted, not failed; the same command resumes the run
+            update_metrics(run_dir, run_state="interrupted")
+            raise
 
 
 def _run_locked(p, ds, params_path, run_dir, start, only, force, overrides, log, on_notebook=None) -> int:
@@ -86,6 +90,8 @@ def _run_locked(p, ds, params_path, run_dir, start, only, force, overrides, log,
     keys = notebook_keys(h)
     todo = select(available_notebooks(), start, only)
     resolved = record_params(run_dir, p, ds, params_path, overrides)   # also restores it after a hand-run notebook
+    for tmp in (run_dir / "notebooks").glob(".*.running.ipynb"):      # left by a killed run (we hold the lock)
+        tmp.unlink(missing_ok=True)
     status = read_metrics(run_dir).get("status", {})
     hand = [sec for sec, ws in read_metrics(run_dir).get("writers", {}).items() if BY_HAND in ws]
     if hand:     # a notebook ran by hand in this directory: which one is unknown, so none is trusted
@@ -114,9 +120,15 @@ def _run_locked(p, ds, params_path, run_dir, start, only, force, overrides, log,
                                  {"params_path": str(resolved), "run_dir": str(run_dir)})
         except BaseException as e:  # papermill's execution error, a dead kernel, or Ctrl-C
             failed = out.with_name(f"{name}.failed.ipynb")
+            _set_aside([n for n in NOTEBOOKS[NOTEBOOKS.index(name):]], run_dir)
+            if isinstance(e, KeyboardInterrupt):       # not a failure of the notebook: no .failed copy
+                tmp.unlink(missing_ok=True)
+                set_status(run_dir, name, "interrupted", params_hash=h, key=keys[name],
+                           seconds=round(time.time() - t0, 1))
+                log(f"[{i}/{len(todo)}] {name}: interrupted")
+                raise
             if tmp.exists():
                 os.replace(tmp, failed)
-            _set_aside([n for n in NOTEBOOKS[NOTEBOOKS.index(name):]], run_dir)
             cell = getattr(e, "exec_count", None) or getattr(e, "cell_index", None)
             err = f"{getattr(e, 'ename', type(e).__name__)}: {getattr(e, 'evalue', str(e))}".strip()
             err = err.splitlines()[0] if err else type(e).__name__
@@ -128,6 +140,7 @@ def _run_locked(p, ds, params_path, run_dir, start, only, force, overrides, log,
                 raise
             return 1
         os.replace(tmp, out)
+        _clear_superseded(name, run_dir)
         set_status(run_dir, name, "ok", params_hash=h, key=keys[name], seconds=round(time.time() - t0, 1))
         log(f"[{i}/{len(todo)}] {name}: ok ({time.time() - t0:.1f} s)")
         if on_notebook:
@@ -142,6 +155,8 @@ def _run_locked(p, ds, params_path, run_dir, start, only, force, overrides, log,
 
 
 KERNEL_START_TRIES = 3
+KERNEL_QUIET = ["--IPKernelApp.log_level=CRITICAL"]   # the kernel's own log on our stderr is noise: a TCP warning
+# at every start, a ZMQ traceback when Ctrl-C shuts it down mid-cell (cell errors reach papermill, not this log)
 
 
 def execute_notebook(src, dest, parameters: dict, tries: int = KERNEL_START_TRIES) -> None:
@@ -153,7 +168,7 @@ def execute_notebook(src, dest, parameters: dict, tries: int = KERNEL_START_TRIE
     for attempt in range(1, tries + 1):
         try:
             pm.execute_notebook(str(src), str(dest), parameters=parameters, cwd=str(Path(src).parent),
-                                progress_bar=False, kernel_name="python3")
+                                progress_bar=False, kernel_name="python3", extra_arguments=KERNEL_QUIET)
             return
         except RuntimeError as e:
             if "before replying to kernel_info" not in str(e) or attempt == tries:
@@ -190,6 +205,16 @@ def _set_aside(names: list[str], run_dir: Path) -> None:
     update_metrics(run_dir, status=status)
 
 
+def _clear_superseded(name: str, run_dir: Path) -> None:
+    """After `name` succeeded: its .failed copy and its set-aside copy in notebooks/stale/ are superseded; stale/
+    goes once it is empty."""
+    nb = run_dir / "notebooks"
+    (nb / f"{name}.failed.ipynb").unlink(missing_ok=True)
+    (nb / "stale" / f"{name}.ipynb").unlink(missing_ok=True)
+    if (nb / "stale").is_dir() and not any((nb / "stale").iterdir()):
+        (nb / "stale").rmdir()
+
+
 # --- the book ----------------------------------------------------------------------------------
 
 def build_book(run_dir, log=print, compare=(), sweep=None) -> Path:
@@ -212,8 +237,9 @@ def build_book(run_dir, log=print, compare=(), sweep=None) -> Path:
                          f"before building its book")
     if state in ("running", "interrupted"):
         raise SystemExit(f"backfill: the run in {run_dir} is {state}; " + (
-            "wait for it to finish" if state == "running" else "re-run it (finished notebooks are kept)") +
-            " before building its book")
+            "wait for it to finish before building its book" if state == "running" else
+            f"re-run it to resume (finished notebooks and checkpoints are kept) before building its book: "
+            f"{run_command(run_dir)}"))
     stale = _stale_notebooks(run_dir, m)
     if stale:
         raise SystemExit(f"backfill: {', '.join(stale)} in {run_dir} ran with other params or code than the "
@@ -308,6 +334,14 @@ def _stale_notebooks(run_dir: Path, m: dict) -> list[str]:
     keys = _current_keys(run_dir)
     return [n for n, s in m.get("status", {}).items()
             if s.get("state") == "ok" and (run_dir / "notebooks" / f"{n}.ipynb").exists() and s.get("key") != keys.get(n)]
+
+
+def stale_parts(run_dir, m: dict) -> list[str]:
+    """Executed notebooks and metrics.json sections of a run that do not carry the current key of its recorded params
+    and data with today's code (a notebook run by hand rewrites params.yaml and writes sections by hand): what
+    `book` refuses, and what `compare` reads as stale."""
+    run_dir = Path(run_dir)
+    return _stale_notebooks(run_dir, m) + stale_sections(m, _current_keys(run_dir))
 
 
 def _dedupe_inline_scripts(html_dir: Path) -> None:

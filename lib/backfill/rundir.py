@@ -203,6 +203,28 @@ def default_run_dir(p: dict) -> Path:
     return ROOT / "runs" / p["profile"]
 
 
+class RunDirError(ValueError):
+    """A run directory that cannot be used; the message names it in one line."""
+
+
+def make_run_dir(run_dir, subs=("notebooks",)) -> Path:
+    """Create run_dir and its `subs`, refusing a directory that would overwrite the repository's sources (its root,
+    notebooks/ or any folder above it: executed copies go to <run_dir>/notebooks/, and a failure sets them aside
+    to notebooks/stale/), a file, and a path that cannot be created (under a file, read-only). Returns it resolved."""
+    run_dir, src = Path(run_dir).resolve(), (ROOT / "notebooks").resolve()
+    if run_dir == src or run_dir in src.parents:
+        raise RunDirError(f"run directory {run_dir} is or contains the repository's notebooks/ (the executed copies "
+                          f"would overwrite the sources); use runs/<profile> or another --run-dir")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"run directory {run_dir} is a file, not a directory")
+    try:
+        for sub in ("", *subs):
+            (run_dir / sub).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunDirError(f"cannot create run directory {run_dir}: {e.strerror or type(e).__name__}") from None
+    return run_dir
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -230,16 +252,64 @@ def open_run(params_path, run_dir=None) -> Run:
     run's own params.yaml (what `run` hands the notebooks), it keeps the recorded source and overrides."""
     p = _params.load(params_path)
     ds = _data.load_for(p)
-    run_dir = Path(run_dir) if run_dir else default_run_dir(p)
-    for sub in ("notebooks", "checkpoints", "logs", "backfill"):
-        (run_dir / sub).mkdir(parents=True, exist_ok=True)
+    new = not Path(run_dir or default_run_dir(p)).exists()
+    run_dir = make_run_dir(run_dir or default_run_dir(p), ("notebooks", "checkpoints", "logs", "backfill"))
     prev = p.get("provenance") or {}
     record_params(run_dir, p, ds, prev.get("params_source") or Path(params_path).resolve(),
                   prev.get("overrides") or [])
     if "profile" not in read_metrics(run_dir):
         update_metrics(run_dir, profile=p["profile"])
+    if new and show_progress():          # a notebook opened by hand: say where its results go
+        print(f"created the run directory {shown(run_dir)}: this notebook writes its results there "
+              f"({run_command(run_dir)} runs every notebook into it)")
     seed_everything(p["seed"])
     return Run(p, ds, run_dir, _data.splits(ds, p))
+
+
+def shown(path) -> str:
+    """A path as the user would type it: relative to the repository when inside it."""
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def run_command(run_dir, *args) -> str:
+    """The `python -m backfill run` command of a run as its params.yaml records it (params file, --run-dir unless it
+    is the default, --set overrides), with `args` added: what resumes the run, or runs one of its notebooks."""
+    import shlex
+    run_dir = Path(run_dir).resolve()
+    rec = yaml.safe_load((run_dir / "params.yaml").read_text()) if (run_dir / "params.yaml").is_file() else None
+    rec = rec if isinstance(rec, dict) else {}
+    prov = rec.get("provenance") or {}
+    src = prov.get("params_source")
+    cmd = ["python", "-m", "backfill", "run", shown(src) if src else "PARAMS.yaml", *args]
+    if run_dir != ROOT / "runs" / str(rec.get("profile")):
+        cmd += ["--run-dir", shown(run_dir)]
+    for o in prov.get("overrides") or []:
+        cmd += ["--set", o]
+    return " ".join(map(shlex.quote, cmd))
+
+
+def run_first(run_dir, notebook: str) -> str:
+    """'run notebook NN first (the command)': with --only NN when every notebook before it finished in this run
+    directory, else the whole run (it skips what finished)."""
+    nn = int(notebook[:2])
+    done = {k[:2] for k, s in read_metrics(run_dir).get("status", {}).items() if s.get("state") == "ok"}
+    if all(f"{i:02d}" in done for i in range(1, nn)):
+        return f"run notebook {notebook} first ({run_command(run_dir, '--only', notebook[:2])})"
+    return f"run notebook {notebook} and the ones before it first ({run_command(run_dir)})"
+
+
+class NotYetRun(RuntimeError):
+    """A result a notebook needs that an earlier notebook has not written (a notebook opened by hand too early)."""
+
+
+def require(run: Run, section: str, notebook: str):
+    """run.metrics()[section], or NotYetRun in one line naming the notebook that writes it and the command that runs
+    it: a notebook opened by hand before the one it reads from ran says what to run, not KeyError."""
+    m = run.metrics()
+    if section not in m:
+        raise NotYetRun(f"{shown(run.run_dir)} has no '{section}' section: {run_first(run.run_dir, notebook)}")
+    return m[section]
 
 
 def show_progress() -> bool:

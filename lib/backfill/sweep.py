@@ -37,7 +37,7 @@ from . import compare as _compare
 from . import params as _params
 from . import pipeline
 from .gates import GATE_OF_PHASE
-from .rundir import ROOT, atomic_write_bytes, atomic_write_text, is_locked, read_metrics
+from .rundir import ROOT, atomic_write_bytes, atomic_write_text, is_locked, make_run_dir, read_metrics
 
 
 class SweepError(ValueError):
@@ -185,8 +185,8 @@ def load(path) -> Sweep:
             raise SweepError(f"{where}: '{key}' must be {what}, got {raw.get(key)!r}")
 
     sw = Sweep(name=raw.get("name", path.stem), path=path, base=Path())
-    need("name", isinstance(sw.name, str) and re.fullmatch(r"[A-Za-z0-9_.-]+", sw.name), "a name of letters, "
-         "digits, '_', '.', '-' (it names runs/sweeps/<name>)")
+    need("name", isinstance(sw.name, str) and re.fullmatch(r"[A-Za-z0-9_.-]+", sw.name) and sw.name not in (".", ".."),
+         "a name of letters, digits, '_', '.', '-' (it names runs/sweeps/<name>)")
     sw.description = raw.get("description") or ""
     need("base", "base" in raw, "given: the params file every trial starts from")
     sw.base = _params.base_path(raw["base"], path, SweepError, prefix="sweep: ")
@@ -431,7 +431,9 @@ def _scheduler(sw: Sweep):
     return None, None
 
 
-def _init_ray(sw: Sweep, address: str | None) -> None:
+def _init_ray(sw: Sweep, address: str | None) -> Path | None:
+    """Join the cluster at `address`, or start a local Ray for the sweep's duration; returns the local Ray's session
+    folder (None on a cluster)."""
     import logging
     import ray
     os.environ["RAY_CHDIR_TO_TRIAL_DIR"] = "0"        # trials keep the driver's cwd; every path here is absolute
@@ -446,15 +448,37 @@ def _init_ray(sw: Sweep, address: str | None) -> None:
                              f"{str(e).splitlines()[0][:160]}); a cluster started by `ray start` uses token "
                              f"authentication: run with RAY_AUTH_MODE=token and the cluster's token in "
                              f"~/.ray/auth_token (or RAY_AUTH_TOKEN)") from None
-        return
+        return None
     cpus = os.cpu_count() or 1
     if sw.resources["cpu"] > cpus:
         raise SweepError(f"{sw.path.name}: resources.cpu {sw.resources['cpu']} is more than this machine's "
                          f"{cpus} CPUs; lower it or run on a cluster with --address")
-    ray.init(num_cpus=cpus, **kw)
+    ctx = ray.init(num_cpus=cpus, **kw)
     if sw.resources["gpu"] > ray.cluster_resources().get("GPU", 0):
         raise SweepError(f"{sw.path.name}: resources.gpu {sw.resources['gpu']} but this machine has no GPU; "
                          f"set gpu: 0 or run on a GPU machine or cluster")
+    session = (getattr(ctx, "address_info", None) or {}).get("session_dir")
+    return Path(session) if session else None
+
+
+def _shutdown_ray(session: Path | None, out: Path) -> None:
+    """Shut Ray down; a local Ray's session folder (/tmp/ray/session_*, one per launch: they piled up) is removed,
+    its logs kept as out/ray/logs (the last launch's, beside the rest of the scratch)."""
+    import ray
+    ray.shutdown()
+    if session is None or not session.is_dir():
+        return
+    try:
+        shutil.rmtree(out / "ray" / "logs", ignore_errors=True)
+        if (session / "logs").is_dir():
+            (out / "ray").mkdir(parents=True, exist_ok=True)
+            shutil.move(session / "logs", out / "ray" / "logs")
+        shutil.rmtree(session, ignore_errors=True)
+        latest = session.parent / "session_latest"
+        if latest.is_symlink() and Path(os.readlink(latest)).name == session.name:
+            latest.unlink()
+    except OSError:                       # scratch: never worth failing a finished sweep over
+        pass
 
 
 def run(sw: Sweep, out=None, address: str | None = None, chapter: bool = True, log=print) -> int:
@@ -466,12 +490,10 @@ def run(sw: Sweep, out=None, address: str | None = None, chapter: bool = True, l
     (pipeline.run skips its notebooks: same key), an interrupted or failed one resumes from its notebooks and
     checkpoints, one stopped by the scheduler stays stopped."""
     from ray import tune
-    import ray
-    out = sweep_dir(sw, out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_run_dir(sweep_dir(sw, out), ())     # not the sources' folder (the chapter is executed into it)
     t0, started = time.time(), time.strftime("%Y-%m-%dT%H:%M:%S")
     write_info(sw, out)
-    _init_ray(sw, address)
+    session = _init_ray(sw, address)
     try:
         shutil.rmtree(out / "ray" / "tune", ignore_errors=True)
         scheduler, stopper = _scheduler(sw)
@@ -489,7 +511,7 @@ def run(sw: Sweep, out=None, address: str | None = None, chapter: bool = True, l
                                       failure_config=tune.FailureConfig(max_failures=0)))
         tuner.fit()
     finally:
-        ray.shutdown()
+        _shutdown_ray(session, out)
     for t in sw.trials:                   # a killed worker releases its run directory's lock as it exits
         for _ in range(40):
             if address or not is_locked(out / t.name):
