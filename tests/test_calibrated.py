@@ -126,8 +126,8 @@ def test_default_cache_per_grid(tmp_path, data, data6x7):
     from backfill import data as data_mod
     grid = {"maturities": MAT6, "moneyness": MON7}
     p5, p6 = data_mod.default_cache_path(tmp_path), data_mod.default_cache_path(tmp_path, grid)
-    assert p5.name == "default_v1.npz"                     # the 5x5 cache name is unchanged
-    assert p6 != p5 and p6.name.startswith("default_v1_")
+    assert p5.name == "default_v2.npz"                     # the 5x5 cache name is unchanged
+    assert p6 != p5 and p6.name.startswith("default_v2_")
     assert data_mod.default_cache_path(tmp_path, {"maturities": MAT6, "moneyness": MON7[:-1]}) != p6
     ds6 = data_mod.load_default(tmp_path, grid)
     assert p6.exists() and not p5.exists()
