@@ -198,3 +198,78 @@ def make_default_arrays(progress: bool = False, maturities=None, moneyness=None)
                   "noise_phi": NOISE_PHI, "noise_seed": float(SEED)}
     return {"surface": surface, "ret": ret, "dates": dates, "maturities": mat.copy(),
             "moneyness": mon.copy(), "vix_corr": vix_corr, "components": components}
+
+
+# --- the market statistics the data is checked against (notebook 01, tests) ---------------------
+
+MARKET_SPAN = ("2014-01-01", "2018-12-31")   # where arch.data.vix has the real VIX
+RV_HALFLIVES = (5, 21, 63, 126, 252)          # trading days: the EWMA realised vols the level is regressed on
+MARKET_STATS = {                               # key: (label, band kind, band half-width)
+    "level_r2": ("level R^2 on realised vol", "abs", 0.05),
+    "level_resid_sd": ("level residual sd (log)", "rel", 0.15),
+    "level_resid_ar1": ("level residual AR(1)", "abs", 0.05),
+    "change_r2": ("daily change R^2 on r, |r|", "abs", 0.05),
+    "change_corr": ("corr(daily change, r)", "abs", 0.05),
+}
+
+
+def vix_on(dates) -> np.ndarray:
+    """The real VIX (arch.data.vix) / 100 on `dates` (ISO strings or datetime64), NaN where it has none."""
+    from arch.data import vix
+
+    v = vix.load()["vix"].dropna()
+    labels = np.asarray(dates).astype("datetime64[D]").astype(str)
+    out = np.full(labels.shape, np.nan)
+    _, i, j = np.intersect1d(labels, np.array(v.index.strftime("%Y-%m-%d")), return_indices=True)
+    out[i] = v.to_numpy(dtype=float)[j] / 100
+    return out
+
+
+def _ols(y: np.ndarray, x: np.ndarray):
+    """Least squares of y (n,) on an intercept and x (n, k): (residuals (n,), R^2)."""
+    X = np.column_stack([np.ones(len(y)), x])
+    e = y - X @ np.linalg.lstsq(X, y, rcond=None)[0]
+    return e, float(1 - e.var() / y.var())
+
+
+def market_stats(iv_1m, ret, dates, span=MARKET_SPAN) -> dict:
+    """How a 1-month ATM vol series (N,) moves against the returns (N,), on the days of `span` where it is
+    finite (pass NaN elsewhere, e.g. to keep the real VIX's days): level_r2, level_resid_sd,
+    level_resid_ar1 from log iv regressed on the log EWMA realised vols (RV_HALFLIVES, computed over the
+    whole return history, then restricted), change_r2 from the daily log change between consecutive
+    kept days regressed on that day's return and its absolute value, change_corr = corr(change, return);
+    n_days the days kept. Plain least squares with an intercept."""
+    from .data import ewma_vol
+
+    iv, r = np.asarray(iv_1m, dtype=float), np.asarray(ret, dtype=float)
+    labels = np.asarray(dates).astype("datetime64[D]").astype(str)
+    idx = np.flatnonzero((labels >= span[0]) & (labels <= span[1]) & np.isfinite(iv))   # (n,)
+    rv = np.column_stack([np.log(ewma_vol(r, h)) for h in RV_HALFLIVES])[idx]              # (n, 5)
+    y = np.log(iv[idx])
+    e, level_r2 = _ols(y, rv)
+    dy, r1 = np.diff(y), r[idx[1:]]                                                        # (n - 1,)
+    _, change_r2 = _ols(dy, np.column_stack([r1, np.abs(r1)]))
+    return {"level_r2": level_r2, "level_resid_sd": float(e.std()),
+            "level_resid_ar1": float(np.corrcoef(e[:-1], e[1:])[0, 1]), "change_r2": change_r2,
+            "change_corr": float(np.corrcoef(dy, r1)[0, 1]), "n_days": len(idx)}
+
+
+def market_band(key: str, target: float) -> tuple[float, float]:
+    """The band around the real VIX's value of a MARKET_STATS statistic that the data must fall in."""
+    _, kind, width = MARKET_STATS[key]
+    half = width * abs(target) if kind == "rel" else width
+    return target - half, target + half
+
+
+def market_comparison(iv_1m, ret, dates, span=MARKET_SPAN) -> dict:
+    """market_stats of the real VIX and of `iv_1m` on the same days (those of `span` where both exist):
+    {key: {"vix", "data", "lo", "hi", "inside"}} plus "n_days"."""
+    v = vix_on(dates)
+    iv = np.where(np.isfinite(v), np.asarray(iv_1m, dtype=float), np.nan)
+    real, mine = market_stats(v, ret, dates, span), market_stats(iv, ret, dates, span)
+    out = {"n_days": mine["n_days"]}
+    for key in MARKET_STATS:
+        lo, hi = market_band(key, real[key])
+        out[key] = {"vix": real[key], "data": mine[key], "lo": lo, "hi": hi,
+                    "inside": bool(lo <= mine[key] <= hi)}
+    return out
