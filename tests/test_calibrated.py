@@ -1,9 +1,23 @@
-"""Properties of the embedded, market-calibrated default dataset (SPEC section 3)."""
+"""Properties of the embedded, market-calibrated default dataset (SPEC section 3, issue 15)."""
+import hashlib
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
-from backfill.calibrated import make_default_arrays
+from backfill.calibrated import MARKET_STATS, make_default_arrays, market_band, market_comparison
+from backfill.data import ewma_vol
 from backfill.metrics import arbitrage_share, mean_acf
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _own_cache(tmp_path_factory):
+    """Whatever a test builds through data.load_default lands in a temporary cache, never the user's."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BACKFILL_CACHE", str(tmp_path_factory.mktemp("backfill_cache")))
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +59,71 @@ def test_vix_correlation(data):
     assert abs(np.mean(atm**2) / np.mean(v**2) - 1) < 0.1   # VRP calibrated to the VIX level
 
 
-def test_arbitrage_free_share(data):
+def test_arbitrage_free_on_the_reference_grid(data):
     share = arbitrage_share(data["surface"], data["maturities"], data["moneyness"])
-    assert 1 - share["any"] >= 0.99
+    assert share == {"calendar": 0.0, "butterfly": 0.0, "any": 0.0}      # measured: no violation at all
+
+
+# --- issue 15: the 1-month ATM vol moves against the returns as the real VIX does ------------------
+
+# The real VIX's statistics, 2014-2018, as issue 15's table gives them: pins the measurement itself.
+VIX_TABLE = {"level_r2": 0.72, "level_resid_sd": 0.134, "level_resid_ar1": 0.82, "change_r2": 0.67,
+             "change_corr": -0.82}
+
+
+@pytest.fixture(scope="module")
+def market(data):
+    return market_comparison(data["surface"][:, 0, 2], data["ret"], data["dates"])
+
+
+def test_market_statistics_measure_the_vix_as_issue_15(market):
+    assert market["n_days"] > 1200
+    assert {k: market[k]["vix"] for k in MARKET_STATS} == pytest.approx(VIX_TABLE, abs=0.006)
+    assert market_band("level_r2", 0.72) == pytest.approx((0.67, 0.77))           # +-0.05
+    assert market_band("level_resid_sd", 0.134) == pytest.approx((0.1139, 0.1541))  # +-15%
+    assert market_band("change_corr", -0.82) == pytest.approx((-0.87, -0.77))
+
+
+@pytest.mark.parametrize("key", list(MARKET_STATS))
+def test_market_statistic_inside_its_band(market, key):
+    # before issue 15 (returns-only surfaces): level R^2 0.88, residual sd 0.107, AR(1) 0.89, corr -0.70
+    m = market[key]
+    assert m["inside"] and m["lo"] <= m["data"] <= m["hi"], f"{key}: {m}"
+
+
+def test_term_structure_inverts_in_stress(data):
+    s, d = data["surface"], data["dates"]
+    spread = s[:, 0, 2] - s[:, 3, 2]                     # 1-month minus 1-year ATM vol
+    rv = ewma_vol(data["ret"], 21)
+    stressed, calm = rv >= np.quantile(rv, 0.99), rv <= np.quantile(rv, 0.5)
+    assert np.mean(spread[stressed] > 0) >= 0.95         # measured: 1.00
+    assert np.mean(spread[calm] > 0) <= 0.1              # measured: 0.06 (returns-only data: 0.12)
+    for day in ("2008-10-10", "2008-11-20", "2011-08-08", "2015-08-24", "2018-02-05"):
+        assert spread[d == day][0] > 0.05, day           # inverted by more than 5 vol points
+    year_2017 = (d >= "2017-01-01") & (d <= "2017-12-31")
+    assert spread[year_2017].mean() < -0.02              # calm: upward sloping by 2+ vol points
+
+
+def test_factors_have_their_stated_laws():
+    # each factor is an AR(1) with its own shocks: sd, persistence, mean and (VRP) correlation with the returns
+    from backfill import calibrated as cal
+    ret = 0.01 * np.random.default_rng(0).standard_normal(200_000)    # 1% daily vol: h = 1 (%^2)
+    x, s, k = cal._factors(ret, np.ones_like(ret), 1.0, 0.0)
+    for f, mean, sd, phi in ((x, 0.0, cal.VRP_SD, cal.VRP_PHI), (s, cal.SLOPE_MEAN, cal.SLOPE_SD, cal.SLOPE_PHI),
+                             (k, 0.0, cal.SKEW_SD, cal.SKEW_PHI)):
+        assert f.mean() == pytest.approx(mean, abs=0.15 * sd) and f.std() == pytest.approx(sd, rel=0.1)
+        assert np.corrcoef(f[:-1], f[1:])[0, 1] == pytest.approx(phi, abs=0.01)
+    shock = x[1:] - cal.VRP_PHI * x[:-1]
+    assert np.corrcoef(shock, -ret[1:])[0, 1] == pytest.approx(cal.VRP_RET_CORR, abs=0.01)   # sell-offs raise it
+    assert abs(np.corrcoef(s, ret)[0, 1]) < 0.01 and abs(np.corrcoef(k, ret)[0, 1]) < 0.01  # their own shocks
+    # loadings: the slope factor leaves 1 month alone and moves 1 year by exp(s); the VRP factor has mean one
+    h, T = np.ones(5), np.array([1 / 12, 1.0])
+    flat = cal._market_variance(h, 1.0, T, np.zeros(5), np.zeros(5))
+    tilted = cal._market_variance(h, 1.0, T, np.zeros(5), np.full(5, 0.3))
+    assert np.array_equal(tilted[:, 0], flat[:, 0]) and tilted[:, 1] == pytest.approx(flat[:, 1] * np.exp(0.3))
+    load = np.minimum(1.0, (np.array([1 / 12, 1.0]) * 12) ** -cal.VRP_TERM_POWER)
+    factor = np.exp(load * x[:, None] - (load * cal.VRP_SD) ** 2 / 2)
+    assert factor.mean(0) == pytest.approx([1.0, 1.0], abs=0.01)
 
 
 def test_2008_peak(data):
@@ -77,11 +153,21 @@ def test_deterministic(data):
     assert again["vix_corr"] == data["vix_corr"] and again["components"] == data["components"]
 
 
+def test_deterministic_whatever_the_blas_threads(data):
+    code = ("import hashlib; from backfill.calibrated import make_default_arrays; "
+            "print(hashlib.sha256(make_default_arrays()['surface'].tobytes()).hexdigest())")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == hashlib.sha256(data["surface"].tobytes()).hexdigest()
+
+
 def test_ssvi_parameters_inside_bounds(data):
     c = data["components"]
     assert c["ssvi_eta"] * (1 + abs(c["rho_min"])) <= 2 and 0 < c["ssvi_gamma"] <= 0.5
     assert -1 < c["rho_min"] <= c["rho0"] <= c["rho_max"] < 0
     assert 0.9 < c["garch_persistence"] < 1 and c["vrp_variance_factor"] > 1
+    assert 0 < c["long_run_weight"] < 1 and 0 < c["vrp_ret_corr"] < 1
+    assert all(0 < c[k] < 1 for k in ("vrp_phi", "slope_phi", "skew_phi"))
 
 
 # --- any grid ------------------------------------------------------------------------------------
@@ -126,8 +212,8 @@ def test_default_cache_per_grid(tmp_path, data, data6x7):
     from backfill import data as data_mod
     grid = {"maturities": MAT6, "moneyness": MON7}
     p5, p6 = data_mod.default_cache_path(tmp_path), data_mod.default_cache_path(tmp_path, grid)
-    assert p5.name == "default_v1.npz"                     # the 5x5 cache name is unchanged
-    assert p6 != p5 and p6.name.startswith("default_v1_")
+    assert p5.name == "default_v2.npz"                     # the 5x5 cache name is unchanged
+    assert p6 != p5 and p6.name.startswith("default_v2_")
     assert data_mod.default_cache_path(tmp_path, {"maturities": MAT6, "moneyness": MON7[:-1]}) != p6
     ds6 = data_mod.load_default(tmp_path, grid)
     assert p6.exists() and not p5.exists()
@@ -139,3 +225,19 @@ def test_default_cache_per_grid(tmp_path, data, data6x7):
     p6.write_bytes(p5.read_bytes())                        # a cache of the wrong grid is rebuilt
     ds = data_mod.load_default(tmp_path, grid)
     assert "cached" not in ds.source and ds.grid == (6, 7)
+
+
+def test_notebook_01_table_and_term_spread(data):
+    # what notebook 01 shows: the same comparison as above, and the 1m-minus-1y spread with stressed days marked
+    from backfill import report
+    from backfill.data import Dataset
+    ds = Dataset(data["surface"], data["ret"], data["dates"].astype("datetime64[D]"), data["maturities"],
+                 data["moneyness"])
+    table, cmp = report.market_table(ds)
+    assert list(table["inside the band"]) == ["pass"] * len(MARKET_STATS)
+    assert list(table["this data"]) == [cmp[k]["data"] for k in MARKET_STATS]
+    np.testing.assert_array_equal(report.term_spread(ds), data["surface"][:, 0, 2] - data["surface"][:, 3, 2])
+    fig = report.term_spread_figure(ds, np.arange(ds.n_days) % 100 == 0)
+    assert len(fig.data) == 2
+    no_dates = Dataset(data["surface"], data["ret"], None, data["maturities"], data["moneyness"])
+    assert report.market_table(no_dates) == (None, None)

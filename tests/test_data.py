@@ -402,7 +402,7 @@ def test_regime_spells_edges():
 # --- 8. the default-dataset cache --------------------------------------------------------------
 
 def test_default_cache_written_and_corrupt_cache_rebuilt(tmp_path, default_ds):
-    cache = tmp_path / "default_v1.npz"
+    cache = tmp_path / "default_v2.npz"
     cache.write_bytes(b"this is not an npz file \x00\x01\x02" * 64)       # a corrupted cache
     ds = data.load_default(cache_dir=tmp_path)                           # rebuilt, not trusted
     assert cache.exists() and cache.stat().st_size > 100_000
@@ -423,7 +423,7 @@ def test_truncated_default_cache_is_rebuilt(tmp_path, default_ds):
     good = tmp_path / "src.npz"
     np.savez(good, surface=default_ds.surface, ret=default_ds.ret)
     blob = good.read_bytes()
-    (tmp_path / "default_v1.npz").write_bytes(blob[: len(blob) // 2])
+    (tmp_path / "default_v2.npz").write_bytes(blob[: len(blob) // 2])
     ds = data.load_default(cache_dir=tmp_path)
     _assert_same(ds, default_ds)
 

@@ -20,7 +20,7 @@ import numpy as np
 
 REFERENCE_MATURITIES = np.array([1 / 12, 1 / 4, 1 / 2, 1.0, 2.0])
 REFERENCE_MONEYNESS = np.array([0.7, 0.85, 1.0, 1.15, 1.3])
-DEFAULT_CACHE_VERSION = "v1"
+DEFAULT_CACHE_VERSION = "v2"   # v2: the VRP, slope and skew factors of issue 15; bump on every change to the data
 
 
 class DataError(ValueError):

@@ -188,6 +188,55 @@ def vix_correlation(ds) -> float | None:
     return float(np.corrcoef(ds.surface[i_ds, m1, ix["atm"]], v.to_numpy(float)[i_v])[0, 1])
 
 
+def _atm_1m(ds) -> np.ndarray:
+    """(N,) the ATM vol of the maturity nearest one month (the VIX's)."""
+    ix = _data.feature_indices(ds.maturities, ds.moneyness)
+    return ds.surface[:, int(np.argmin(np.abs(ds.maturities - 1 / 12))), ix["atm"]]
+
+
+def market_table(ds):
+    """Issue 15's table: how the ~1-month ATM vol moves against the returns beside the real VIX, 2014-2018
+    (calibrated.market_comparison, on the days both exist), each statistic with its band around the VIX's
+    value and whether the data is inside ('pass' / 'fail'). (DataFrame, comparison dict), or (None, None)
+    for data without dates or with fewer than 250 days beside the VIX."""
+    from . import calibrated
+    if ds.dates is None:
+        return None, None
+    cmp = calibrated.market_comparison(_atm_1m(ds), ds.ret, ds.day_labels())
+    if cmp["n_days"] < 250:
+        return None, None
+    rows = []
+    for key, (label, kind, width) in calibrated.MARKET_STATS.items():
+        c = cmp[key]
+        rows.append({"statistic": label, "real VIX": c["vix"], "this data": c["data"],
+                     "band": f"{c['lo']:.3f} .. {c['hi']:.3f} (" + (f"+-{width:.0%}" if kind == "rel" else f"+-{width}") + ")",
+                     "inside the band": "pass" if c["inside"] else "fail"})
+    return pd.DataFrame(rows), cmp
+
+
+def term_spread(ds) -> np.ndarray:
+    """(N,) ATM vol of the maturity nearest 1 month minus that of the maturity nearest 1 year: > 0 inverted."""
+    ix = _data.feature_indices(ds.maturities, ds.moneyness)
+    m1 = int(np.argmin(np.abs(ds.maturities - 1 / 12)))
+    return ds.surface[:, m1, ix["atm"]] - ds.surface[:, ix["m1y"], ix["atm"]]
+
+
+def term_spread_figure(ds, stressed=None, crisis_mask=None, title="Term structure: 1-month minus 1-year ATM vol"):
+    """The term spread through time (above zero: inverted), the `stressed` days (bool (N,), e.g. the top 1% of
+    realised vol) marked, the crisis regime shaded."""
+    import plotly.graph_objects as go
+    x, spread = _x(ds), term_spread(ds)
+    fig = go.Figure(go.Scattergl(x=x, y=spread, mode="lines", line={"width": 1}, name="1m minus 1y ATM vol"))
+    if stressed is not None and np.any(stressed):
+        fig.add_trace(go.Scattergl(x=x[stressed], y=spread[stressed], mode="markers", name="top 1% realised-vol days",
+                                   marker={"size": 5, "color": "firebrick"}))
+    fig.add_hline(y=0, line_color="black", line_width=1)
+    for a, b in _data.regime_spells(crisis_mask) if crisis_mask is not None else []:
+        fig.add_vrect(x0=x[a], x1=x[b - 1], fillcolor=CRISIS_FILL, line_width=0)
+    fig.update_layout(title=title, yaxis_title="vol (decimal)", height=380)
+    return fig
+
+
 def data_summary(ds, acf_lags=(20, 60, 90)) -> dict:
     """The `data` section of metrics.json."""
     arb = _metrics.arbitrage_share(ds.surface, ds.maturities, ds.moneyness)
