@@ -614,7 +614,7 @@ def table(sw: Sweep, out=None) -> pd.DataFrame:
 
 MD_SCORES = ["phase4.val_rmse", "rmse", "cal rmse", "ci_violation", "cal ci_violation", "coverage_p05",
              "coverage_p95", "crps", "dm vs econometric", "dm p", "seconds"]      # results.md; the parquet has all
-MD_SUMMARY = ["rmse", "cal rmse", "ci_violation", "crps", "phase4.val_rmse"]
+MD_SUMMARY = ["rmse", "cal rmse", "ci_violation", "cal ci_violation", "crps", "phase4.val_rmse"]
 
 
 def summary_markdown(df: pd.DataFrame, metrics=None) -> str:
