@@ -77,15 +77,15 @@ def test_har_ridge_is_chosen_on_validation_to_stop_extrapolation():
 
 
 def _model(rate=30.0):
-    cfg = ModelConfig(2, 3, n_feat=5, latent_dim=2, mem_hidden=8, mem_layers=1, mem_dropout=0.0,
+    cfg = ModelConfig(2, 3, latent_dim=2, mem_hidden=8, mem_layers=1, mem_dropout=0.0,
                       surface_hidden=(4,), context_len=5, prior="conditional", target="change", known_future=True,
                       rv_halflives=(5, 21))
     torch.manual_seed(0)
     m = CVAE(cfg)
     with torch.no_grad():
-        m.ecm_a.copy_(torch.full((6,), 0.05))
-        m.ecm_b.copy_(torch.tensor([[1.0] * 6, [0.5] * 6]))
-        m.ecm_rate.fill_(rate)
+        m.backbone.ecm_a.copy_(torch.full((6,), 0.05))
+        m.backbone.ecm_b.copy_(torch.tensor([[1.0] * 6, [0.5] * 6]))
+        m.backbone.ecm_rate.fill_(rate)
     return m.eval()
 
 
@@ -95,7 +95,7 @@ def test_backbone_is_the_models_linear_path_by_hand():
     surface = np.full((n, *GRID), 0.2) * np.exp(0.01 * np.random.default_rng(6).standard_normal((n, *GRID)))
     ds = Dataset(surface, r, None, MAT, MON)
     feats = ds.features((5, 21))
-    rv = np.exp(feats[:, 3:])                                                 # RV in vol units, (n, 2)
+    rv = np.exp(feats[:, data.RV:])                                           # RV in vol units, (n, 2)
     # rate 30: rho = 1 - sigmoid(30) ~ 1e-13, so after one day log x = log L_t = log(a + b . RV_t); no RV link
     bb = baselines.Backbone(_model(30.0))
     t, L = 200, 20
@@ -105,10 +105,10 @@ def test_backbone_is_the_models_linear_path_by_hand():
     # rate -30: rho ~ 1, the level never pulls; an RV link W adds c_std * W (z_t - z_anchor), z the standardised RV
     m = _model(-30.0)
     with torch.no_grad():
-        m.rv_link.weight.copy_(torch.tensor([[0.1, -0.2]] * 6))
-        m.c_std.fill_(0.5)
+        m.backbone.rv_link.weight.copy_(torch.tensor([[0.1, -0.2]] * 6))
+        m.scaler.c_std.fill_(0.5)
     f = baselines.Backbone(m).log_forecast(ds, [t], L)[0]
-    z = (feats[:, 3:] - m.f_mean[3:].numpy()) / m.f_std[3:].numpy()
+    z = (feats[:, data.RV:] - m.scaler.f_mean[data.RV:].numpy()) / m.scaler.f_std[data.RV:].numpy()
     want = np.log(surface[t - 1].reshape(-1)) + 0.5 * ((z[t:t + L] - z[t - 1]) @ np.array([0.1, -0.2]))[:, None]
     np.testing.assert_allclose(f, want, rtol=1e-5, atol=1e-6)
     assert baselines.has_backbone(m)

@@ -138,12 +138,12 @@ REMOVED_SEED_CHECKS = {
     "mem_type": lambda full, v: v == "lstm" and all(
         type(m) is nn.LSTM for m in _seed_model(full).modules() if isinstance(m, nn.RNNBase)),
     "num_quantiles": lambda full, v: v == len(full["model"]["quantiles"])
-        == _seed_model(full).surface_head.out_features // _grid(full),
+        == _seed_model(full).decoder.surface_head.out_features // _grid(full),
     "use_dense_surface": lambda full, v: v is True and [
         x.out_features for x in _seed_model(full).posterior.dense if isinstance(x, nn.Linear)]
         == full["model"]["surface_hidden"],
     "use_quantile_regression": lambda full, v: v is True
-        and _seed_model(full).surface_head.out_features == len(full["model"]["quantiles"]) * _grid(full)
+        and _seed_model(full).decoder.surface_head.out_features == len(full["model"]["quantiles"]) * _grid(full)
         and LossWeights.from_params(full).quantiles == tuple(full["model"]["quantiles"]),
     "ex_feats_dim": lambda full, v: v == _seed_model(full).cfg.n_feat == 3 + len(full["model"]["rv_halflives"]),
     "total_epochs": lambda full, v: v == full["training"]["phase4_epochs"]

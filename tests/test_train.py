@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from backfill import checkpoint, data, params, phases, rundir, train
+from backfill.model import ModelConfig
 
 
 @pytest.fixture(scope="module")
@@ -125,15 +126,16 @@ def test_build_model_fits_the_backbone_and_the_change_scale_on_the_training_spli
     p, ds = base
     i0, i1 = data.splits(ds, p)["train"]
     model = train.build_model(p, ds, (i0, i1))
-    rv = np.exp(ds.features(p["model"]["rv_halflives"])[i0:i1, 3:].astype(float))        # (T, R) RV in vol
+    rv = np.exp(ds.features(p["model"]["rv_halflives"])[i0:i1, data.RV:].astype(float))  # (T, R) RV in vol
     X = np.column_stack([np.ones(len(rv)), rv])
     coef, *_ = np.linalg.lstsq(X, ds.surface[i0:i1].reshape(i1 - i0, -1), rcond=None)     # the econometric fit
-    np.testing.assert_allclose(model.ecm_a.numpy(), coef[0], rtol=1e-3, atol=1e-4)
-    np.testing.assert_allclose(model.ecm_b.numpy(), coef[1:], rtol=1e-3, atol=1e-4)
-    assert (model.ecm_b.sum(0) > 0).all()            # vols rise with realised vol at every grid point
+    bb = model.backbone
+    np.testing.assert_allclose(bb.ecm_a.numpy(), coef[0], rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(bb.ecm_b.numpy(), coef[1:], rtol=1e-3, atol=1e-4)
+    assert (bb.ecm_b.sum(0) > 0).all()               # vols rise with realised vol at every grid point
     s = ds.surface[i0:i1]
     want = (np.log(s[20:]) - np.log(s[:-20])).std(0)                                       # 20-day log changes
-    np.testing.assert_allclose(model.c_std.numpy(), want, rtol=1e-3)
+    np.testing.assert_allclose(model.scaler.c_std.numpy(), want, rtol=1e-3)
 
 
 def test_checkpoints_load_as_weights_only(base, tmp_path):
@@ -174,6 +176,16 @@ def test_a_checkpoint_with_pickled_code_is_refused(tmp_path):
     with pytest.raises(checkpoint.CheckpointError, match="foreign.pt"):
         checkpoint.load_model(path)
     assert not marker.exists()
+
+
+def test_a_checkpoint_of_another_model_version_is_one_line(tmp_path):
+    cfg = ModelConfig(5, 5).to_dict()
+    for name, ck in (("config", {"model": {}, "model_config": {**cfg, "n_feat": 3}}),          # a field now derived
+                     ("state", {"model": {"dec_lstm.weight_ih_l0": torch.zeros(1)}, "model_config": cfg})):
+        checkpoint.save(tmp_path / f"{name}.pt", ck)
+        with pytest.raises(checkpoint.CheckpointError, match="does not fit this code's model") as e:
+            checkpoint.load_model(tmp_path / f"{name}.pt")
+        assert "\n" not in str(e.value)
 
 
 def test_plain_turns_numpy_into_python():

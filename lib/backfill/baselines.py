@@ -10,7 +10,7 @@ positive, and a move is proportional to the level, as vol moves are).
 The strong baselines see what the VAE sees (the returns of every backfilled day and the context surface):
   har       per grid point, ridge regression of log vol on log EWMA realised vol at several half-lives, the
             return and the 20-day return, with an AR(1) residual anchored on the last context day;
-  backbone  the trained VAE's own linear error-correction path (`CVAE.linear_path`) without the network, so
+  backbone  the trained VAE's own linear error-correction path (`model.Backbone.linear_path`) without the network, so
             what the network adds is the difference between the two.
 Their intervals come from bootstrapped residual paths (`ErrorBank`): whole error paths of the method's own
 forecasts from origins in the training split, scaled by realised vol to the power the training errors show.
@@ -196,8 +196,8 @@ def fit_har(ds, train_span, val_span, halflives=HAR_HALFLIVES, penalties=HAR_RID
 
 @dataclass
 class Backbone:
-    """The trained VAE's linear error-correction path alone (`CVAE.linear_path`, no network): the median of the
-    working model with its neural part switched off."""
+    """The trained VAE's linear error-correction path alone (`model.Backbone.linear_path`, no network): the median of
+    the working model with its neural part switched off."""
     model: object
 
     def log_forecast(self, ds, starts, L: int) -> np.ndarray:
@@ -205,21 +205,22 @@ class Backbone:
         import torch
         m = self.model
         feats = ds.features(m.cfg.rv_halflives)
-        dev = m.s_mean.device
+        dev = m.scaler.s_mean.device
         out = []
         with torch.no_grad():
             for t in np.atleast_1d(starts):
                 n = min(L, ds.n_days - t)
                 f = torch.as_tensor(feats[t - 1:t + n][None], dtype=torch.float32, device=dev)   # (1, 1 + n, F)
                 anchor = torch.as_tensor(ds.surface[t - 1][None], dtype=torch.float32, device=dev)
-                lin = m.linear_path(m.norm_f(f), 1, anchor)[:, 1:] * m.c_std.flatten()    # (1, n, G) log change
+                lin = m.backbone.linear_path(m.scaler.norm_f(f), 1, anchor, m.scaler)[:, 1:] \
+                    * m.scaler.c_std.flatten()                                              # (1, n, G) log change
                 out.append(np.log(ds.surface[t - 1].reshape(-1)) + lin[0].double().cpu().numpy())
         return np.stack(out)
 
 
 def has_backbone(model) -> bool:
     """Whether the model has a linear backbone (the working model: change target with known RV inputs)."""
-    return bool(getattr(model, "rv_idx", None))
+    return getattr(model, "backbone", None) is not None
 
 
 @dataclass

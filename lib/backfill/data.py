@@ -22,6 +22,11 @@ REFERENCE_MATURITIES = np.array([1 / 12, 1 / 4, 1 / 2, 1.0, 2.0])
 REFERENCE_MONEYNESS = np.array([0.7, 0.85, 1.0, 1.15, 1.3])
 DEFAULT_CACHE_VERSION = "v2"   # v2: the VRP, slope and skew factors of issue 15; bump on every change to the data
 
+# The columns of `Dataset.features`, named once: the return, the surface's skew and slope, then one log realised vol
+# per half-life (model.rv_halflives) from column RV on.
+FEATURES = ("return", "skew", "slope")
+RET, SKEW, SLOPE, RV = 0, 1, 2, 3
+
 
 class DataError(ValueError):
     """An invalid dataset; the message names the problem in one line."""
@@ -45,8 +50,9 @@ class Dataset:
         return self.surface.shape[1], self.surface.shape[2]
 
     def features(self, rv_halflives=()) -> np.ndarray:
-        """(N, 3 + len(rv_halflives)) extra features per day: [return, skew, slope, log RV_h ...], RV_h the
-        causal EWMA realised vol of the returns with a half-life of h days (known at each day's close)."""
+        """(N, 3 + len(rv_halflives)) extra features per day: [return, skew, slope, log RV_h ...] (columns RET, SKEW,
+        SLOPE, RV...), RV_h the causal EWMA realised vol of the returns with a half-life of h days (known at each
+        day's close)."""
         skew, slope = skew_slope(self.surface, self.maturities, self.moneyness)
         rv = [np.log(ewma_vol(self.ret, h)) for h in rv_halflives]
         return np.stack([self.ret, skew, slope, *rv], axis=-1).astype(np.float32)

@@ -60,6 +60,9 @@ _date_or_int.__name__ = "date (YYYY-MM-DD) or day index"
 _span = _list_of(_date_or_int, 2)
 _span.__name__ = "[start, end] pair of dates or day indices"
 
+PRIORS = ("standard", "conditional")    # model.prior: N(0, I) (the plan) or a learned p(z_t | past, known inputs)
+TARGETS = ("level", "change")           # model.target: vol levels (the plan) or log changes from the anchor day
+
 SCHEMA = {
     "profile": str,
     "description": (str, None),
@@ -304,10 +307,10 @@ def validate(p: dict) -> dict:
         _fail("model.feat_dim", f"must be [n_maturity, n_moneyness] with each >= 2, got {m['feat_dim']}")
     if m["ex_feats_loss_type"] not in ("l2", "l1"):
         _fail("model.ex_feats_loss_type", f"must be 'l2' or 'l1', got {m['ex_feats_loss_type']!r}")
-    if m["prior"] not in ("standard", "conditional"):
-        _fail("model.prior", f"must be 'standard' or 'conditional', got {m['prior']!r}")
-    if m["target"] not in ("level", "change"):
-        _fail("model.target", f"must be 'level' or 'change', got {m['target']!r}")
+    if m["prior"] not in PRIORS:
+        _fail("model.prior", f"must be {' or '.join(map(repr, PRIORS))}, got {m['prior']!r}")
+    if m["target"] not in TARGETS:
+        _fail("model.target", f"must be {' or '.join(map(repr, TARGETS))}, got {m['target']!r}")
     if any(h < 1 for h in m["rv_halflives"]):
         _fail("model.rv_halflives", f"half-lives must be >= 1 day, got {m['rv_halflives']}")
     if m["known_future"] and t["returns"] != "realized":
