@@ -513,7 +513,7 @@ def test_named_windows_are_checked_at_load(tmp_path):
         (tmp_path / "p.yaml").write_text(yaml.safe_dump(p))
         with pytest.raises(DataError, match=msg):
             data.load_for(params.load(tmp_path / "p.yaml"))
-    for name in ("smoke", "regime_shift", "short_history", "full", "full_working", "smoke_seed", "test"):
+    for name in ("smoke", "regime_shift", "short_history", "full", "full_working", "smoke_plan", "test"):
         q = params.load(params.profile_path(name))
         ds = data.load_for(q)                                   # every committed profile has a test-split window
         a, b = data.splits(ds, q)["test"]

@@ -19,13 +19,19 @@ from backfill.train import is_full_plan
 from backfill.data import DataError
 from backfill.params import ParamsError
 
-PROFILES = ("test", "smoke", "full", "smoke_seed", "regime_shift", "full_working", "smoke_kl1")
+PROFILES = ("test", "smoke", "full", "smoke_plan", "regime_shift", "full_working", "smoke_kl1", "short_history")
 SEED_DIR = Path(backfill.params.__file__).resolve().parents[3] / "shared" / "seed"
 
 
 # --- helpers -----------------------------------------------------------------------------------
 
 def _raw(name="test") -> dict:
+    """A profile's complete params (its bases merged, not validated): what a complete file holds, to be broken."""
+    return params.resolve(params.profile_path(name))
+
+
+def _file(name: str) -> dict:
+    """A profile's file as written (a delta names its base)."""
     return yaml.safe_load(params.profile_path(name).read_text())
 
 
@@ -439,7 +445,7 @@ def test_load_for_honours_grid(tmp_path):
 
 # --- 7. the seed as written vs the working model ------------------------------------------------
 
-@pytest.mark.parametrize("name", ["full", "smoke_seed"])
+@pytest.mark.parametrize("name", ["full", "smoke_plan"])
 def test_seed_profiles_keep_the_seeds_model(name):
     m = params.load(params.profile_path(name))["model"]
     assert (m["prior"], m["target"], m["kl_weight"], m["rv_halflives"], m["known_future"]) == \
@@ -516,11 +522,11 @@ def test_base_merges_recursively(tmp_path):
 
 def test_base_chains_by_name_and_by_relative_path(tmp_path):
     (tmp_path / "sub").mkdir()
-    _delta(tmp_path, "mid", {"base": "smoke_seed", "seed": 7})
+    _delta(tmp_path, "mid", {"base": "smoke_plan", "seed": 7})
     child = _delta(tmp_path / "sub", "child", {"base": "../mid.yaml", "model": {"latent_dim": 3}})
     p = params.load(child)
-    seed = params.load(params.profile_path("smoke_seed"))
-    assert _flat(p) == {**_flat(seed), "profile": "child", "description": "child experiment", "seed": 7,
+    plan = params.load(params.profile_path("smoke_plan"))
+    assert _flat(p) == {**_flat(plan), "profile": "child", "description": "child experiment", "seed": 7,
                         "model.latent_dim": 3}
 
 
@@ -573,8 +579,8 @@ def test_parse_override(text, key, value):
 
 
 def test_overrides_apply_on_the_merged_params_before_validation():
-    base = params.load(params.profile_path("smoke_seed"))
-    p = params.load(params.profile_path("smoke_seed"),
+    base = params.load(params.profile_path("smoke_plan"))
+    p = params.load(params.profile_path("smoke_plan"),
                     ["model.kl_weight=0.5", "seed=3", "training.phase2_weights.7=0.25",
                      "generation.windows.late=2017-03-01", "data.train=[2001-01-02, 2013-12-31]"])
     assert p["model"]["kl_weight"] == 0.5 and p["seed"] == 3
@@ -679,14 +685,37 @@ def test_is_full_plan_is_the_seed_plan():
 
 
 # What each committed delta changes, against what it was before it became a delta (the files loaded to
-# exactly these dicts, minus the removed keys, when they were complete copies).
+# exactly these dicts, minus the removed keys, when they were complete copies). full.yaml, the plan, is the only
+# complete file.
+_WORKING = {"model.prior": "conditional", "model.target": "change", "model.kl_weight": 1.0,
+            "model.rv_halflives": [5, 21], "model.known_future": True, "generation.repair_arbitrage": True}
 DELTAS = {
-    "smoke_seed": ("smoke", {"model.prior": "standard", "model.target": "level", "model.kl_weight": 1e-5,
+    "smoke": ("full", {**_WORKING, "training.phase1_epochs": 40, "training.phase2_epochs": 56,
+                       "training.phase3_epochs": 64, "training.phase4_epochs": 72, "training.learning_rate": 3e-3,
+                       "training.max_train_windows": 512, "training.max_val_windows": 128,
+                       "generation.n_samples": 100, "generation.sample_chunk": 100, "generation.max_rolling": 12,
+                       "generation.bootstrap_paths": 200}),
+    "test": ("full", {**_WORKING, "data.train": ["2004-01-01", "2009-12-31"], "model.feat_dim": None,
+                      "model.context_len": 10, "model.horizon": 9, "model.latent_dim": 3, "model.mem_hidden": 16,
+                      "model.mem_dropout": 0.1, "model.surface_hidden": [5, 5], "model.device": "cpu",
+                      "training.phase1_epochs": 1, "training.phase2_epochs": 2, "training.phase3_epochs": 3,
+                      "training.phase4_epochs": 4, "training.learning_rate": 3e-3, "training.batch_size": 16,
+                      "training.phase2_horizons": [1, 3, 9], "training.phase2_weights": {1: 1.0, 3: 0.6, 9: 0.3},
+                      "training.phase3_horizon": 6, "training.phase3_offsets": [3, 6], "training.phase4_horizon": 9,
+                      "training.phase4_offsets": [5, 9], "training.max_train_windows": 64,
+                      "training.max_val_windows": 32, "generation.n_samples": 4, "generation.sample_chunk": 4,
+                      "generation.horizon": 9, "generation.offset_fast": 9, "generation.offset_ensemble": 5,
+                      "generation.days_6month": 18, "generation.days_1year": 25,
+                      "generation.windows": {"crisis": "2008-06-02", "normal": "2005-03-01",
+                                             "out_of_sample": "2016-03-01"},
+                      "generation.max_rolling": 2, "generation.bootstrap_paths": 20, "generation.max_calibration": 4,
+                      "generation.calibration_lead_bins": [1, 6, 13]}),
+    "smoke_plan": ("smoke", {"model.prior": "standard", "model.target": "level", "model.kl_weight": 1e-5,
                              "model.rv_halflives": [], "model.known_future": False,
                              "generation.repair_arbitrage": False}),
     "regime_shift": ("smoke", {"data.train": ["2003-01-01", "2007-06-29"], "data.val_fraction": 0.3,
                                "data.test": ["2007-07-02", "2010-12-31"]}),
-    "smoke_kl1": ("smoke_seed", {"model.kl_weight": 1.0, "generation.n_samples": 32, "generation.sample_chunk": 32,
+    "smoke_kl1": ("smoke_plan", {"model.kl_weight": 1.0, "generation.n_samples": 32, "generation.sample_chunk": 32,
                                  "generation.max_rolling": 6}),
     "full_working": ("full", {"model.prior": "conditional", "model.target": "change", "model.kl_weight": 1.0,
                               "model.rv_halflives": [5, 21], "model.known_future": True,
@@ -697,8 +726,8 @@ DELTAS = {
 @pytest.mark.parametrize("name", sorted(DELTAS))
 def test_committed_deltas_differ_from_their_base_exactly_in_the_keys_they_state(name):
     base, changes = DELTAS[name]
-    raw = _raw(name)
-    assert raw["base"] == base and set(raw) - {"base", "profile", "description"} <= {"data", "model", "generation"}
+    raw = _file(name)
+    assert raw["base"] == base and set(raw) - {"base", "profile", "description"} <= set(params.SCHEMA)
     p, b = _flat(params.load(params.profile_path(name))), _flat(params.load(params.profile_path(base)))
     assert {k: v for k, v in p.items() if b.get(k) != v} == {"profile": name, "description": p["description"],
                                                              **changes}
@@ -706,11 +735,12 @@ def test_committed_deltas_differ_from_their_base_exactly_in_the_keys_they_state(
     assert set(_flat({k: v for k, v in raw.items() if k != "base"})) == {"profile", "description", *changes}
 
 
-def test_smoke_and_full_are_complete_bases():
-    for name in ("smoke", "full", "test"):
-        raw = _raw(name)
-        assert "base" not in raw
-        assert set(_flat(raw)) == set(_flat(params.load(params.profile_path(name)))) - {"provenance"}
+def test_full_is_the_only_complete_params_file():
+    raw = _file("full")
+    assert "base" not in raw
+    assert set(_flat(raw)) == set(_flat(params.load(params.profile_path("full")))) - {"provenance"}
+    for path in sorted(params.profile_path("full").parent.glob("*.yaml")):
+        assert path.stem == "full" or "base" in _file(path.stem), path.name
 
 
 def test_a_delta_replaces_free_form_mappings_whole(tmp_path):

@@ -519,9 +519,6 @@ def profile_path(name: str) -> Path:
 
 
 def longest_window(p: dict) -> int:
-    """Days needed by the longest training window of the curriculum."""
-    C, t = p["model"]["context_len"], p["training"]
-    lens = [C + 1, C + max(t["phase2_horizons"])]
-    for ph in (3, 4):
-        lens.append(C + (t[f"phase{ph}_ar_steps"] - 1) * max(t[f"phase{ph}_offsets"]) + t[f"phase{ph}_horizon"])
-    return max(lens)
+    """Days needed by the longest training window of the curriculum (data.phase_window_lengths)."""
+    from .data import phase_window_lengths
+    return max(phase_window_lengths(p).values())
