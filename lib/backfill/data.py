@@ -4,7 +4,7 @@ A dataset is a daily series of surfaces on a (maturity x moneyness) grid plus th
 return. Nothing here assumes a 5x5 grid. Three sources load into the same `Dataset`:
 an `.npz` (including the public reference layout `surface, ret, price, skews, slopes, levels`), a long
 CSV/parquet (`date, maturity, moneyness, iv` plus a `date, return` table), or the embedded
-market-calibrated default (`calibrated.make_default_arrays`, cached on disk).
+market-calibrated default (`embedded_data.make_default_arrays`, cached on disk).
 """
 from __future__ import annotations
 
@@ -342,7 +342,7 @@ def default_cache_path(cache_dir=None, grid=None) -> Path:
 def load_default(cache_dir=None, grid=None) -> Dataset:
     """The embedded market-calibrated SPX-like dataset on a grid (None: the reference 5x5; see
     default_grid), built once per grid and cached as an .npz."""
-    from . import calibrated
+    from . import embedded_data
     mat, mon = default_grid(grid)
     path = default_cache_path(cache_dir, grid)
     if path.exists():
@@ -360,8 +360,8 @@ def load_default(cache_dir=None, grid=None) -> Dataset:
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
     except OSError as e:
         raise _cache_error(path, e) from None
-    arrays = calibrated.make_default_arrays(maturities=None if grid is None else mat,
-                                            moneyness=None if grid is None else mon)
+    arrays = embedded_data.make_default_arrays(maturities=None if grid is None else mat,
+                                               moneyness=None if grid is None else mon)
     tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
     try:
         np.savez(tmp, surface=arrays["surface"], ret=arrays["ret"], dates=np.asarray(arrays["dates"], dtype="U10"),
