@@ -358,10 +358,26 @@ def test_index_split_outside_data(default_ds, full_p):
 
 # --- 6. windows --------------------------------------------------------------------------------
 
+def test_one_ewma_vol_is_riskmetrics_at_its_half_life(default_ds):
+    """data.ewma_vol is the package's one EWMA vol: RiskMetrics' daily decay 0.94 is a half-life of
+    log(0.5) / log(0.94) days, and at it the lfilter recursion equals the textbook loop on the real returns."""
+    from backfill import metrics
+    assert data.RISKMETRICS_HALFLIFE == pytest.approx(11.2023, abs=1e-4)
+    assert 0.5 ** (1 / data.RISKMETRICS_HALFLIFE) == pytest.approx(0.94, abs=1e-15)
+    r = default_ds.ret
+    s2, prev = np.empty_like(r), np.mean(r[:20] ** 2)
+    for t, x in enumerate(r):
+        prev = 0.94 * prev + (1 - 0.94) * x * x
+        s2[t] = prev
+    rv = data.ewma_vol(r, data.RISKMETRICS_HALFLIFE)
+    np.testing.assert_allclose(rv, np.sqrt(252 * s2), rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(metrics.ewma_realized_vol(r), rv)      # the name notebooks 07-09 call
+
+
 @pytest.mark.parametrize("L", [61, 150, 240, 330])
 def test_window_counts(L):
-    # Every start t with t + L <= 4001 gives a window: 4001 - L + 1 of them. (The seed's table 3
-    # reports 3,940 / 3,851 / 3,761 / 3,671 = 4001 - L, one fewer: an off-by-one in the seed.)
+    # Every start t with t + L <= 4001 gives a window: 4001 - L + 1 of them. (The plan's table 3
+    # reports 3,940 / 3,851 / 3,761 / 3,671 = 4001 - L, one fewer: an off-by-one in the plan.)
     w = data.window_starts((0, 4001), L)
     assert len(w) == 4001 - L + 1
     assert w[0] == 0 and w[-1] + L == 4001

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .data import RISKMETRICS_HALFLIFE, RISKMETRICS_LAMBDA, ewma_vol, halflife_of
 from .generate import Backfill
-from .metrics import crps_ensemble, ewma_realized_vol
+from .metrics import crps_ensemble
 
 HAR_HALFLIVES = (5, 21, 63, 126, 252)           # days: a week, a month, a quarter, half a year, a year
 HAR_RIDGE = (0.0, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # penalties tried (on standardised inputs), chosen on validation
@@ -33,16 +34,17 @@ class Econometric:
     coef: np.ndarray        # (3, G): a, b, c per grid point
     phi: np.ndarray         # (G,) AR(1) coefficient of the residual
     innov: np.ndarray       # (T-1, G) AR(1) innovations of the training residuals (whole days)
-    lam: float = 0.94
+    lam: float = RISKMETRICS_LAMBDA
 
     @staticmethod
     def design(rv, ret):
         return np.column_stack([np.ones_like(rv), rv, ret])              # (T, 3)
 
 
-def fit_econometric(surface, ret, span, lam: float = 0.94) -> Econometric:
-    """OLS of IV on [1, RV, r] per grid point, then OLS AR(1) of the residuals, on days span[0]..span[1]."""
-    rv = ewma_realized_vol(ret, lam)
+def fit_econometric(surface, ret, span, lam: float = RISKMETRICS_LAMBDA) -> Econometric:
+    """OLS of IV on [1, RV, r] per grid point, then OLS AR(1) of the residuals, on days span[0]..span[1]; RV the
+    EWMA realised vol with daily decay `lam`."""
+    rv = ewma_vol(ret, halflife_of(lam))
     a, b = span
     Y = np.asarray(surface[a:b], float).reshape(b - a, -1)                   # (T, G)
     X = Econometric.design(rv[a:b], np.asarray(ret[a:b], float))
@@ -57,7 +59,7 @@ def econometric_backfill(model: Econometric, ds, start: int, days: int, n_paths:
     """Backfill days [start, start+days) given the realised returns and the residual of day start-1."""
     if start < 1:
         raise ValueError(f"backfill start {start} has no context day before it")
-    rv = ewma_realized_vol(ds.ret, model.lam)
+    rv = ewma_vol(ds.ret, halflife_of(model.lam))
     known = min(days, ds.n_days - start)
     X = Econometric.design(rv[start - 1:start + known], ds.ret[start - 1:start + known])   # (1+known, 3)
     mean = X @ model.coef                                                                   # (1+known, G)
@@ -131,7 +133,6 @@ def _as_backfill(ds, start, days, known, point, paths, segment_len, name, method
 def har_features(ret, halflives=HAR_HALFLIVES) -> np.ndarray:
     """(N, len(halflives) + 2) inputs known at each day's close: log EWMA realised vol per half-life
     (data.ewma_vol), the return and the 20-day return."""
-    from .data import ewma_vol
     r = np.asarray(ret, float)
     r20 = np.convolve(r, np.ones(20))[:len(r)]                                  # sum of the last 20 returns
     return np.column_stack([*(np.log(ewma_vol(r, h)) for h in halflives), r, r20])
@@ -245,7 +246,7 @@ def fit_error_bank(method, ds, span, days: int, every: int = 5, min_origins: int
     if L < 1:
         raise ValueError(f"error bank: the span {a}..{b} is too short for {min_origins} origins")
     starts = np.arange(a + 1, b - L + 1, every)
-    rv = ewma_realized_vol(ds.ret)
+    rv = ewma_vol(ds.ret, RISKMETRICS_HALFLIFE)
     logy = np.log(ds.surface.reshape(ds.n_days, -1))
     f = method.log_forecast(ds, starts, L)                                     # (n, L, G)
     e = np.stack([logy[t:t + L] for t in starts]) - f
@@ -265,7 +266,7 @@ def linear_backfill(method, bank: ErrorBank, ds, start: int, days: int, n_paths:
         raise ValueError(f"backfill start {start} has no context day before it")
     known = min(days, ds.n_days - start)
     logf = method.log_forecast(ds, [start], known)[0]                          # (known, G)
-    rv = ewma_realized_vol(ds.ret)[start:start + known]
+    rv = ewma_vol(ds.ret, RISKMETRICS_HALFLIFE)[start:start + known]
     lead = np.minimum(np.arange(known), bank.length - 1)
     rng = np.random.default_rng(seed)
     draw = bank.errors[rng.integers(0, len(bank.errors), n_paths)][:, lead]    # (N, known, G)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import math
 import os
 import zipfile
 import zlib
@@ -109,10 +110,22 @@ def skew_slope(surface, maturities, moneyness):
     return skew, slope
 
 
+RISKMETRICS_LAMBDA = 0.94      # the daily decay of the RiskMetrics EWMA (the plan's econometric baseline)
+
+
+def halflife_of(lam: float) -> float:
+    """The half-life in days of an EWMA with daily decay `lam` (lam = 0.5^(1/halflife)): 0.94 is ~11.2 days."""
+    return math.log(0.5) / math.log(lam)
+
+
+RISKMETRICS_HALFLIFE = halflife_of(RISKMETRICS_LAMBDA)
+
+
 def ewma_vol(ret, halflife: float, periods: int = 252, warmup: int = 20) -> np.ndarray:
-    """Annualised EWMA volatility of daily log returns with the given half-life in days, causal:
-    s2_t = lam s2_{t-1} + (1 - lam) r_t^2, lam = 0.5^(1/halflife), started from the mean square of the
-    first `warmup` days, floored at 1e-4 so its log is finite."""
+    """Annualised EWMA volatility of daily log returns with the given half-life in days, causal (the one EWMA
+    vol of the package: the model's RV features, the baselines' realised vol, RiskMetrics at
+    RISKMETRICS_HALFLIFE): s2_t = lam s2_{t-1} + (1 - lam) r_t^2, lam = 0.5^(1/halflife), started from the mean
+    square of the first `warmup` days, floored at 1e-4 so its log is finite."""
     from scipy.signal import lfilter
     r2 = np.asarray(ret, dtype=float) ** 2
     lam = 0.5 ** (1.0 / halflife)

@@ -9,7 +9,7 @@ import dataclasses
 import numpy as np
 import pandas as pd
 
-from . import arbitrage, baselines, conformal, gates, metrics
+from . import arbitrage, baselines, conformal, data, gates, metrics
 
 SCALARS = ("rmse", "ci_violation", "ci_violation_sampling_spread", "cointegration_share", "arbitrage_share",
            "arbitrage_share_raw", "pass_ratio", "coverage_p05", "coverage_p50", "coverage_p95",
@@ -75,7 +75,7 @@ def score(run, bfs: dict, calibrations: dict | None = None) -> dict:
     row also gets `rv_outside_calibration`: the share of its days whose realised vol lies outside the range the
     calibration days covered (where the conformal guarantee is least credible)."""
     ds = run.data
-    rv = metrics.ewma_realized_vol(ds.ret)
+    rv = data.ewma_vol(ds.ret, data.RISKMETRICS_HALFLIFE)
     out = {}
     for name, methods in bfs.items():
         any_bf = next(iter(methods.values()))
