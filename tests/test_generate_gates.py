@@ -87,9 +87,10 @@ def test_backfill_needs_context(setup):
         generate.backfill(model, ds, 5, 18, 9, 9, 2, seed=0)
 
 
-def test_window_starts_named_and_rolling(setup):
+def test_backfill_starts_named_and_rolling(setup):
     p, ds, model = setup
-    w = generate.window_starts(ds, p, data.splits(ds, p)["test"], 25)
+    w = generate.backfill_starts(ds, p, data.splits(ds, p)["test"], 25)
+    assert generate.window_starts is generate.backfill_starts          # the name notebook 08 calls
     assert w["crisis"] == ds.index_of("2008-06-02") and w["out_of_sample"] == ds.index_of("2016-03-01")
     rolling = sorted(v for k, v in w.items() if k.startswith("rolling_"))
     assert len(rolling) == p["generation"]["max_rolling"] and rolling[1] - rolling[0] == 21

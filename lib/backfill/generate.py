@@ -162,8 +162,10 @@ def backfill_for(model, ds, p: dict, start: int, days: int, offset: int, name: s
                     repair=g["repair_arbitrage"])
 
 
-def window_starts(ds, p: dict, split_span, days: int) -> dict[str, int]:
-    """Named windows from params plus rolling origins every `rolling_every` days over a split."""
+def backfill_starts(ds, p: dict, split_span, days: int) -> dict[str, int]:
+    """The first backfilled day of every backfill: the named windows of the params (`generation.windows`) plus
+    rolling origins every `rolling_every` days over a split, {name: day index}. (data.window_starts gives the
+    training windows' start days instead.)"""
     g, C = p["generation"], p["model"]["context_len"]
     out = {}
     for name, when in g["windows"].items():
@@ -177,6 +179,9 @@ def window_starts(ds, p: dict, split_span, days: int) -> dict[str, int]:
     for t in origins:
         out[f"rolling_{t}"] = t
     return out
+
+
+window_starts = backfill_starts      # the former name, which notebook 08 still calls
 
 
 def calibration_starts(ds, p: dict, split_span, days: int) -> dict[str, tuple[int, int]]:
