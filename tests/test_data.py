@@ -1,4 +1,4 @@
-"""Data loading, validation, features, splits, regimes, windows and the default-data cache (SPEC section 3)."""
+"""Data loading, validation, features, splits, regimes, windows and the default-data cache (docs/design.md §9)."""
 from __future__ import annotations
 
 from pathlib import Path

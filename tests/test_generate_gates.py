@@ -16,9 +16,9 @@ def setup():
     return p, ds, model
 
 
-# --- passes and coverage: the seed's section 5 -------------------------------------------------
+# --- passes and coverage: the plan's section 5 -------------------------------------------------
 
-def test_passes_and_days_covered_match_the_seed():
+def test_passes_and_days_covered_match_the_plan():
     assert generate.n_passes(252, 90) == 3 and generate.days_covered(90, 90, 3) == 270
     assert generate.n_passes(252, 45) == 6 and generate.days_covered(90, 45, 6) == 315
     assert generate.n_passes(180, 90) == 2 and generate.days_covered(90, 90, 2) == 180

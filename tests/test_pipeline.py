@@ -45,7 +45,7 @@ def test_run_leaves_the_contract(run_dir):
         assert (run_dir / "checkpoints" / "last.pt").exists()
         assert list((run_dir / "logs" / "tensorboard").glob("events.out.tfevents.*"))
         assert m["phases"]["phase2"]["criteria"]["decision"] in ("PASS", "MARGINAL", "FAIL")
-        for n in (1, 2, 3, 4):                       # the seed's "KL < 10" beside every phase's criteria
+        for n in (1, 2, 3, 4):                       # the plan's "KL < 10" beside every phase's criteria
             ph = m["phases"][f"phase{n}"]
             assert ph["val_kl"] >= 0 and "KL to the prior (validation)" in [c["criterion"] for c in ph["criteria"]["checks"]]
     if "09_evaluation" in names:

@@ -87,7 +87,7 @@ def test_loss_decreases_and_phases_chain(base, tmp_path):
     assert len(s["val_eval"]["offset_9"]["rmse_by_pass"]) == 3
     rec = train.phase_record(s1)
     assert set(rec["val_rmse_by_horizon"]) == {1}
-    assert rec["val_kl"] == s1["val_eval"]["kl"] and rec["val_kl"] >= 0       # the seed's table 6.1 KL
+    assert rec["val_kl"] == s1["val_eval"]["kl"] and rec["val_kl"] >= 0       # the plan's table 6.1 KL
     # a finished phase returns its stored summary without training again
     again = train.train_phase(run, 1, progress=False)
     assert again["val_eval"] == s1["val_eval"]

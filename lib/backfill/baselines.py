@@ -1,6 +1,6 @@
 """Baselines in the VAE's array layout (a `generate.Backfill`), so one metric path serves all methods.
 
-Econometric (the seed's): per grid point IV_t = a + b RV_t + c r_t + u_t with u_t AR(1), RV the EWMA
+Econometric (the plan's; docs/design.md §7): per grid point IV_t = a + b RV_t + c r_t + u_t with u_t AR(1), RV the EWMA
 realised vol (lambda 0.94, annualised) of the returns; fitted on the training split. Over a backfill it
 uses the realised returns and the last context residual; intervals from bootstrap paths whose AR(1)
 innovations are resampled by whole days (keeping the cross-grid correlation).

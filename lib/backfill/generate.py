@@ -1,10 +1,10 @@
-"""Backfill generation (SPEC section 7): N latent samples per start date, each rolling out its own path.
+"""Backfill generation (docs/design.md §6): N latent samples per start date, each rolling out its own path.
 
 A backfill of `days` days starting at day index `start` reads the C real days before it as context and
 runs P = ceil(days / O) passes of H days with offset O through `rollout.rollout` (the same context
 assembly as training). Days covered by several passes (O < H) are the mean of those passes' quantiles.
 Samples are batched (chunked to fit memory); the per-sample p05/p50/p95 paths are summarised across
-samples as in SPEC section 9: forecast = mean of p50, interval = [mean p05, mean p95], and the
+samples by quantile averaging: forecast = mean of p50, interval = [mean p05, mean p95], and the
 5th-95th percentile of the sample p50 paths as the sampling-spread interval.
 """
 from __future__ import annotations

@@ -95,13 +95,13 @@ SCHEMA = {
         "quantiles": _list_of(float),
         "quantile_loss_weights": _list_of(float),
         "device": str,                     # "auto", "cpu" or "cuda"
-        "prior": str,                      # "standard" (N(0, I), the seed) or "conditional" (learned p(z | past))
-        "target": str,                     # "level" (the seed) or "change" (log change from the last context day)
+        "prior": str,                      # "standard" (N(0, I), the plan) or "conditional" (learned p(z | past))
+        "target": str,                     # "level" (the plan) or "change" (log change from the last context day)
         "rv_halflives": _list_of(int, 0),  # log EWMA realised-vol features of the returns, half-lives in days
         "known_future": bool,              # decoder and prior see each future day's return and RV features
     },
     "training": {
-        "phase1_epochs": int,              # cumulative epoch marks, as in the seed
+        "phase1_epochs": int,              # cumulative epoch marks, as in the plan
         "phase2_epochs": int,
         "phase3_epochs": int,
         "phase4_epochs": int,
@@ -135,7 +135,7 @@ SCHEMA = {
         "gate3_pass_ratio": float,
         "gate3_ci_violation": float,
         "gate3_coint_normal": float,
-        "kl_max": float,                   # the seed's table 6.1: KL < 10 in every phase
+        "kl_max": float,                   # the plan's table 6.1: KL < 10 in every phase
         "marginal_band": float,            # a check within this relative distance of its threshold is "near"
     },
     "generation": {
@@ -161,7 +161,7 @@ SCHEMA = {
     },
 }
 
-# Keys the seed's configs had that no code reads or that could take one value only; a file that still
+# Keys the plan's configs had that no code reads or that could take one value only; a file that still
 # sets one is refused with the reason, rather than silently carrying a number that does nothing.
 _SPLITS = "the splits are data.train / data.test (dates, or day indices with data.split_by: index)"
 REMOVED = {
@@ -176,8 +176,9 @@ REMOVED = {
     "model.ex_feats_dim": "it is derived: 3 (return, skew, slope) + len(model.rv_halflives)",
 }
 
-# The seed's training plan ("Context=60 training plan"): what `train.is_full_plan` checks a run against.
-SEED_PLAN = {
+# The plan's training settings (the "Context=60 training plan", docs/design.md §1): what `train.is_full_plan`
+# checks a run against.
+FULL_PLAN = {
     "training.phase1_epochs": 200,         # cumulative epoch marks
     "training.phase2_epochs": 350,
     "training.phase3_epochs": 475,

@@ -144,16 +144,16 @@ def by_horizon_figure(values: dict, title: str, yaxis: str):
     return fig
 
 
-def availability_table(p: dict, span: tuple[int, int], seed_counts: dict | None = None) -> pd.DataFrame:
-    """The seed's section-3 data-availability table, recomputed on a day span."""
+def availability_table(p: dict, span: tuple[int, int], plan_counts: dict | None = None) -> pd.DataFrame:
+    """The plan's section-3 data-availability table, recomputed on a day span (beside the plan's own counts)."""
     n = span[1] - span[0]
     rows = []
     for phase, L in _data.phase_window_lengths(p).items():
         k = len(_data.window_starts(span, L))
         row = {"phase": phase, "window length (days)": L, "windows available": k,
                "% retained": round(100 * k / n, 1)}
-        if seed_counts:
-            row["seed's count"] = seed_counts.get(phase)
+        if plan_counts:
+            row["plan's count"] = plan_counts.get(phase)
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -1,4 +1,4 @@
-"""Training the 4-phase curriculum (SPEC section 5; the phases themselves are in `phases`).
+"""Training the 4-phase curriculum (docs/design.md §2; the phases themselves are in `phases`).
 
 `train_phase(run, n)` trains phase n, resuming from checkpoints/last.pt when it was interrupted and
 skipping when checkpoints/phase{n}.pt already exists for the same params. Every epoch logs train and
@@ -219,10 +219,10 @@ def phase_record(summary: dict) -> dict:
 
 
 def is_full_plan(p: dict) -> bool:
-    """True when the params train to the seed's plan (params.SEED_PLAN): its epochs, learning rate, batch
+    """True when the params train to the full plan (params.FULL_PLAN): its epochs, learning rate, batch
     size, context, all windows."""
-    from .params import SEED_PLAN
-    for key, want in SEED_PLAN.items():
+    from .params import FULL_PLAN
+    for key, want in FULL_PLAN.items():
         section, name = key.split(".")
         if p[section][name] != want:
             return False
