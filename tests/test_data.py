@@ -1,7 +1,7 @@
 """Data loading, validation, features, splits, regimes, windows and the default-data cache (docs/design.md §9)."""
 from __future__ import annotations
 
-from pathlib import Path
+import math
 
 import numpy as np
 import pandas as pd
@@ -62,8 +62,8 @@ def _load_bad(path, *words, **kw):
 
 
 @pytest.fixture(scope="module")
-def default_ds():
-    return data.load("default")
+def default_ds(test_dataset):
+    return test_dataset                     # the embedded default data (conftest)
 
 
 @pytest.fixture(scope="module")
@@ -358,6 +358,19 @@ def test_index_split_outside_data(default_ds, full_p):
 
 # --- 6. windows --------------------------------------------------------------------------------
 
+def test_ewma_vol_hand_case():
+    # RiskMetrics (lambda 0.94): constant returns: s2 stays r^2, RV = sqrt(252) |r|; then zero returns: s2 decays by
+    # lambda per day
+    r = np.r_[np.full(20, 0.01), np.zeros(3)]
+    rv = data.ewma_vol(r, data.RISKMETRICS_HALFLIFE)
+    np.testing.assert_allclose(rv[:20], math.sqrt(252) * 0.01)
+    np.testing.assert_allclose(rv[20:], np.sqrt(252 * 1e-4 * 0.94 ** np.arange(1, 4)))
+    # the start: mean square of the first `warmup` days, then one update with r_0
+    r2 = np.r_[0.02, np.zeros(19)]
+    s2_0 = 0.94 * (0.02**2 / 20) + 0.06 * 0.02**2
+    assert data.ewma_vol(r2, data.RISKMETRICS_HALFLIFE)[0] == pytest.approx(math.sqrt(252 * s2_0))
+
+
 def test_one_ewma_vol_is_riskmetrics_at_its_half_life(default_ds):
     """data.ewma_vol is the package's one EWMA vol: RiskMetrics' daily decay 0.94 is a half-life of
     log(0.5) / log(0.94) days, and at it the lfilter recursion equals the textbook loop on the real returns."""
@@ -536,9 +549,8 @@ def test_named_windows_are_checked_at_load(tmp_path):
         assert any(a <= ds.index_of(w) < b for w in q["generation"]["windows"].values()), name
 
 
-def test_the_surfaces_select_by_label():
-    p = params.load(Path(__file__).resolve().parents[1] / "params" / "test.yaml")
-    ds = data.load_for(p)
+def test_the_surfaces_select_by_label(test_dataset):
+    ds = test_dataset
     iv = ds.to_xarray()
     d = ds.index_of("2008-10-10")
     i, j = list(ds.maturities).index(1.0), list(ds.moneyness).index(0.85)

@@ -240,19 +240,3 @@ def test_default_cache_per_grid(tmp_path, data, data6x7):
     p6.write_bytes(p5.read_bytes())                        # a cache of the wrong grid is rebuilt
     ds = data_mod.load_default(tmp_path, grid)
     assert "cached" not in ds.source and ds.grid == (6, 7)
-
-
-def test_notebook_01_table_and_term_spread(data):
-    # what notebook 01 shows: the same comparison as above, and the 1m-minus-1y spread with stressed days marked
-    from backfill import report
-    from backfill.data import Dataset
-    ds = Dataset(data["surface"], data["ret"], data["dates"].astype("datetime64[D]"), data["maturities"],
-                 data["moneyness"])
-    table, cmp = report.market_table(ds)
-    assert list(table["inside the band"]) == ["pass"] * len(MARKET_STATS)
-    assert list(table["this data"]) == [cmp[k]["data"] for k in MARKET_STATS]
-    np.testing.assert_array_equal(report.term_spread(ds), data["surface"][:, 0, 2] - data["surface"][:, 3, 2])
-    fig = report.term_spread_figure(ds, np.arange(ds.n_days) % 100 == 0)
-    assert len(fig.data) == 2
-    no_dates = Dataset(data["surface"], data["ret"], None, data["maturities"], data["moneyness"])
-    assert report.market_table(no_dates) == (None, None)

@@ -637,6 +637,7 @@ def test_a_different_set_is_different_params():
     assert h[0] != h[1] == h[2] and h[3] == h[0]           # 1.0 is test.yaml's own value
 
 
+@pytest.mark.slow
 def test_cli_set_runs_records_and_skips_only_the_same_params(tmp_path):
     rd = tmp_path / "run"
 
