@@ -84,9 +84,9 @@ def fit_garch(ret: np.ndarray):
     """Fit GJR-GARCH(1,1) with skew-t errors to 100*ret by maximum likelihood: the one GARCH fit of the package
     (the generator's, and report.garch_half_life's). Returns (h, vbar, params): h (N,) is the variance for day t+1
     known at the close of day t, vbar the unconditional variance (both in %^2), params the fitted parameters with
-    the persistence alpha + beta + gamma P(z < 0) of a variance shock (z the skew-t innovation). arch's own likelihood pieces, minimised by Nelder-Mead
-    (elementwise numpy only) because arch's SLSQP fit differs in the last digits with the BLAS
-    thread count."""
+    the persistence alpha + beta + gamma P(z < 0) of a variance shock (z the skew-t innovation). arch's own
+    likelihood pieces, minimised by Nelder-Mead (elementwise numpy only) because arch's SLSQP fit differs in the last
+    digits with the BLAS thread count."""
     import arch
 
     y = 100 * ret

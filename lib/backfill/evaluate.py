@@ -1,7 +1,7 @@
-"""Evaluation (docs/design.md §8): the VAE's backfills against the baselines (the plan's econometric model and the random walk, and
-the strong baselines with the VAE's own information: `har` and the VAE's linear `backbone`), all scored by the
-same `metrics.score_backfill` on the same days, with conformally calibrated rows, significance tests that count
-each calendar day once, and the plan's tables 6.2, 6.3 and 13.2."""
+"""Evaluation (docs/design.md §8): the VAE's backfills against the baselines (the plan's econometric model and the
+random walk, and the strong baselines with the VAE's own information: `har` and the VAE's linear `backbone`), all
+scored by the same `metrics.score_backfill` on the same days, with conformally calibrated rows, significance tests
+that count each calendar day once, and the plan's tables 6.2, 6.3 and 13.2."""
 from __future__ import annotations
 
 import dataclasses

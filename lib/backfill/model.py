@@ -1,5 +1,5 @@
-"""The conditional VAE with LSTM memory and a quantile decoder (docs/design.md, "The model"; the equations are on
-the book's method page, book/method.md).
+"""The conditional VAE with LSTM memory and a quantile decoder (docs/design.md §4-5; the equations are on the book's
+method page, book/method.md).
 
 Per day t: surface x_t (n_mat x n_mon) and features a_t = [return, skew, slope, log RV_h1, ...] (data.FEATURES).
   posterior   Encoder: dense(x_t) || a_t -> LSTM -> q(z_t | x_<=t) = N(mu_t, diag sigma_t^2)       (causal in t)
@@ -94,7 +94,7 @@ class ModelConfig:
 
     @property
     def exo_cols(self) -> list[int]:
-        """The columns of e_t, known on every day of a backfill (with `known_future`): the return and the RV features."""
+        """The columns of e_t, known on every day of a backfill (with `known_future`): the return and RV features."""
         return [RET, *self.rv_cols] if self.known_future else []
 
     @property

@@ -1,4 +1,4 @@
-"""Autoregressive rollout: the one place that assembles contexts, for training and for generation.
+"""Autoregressive rollout: the one place that assembles contexts, for training and for generation (docs/design.md §2).
 
 With context C, horizon H, offset O <= H and S steps, step s predicts days [C+sO, C+sO+H) of the
 window, from the context window [sO, sO+C). A context day d < C is real; a day d >= C is taken from
@@ -103,7 +103,8 @@ def rollout(model: CVAE, surface, feats, C: int, H: int, O: int, S: int, *, matu
         n_real = feats[:, t0:t0 + H].shape[1] if returns == "realized" else 0   # days of known history
         ret = torch.cat([known[:, :n_real, RET], f[:, n_real:, RET]], 1)        # then the model's own
         bank_s.append(med)
-        bank_f.append(torch.cat([ret[..., None], skew[..., None], slope[..., None], known[..., RV:]], -1))  # data.FEATURES
+        feats_new = [ret[..., None], skew[..., None], slope[..., None], known[..., RV:]]   # data.FEATURES' order
+        bank_f.append(torch.cat(feats_new, -1))
         steps.append({"out": out, "q": q, "feat": f, "start": t0, "ctx_surface": ctx_s, "ctx_feats": ctx_f})
     return steps
 
