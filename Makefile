@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 PROFILE ?= smoke
 STAMP   := $(VENV)/.installed-stamp
 
-.PHONY: install constraints report test book bench clean-run browser
+.PHONY: install constraints report test test-fast book bench clean-run browser
 
 # pyproject.toml lists the dependencies; constraints.txt pins the versions CI tested.
 $(STAMP): pyproject.toml constraints.txt
@@ -44,6 +44,10 @@ test: $(STAMP) browser
 	rm -rf runs/nbval
 	BACKFILL_PARAMS=$(CURDIR)/params/test.yaml BACKFILL_RUN_DIR=$(CURDIR)/runs/nbval \
 	  $(BIN)/python -m pytest tests --nbval-lax --nbval-current-env notebooks
+
+# The quick lane: every test but those marked slow (the whole pipeline, sweeps, executed notebooks, training).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest tests -m "not slow"
 
 clean-run:
 	rm -rf runs/$(PROFILE)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The prepared GPU check, run in one call on a lent CUDA machine (no package index there: it uses the machine's
 # own torch/numpy/scipy and the embedded dataset cached in .devcache/, copied from ~/.cache/backfill beforehand).
-# Benchmarks the working model's and the seed's full profiles (training throughput per phase, projected
+# Benchmarks the working model's and the plan's full profiles (training throughput per phase, projected
 # curriculum time, a 1000-sample 1-year backfill) and times two real full-size epochs of phase 1.
 set -uo pipefail
 cd "$(dirname "$0")/.."

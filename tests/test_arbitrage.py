@@ -1,97 +1,14 @@
-"""Static-arbitrage checks and mean ACF on hand-made surfaces."""
+"""arbitrage: the projection of implied-vol surfaces onto the arbitrage-free set (arbitrage.repair), judged by
+metrics' calendar and butterfly checks on hand-made surfaces."""
 import numpy as np
 import pytest
 
-from backfill.metrics import (arbitrage_share, butterfly_violations, calendar_violations,
-                              mean_acf)
+from backfill.arbitrage import VOL_MAX, VOL_MIN, repair
+from backfill.metrics import arbitrage_share, butterfly_violations, calendar_violations
 
 T5 = np.array([1 / 12, 1 / 4, 1 / 2, 1.0, 2.0])
 K5 = np.array([0.7, 0.85, 1.0, 1.15, 1.3])
 
-
-def ssvi(T, K, atm=0.2, rho=-0.7, eta=1.0, gamma=0.4):
-    """SSVI vols (n_mat, n_mon) with flat ATM vol: inside the Gatheral-Jacquier bounds."""
-    theta = atm**2 * np.asarray(T)[:, None]
-    phi = eta / theta**gamma
-    k = np.log(np.asarray(K))[None, :]
-    w = theta / 2 * (1 + rho * phi * k + np.sqrt((phi * k + rho) ** 2 + 1 - rho**2))
-    return np.sqrt(w / np.asarray(T)[:, None])
-
-
-def test_flat_surface_passes():
-    s = np.full((5, 5), 0.2)
-    assert not calendar_violations(s, T5, K5)
-    assert not butterfly_violations(s, T5, K5)
-    assert arbitrage_share(s[None], T5, K5) == {"calendar": 0.0, "butterfly": 0.0, "any": 0.0}
-
-
-def test_calendar_violation_flagged():
-    s = np.full((5, 5), 0.2)
-    s[3, :] = 0.2 * np.sqrt(0.4)    # 1y total variance 0.016 < 6m total variance 0.02
-    assert calendar_violations(s, T5, K5)
-    assert not butterfly_violations(s, T5, K5)
-    s2 = np.full((5, 5), 0.2)
-    s2[1, 2] = 0.1                   # one point only: 3m ATM total variance below 1m
-    assert calendar_violations(s2, T5, K5)
-
-
-def test_butterfly_violation_flagged():
-    s = np.full((5, 5), 0.2)
-    s[2, 2] = 0.6                    # ATM spike: call price jumps up, not convex in strike
-    assert butterfly_violations(s, T5, K5)
-    assert not calendar_violations(np.full((5, 5), 0.2), T5, K5)
-    assert arbitrage_share(s[None], T5, K5)["butterfly"] == 1.0
-
-
-def test_ssvi_inside_bounds_passes_on_6x7_grid():
-    T = np.array([1 / 52, 1 / 12, 0.25, 0.5, 1.0, 3.0])
-    K = np.array([0.6, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5])
-    for rho in (-0.95, -0.5, 0.0, 0.3):
-        for atm in (0.1, 0.3, 0.8):
-            s = ssvi(T, K, atm=atm, rho=rho, eta=2 / (1 + abs(rho)) * 0.99, gamma=0.5)
-            assert s.shape == (6, 7)
-            assert not calendar_violations(s, T, K)
-            assert not butterfly_violations(s, T, K)
-
-
-def test_batched_shapes():
-    rng = np.random.default_rng(0)
-    s = 0.2 + 0.01 * rng.standard_normal((3, 4, 5, 5))           # (B, T, n_mat, n_mon)
-    assert calendar_violations(s, T5, K5).shape == (3, 4)
-    assert butterfly_violations(s, T5, K5).shape == (3, 4)
-    share = arbitrage_share(s, T5, K5)
-    assert set(share) == {"calendar", "butterfly", "any"}
-    assert share["any"] >= max(share["calendar"], share["butterfly"])
-    with pytest.raises(ValueError):
-        calendar_violations(s, T5[:4], K5)
-
-
-def test_mean_acf_ar1():
-    rng = np.random.default_rng(1)
-    n, phi = 20000, 0.9
-    e = rng.standard_normal((n, 2, 3))
-    x = np.empty_like(e)
-    x[0] = e[0] / np.sqrt(1 - phi**2)
-    for t in range(1, n):
-        x[t] = phi * x[t - 1] + e[t]
-    acf = mean_acf(x, [1, 5, 10])
-    for lag, v in acf.items():
-        assert abs(v - phi**lag) < 0.03
-    assert mean_acf(x, 0)[0] == pytest.approx(1.0)
-
-
-def test_mean_acf_matches_statsmodels():
-    from statsmodels.tsa.stattools import acf
-    rng = np.random.default_rng(2)
-    x = np.cumsum(rng.standard_normal((500, 2, 2)), axis=0)
-    ref = np.mean([acf(x[:, i, j], nlags=30)[[10, 30]] for i in range(2) for j in range(2)], axis=0)
-    got = mean_acf(x, [10, 30])
-    assert got[10] == pytest.approx(ref[0]) and got[30] == pytest.approx(ref[1])
-
-
-# --- arbitrage.repair ----------------------------------------------------------------------------
-
-from backfill.arbitrage import VOL_MAX, VOL_MIN, repair  # noqa: E402
 
 T6 = np.array([1 / 12, 1 / 6, 1 / 4, 1 / 2, 1.0, 2.0])
 K7 = np.array([0.9, 0.933, 0.967, 1.0, 1.033, 1.067, 1.1])
@@ -125,7 +42,7 @@ def test_repair_butterfly_spike_and_dip():
         np.testing.assert_array_equal(r[0], s[0])                 # (a dip also lowers 3m ATM: calendar)
 
 
-def test_repair_both_on_6x7():
+def test_repair_both_on_6x7(ssvi):
     s = ssvi(T6, K7)
     s[4] *= 0.6                              # 1y below 6m: calendar
     s[1, 3] += 0.3                           # 2m ATM spike: butterfly
@@ -136,7 +53,7 @@ def test_repair_both_on_6x7():
 
 
 @pytest.mark.parametrize("T,K", [(T5, K5), (T6, K7)])
-def test_repair_leaves_arbitrage_free_surfaces_alone(T, K):
+def test_repair_leaves_arbitrage_free_surfaces_alone(T, K, ssvi):
     free = np.stack([ssvi(T, K, atm=atm, rho=rho) for atm in (0.1, 0.3, 0.8) for rho in (-0.9, -0.5, 0.0)])
     assert _free(free, T, K)
     bad = free.copy()
@@ -157,7 +74,7 @@ def test_repair_leading_axes_and_5x5():
     assert arbitrage_share(r, T5, K5) == {"calendar": 0.0, "butterfly": 0.0, "any": 0.0}
 
 
-def test_repair_noisy_surface_small_change():
+def test_repair_noisy_surface_small_change(ssvi):
     # Measured with this seed: 99.98% of the noisy surfaces violate; the repair moves vols by an RMSE of
     # 0.29x the noise scale and lands closer to the clean surface (0.91x the noisy RMSE).
     rng = np.random.default_rng(1)

@@ -1,17 +1,214 @@
-"""The strong baselines with the VAE's information (`har`, the VAE's own linear `backbone`) and their
-residual-path intervals, against hand-computed cases on small synthetic data; CPU only."""
+"""baselines: the plan's econometric model and the random walk, and the strong baselines with the VAE's
+information (`har`, the VAE's own linear `backbone`) with their residual-path intervals, against hand-computed
+cases and data simulated from each model, small and seeded; CPU only."""
 import numpy as np
 import pytest
 import torch
 
-from backfill import baselines, data, evaluate, metrics
+from backfill import baselines, data, metrics
 from backfill.data import Dataset
+from backfill.generate import Backfill
 from backfill.model import CVAE, ModelConfig
 
 MAT = np.array([0.5, 1.0])
 MON = np.array([0.9, 1.0, 1.1])
 GRID = (2, 3)
 
+
+N_SIM = 3000
+
+
+A_TRUE = np.array([0.05, 0.08, 0.10, 0.04, 0.06, 0.12])
+
+
+B_TRUE = np.array([0.9, 0.7, 0.5, 1.0, 0.8, 0.6])
+
+
+C_TRUE = np.array([-1.5, -1.0, -0.5, -2.0, -1.2, -0.8])
+
+
+PHI_TRUE = np.array([0.6, 0.66, 0.72, 0.78, 0.84, 0.9])
+
+
+SIG_U = 0.005
+
+
+@pytest.fixture(scope="module")
+def econ_data():
+    """IV simulated from the baseline's own model: IV = a + b RV + c r + u, u AR(1) per grid point with
+    innovations correlated across the grid (equicorrelation 0.5)."""
+    rng = np.random.default_rng(20240)
+    nu = 5
+    r = 0.01 * rng.standard_t(nu, N_SIM) / np.sqrt(nu / (nu - 2))
+    rv = metrics.ewma_realized_vol(r)
+    G = A_TRUE.size
+    corr = 0.5 * np.ones((G, G)) + 0.5 * np.eye(G)
+    eps = SIG_U * rng.standard_normal((N_SIM, G)) @ np.linalg.cholesky(corr).T
+    u = np.zeros((N_SIM, G))
+    u[0] = eps[0] / np.sqrt(1 - PHI_TRUE**2)
+    for t in range(1, N_SIM):
+        u[t] = PHI_TRUE * u[t - 1] + eps[t]
+    iv = A_TRUE + B_TRUE * rv[:, None] + C_TRUE * r[:, None] + u
+    ds = Dataset(surface=iv.reshape(N_SIM, *GRID), ret=r, dates=None, maturities=MAT, moneyness=MON)
+    return ds, rv, u
+
+
+def test_econometric_recovers_simulated_coefficients(econ_data):
+    ds, _, u = econ_data
+    model = baselines.fit_econometric(ds.surface, ds.ret, (0, N_SIM))
+    assert model.coef.shape == (3, 6)
+    assert model.phi.shape == (6,)
+    assert model.innov.shape == (N_SIM - 1, 6)
+    np.testing.assert_allclose(model.coef[0], A_TRUE, atol=0.02)
+    np.testing.assert_allclose(model.coef[1], B_TRUE, atol=0.1)
+    np.testing.assert_allclose(model.coef[2], C_TRUE, atol=0.1)
+    # phi: within sampling error of the truth (SE ~ sqrt((1 - phi^2) / N) <= 0.015), and close to the
+    # infeasible estimate from the true residuals (what OLS residuals should reproduce)
+    np.testing.assert_allclose(model.phi, PHI_TRUE, atol=0.05)
+    phi_u = (u[1:] * u[:-1]).sum(0) / (u[:-1] ** 2).sum(0)
+    np.testing.assert_allclose(model.phi, phi_u, atol=0.01)
+    # the innovations are the AR(1) residuals: their scale and cross-grid correlation come back
+    np.testing.assert_allclose(model.innov.std(0), SIG_U, rtol=0.1)
+    c = np.corrcoef(model.innov.T)[np.triu_indices(6, 1)]
+    np.testing.assert_allclose(c, 0.5, atol=0.08)
+
+
+def test_econometric_backfill_quantiles_and_ar_decay(econ_data):
+    ds0, rv, _ = econ_data
+    model = baselines.fit_econometric(ds0.surface, ds0.ret, (0, 2500))
+    start, days = 2700, 40
+    # a large last-context residual: +5 vol points on every grid point on day start-1
+    surface = ds0.surface.copy()
+    surface[start - 1] += 0.05
+    ds = Dataset(surface=surface, ret=ds0.ret, dates=None, maturities=MAT, moneyness=MON)
+    bf = baselines.econometric_backfill(model, ds, start, days, n_paths=200, seed=7, segment_len=15, name="w")
+    assert isinstance(bf, Backfill)
+    assert bf.name == "w" and bf.start == start and bf.days == days and bf.n_samples == 200
+    assert bf.p05.shape == bf.p50.shape == bf.p95.shape == (days, *GRID)
+    assert np.all(bf.p05 <= bf.p50) and np.all(bf.p50 <= bf.p95)
+    assert np.all(bf.p95 - bf.p05 > 0)
+    np.testing.assert_array_equal(bf.truth, surface[start:start + days])
+    np.testing.assert_array_equal(bf.segment, np.arange(days) // 15)
+    assert bf.passes == 3
+    np.testing.assert_array_equal(bf.dates, np.arange(start, start + days).astype(str))
+
+    # deterministic formula: a + b RV + c r + phi^k u0, with u0 the residual of day start-1
+    X = np.column_stack([np.ones(days + 1), rv[start - 1:start + days], ds.ret[start - 1:start + days]])
+    mean = X @ model.coef                                             # (1+days, G)
+    u0 = surface[start - 1].reshape(-1) - mean[0]
+    assert np.all(u0 > 0.03)                                          # the shock is really there
+    k = np.arange(1, days + 1)[:, None]
+    formula = mean[1:] + model.phi**k * u0
+    p50 = bf.p50.reshape(days, -1)
+    first = slice(0, 5)
+    np.testing.assert_allclose(p50[first], formula[first], atol=0.003)
+    # pulled towards the residual: well above the unconditional mean on day 1 ...
+    assert np.all(p50[0] - mean[1] > 0.5 * model.phi * u0)
+    # ... and decaying: after 40 days the pull is much smaller (phi^40 <= 0.015)
+    assert np.all(np.abs((p50[-1] - mean[-1])) < 0.5 * np.abs(p50[0] - mean[1]))
+    # the interval widens with the horizon as innovations accumulate
+    w = (bf.p95 - bf.p05).reshape(days, -1)
+    assert np.all(w[-1] > w[0])
+    # ... and is a 90% interval: width ~ 2 * 1.645 * sd of the accumulated AR(1) innovations,
+    # sd_k^2 = s^2 (1 - phi^(2k)) / (1 - phi^2) (innovations near-normal); averaged over days and grid
+    s2 = model.innov.var(0)
+    sd = np.sqrt(s2 * (1 - model.phi ** (2 * k)) / (1 - model.phi**2))
+    ratio = np.mean(w / (2 * 1.6449 * sd))
+    assert 0.9 < ratio < 1.1
+
+
+def test_econometric_backfill_reproducible_with_seed(econ_data):
+    ds, _, _ = econ_data
+    model = baselines.fit_econometric(ds.surface, ds.ret, (0, 2000))
+    a = baselines.econometric_backfill(model, ds, 2500, 10, n_paths=50, seed=3)
+    b = baselines.econometric_backfill(model, ds, 2500, 10, n_paths=50, seed=3)
+    c = baselines.econometric_backfill(model, ds, 2500, 10, n_paths=50, seed=4)
+    np.testing.assert_array_equal(a.p05, b.p05)
+    assert not np.array_equal(a.p05, c.p05)
+    assert a.name == "econometric"
+
+
+def _trend_dataset(n=60):
+    """Vols growing at a constant daily log rate per grid point: every k-day log change is k * slope."""
+    t = np.arange(n, dtype=float)
+    slopes = np.array([[1, 2, 3], [-1, 0.5, 4]]) * 1e-3
+    surface = 0.2 * np.exp(t[:, None, None] * slopes)
+    return Dataset(surface=surface, ret=np.zeros(n), dates=None, maturities=MAT, moneyness=MON), slopes
+
+
+def test_random_walk_quantiles_on_exponential_trend():
+    ds, slopes = _trend_dataset()
+    ch = baselines.fit_random_walk(ds.surface, (0, 40), max_k=5)
+    assert ch.shape == (5, 2, 6)
+    for k in range(1, 6):
+        np.testing.assert_allclose(ch[k - 1, 0], k * slopes.reshape(-1), atol=1e-12)
+        np.testing.assert_allclose(ch[k - 1, 1], k * slopes.reshape(-1), atol=1e-12)
+
+
+def test_random_walk_quantiles_on_alternating_series():
+    # log x alternates 0, 1, 0, 1, ...: 1-day log changes are +-1 (half each), 2-day changes are all 0,
+    # 3-day changes +-1 again: the 5th / 95th percentiles are -1 / +1, 0 / 0, -1 / +1.
+    x = np.exp((np.arange(41) % 2).astype(float))
+    surface = np.broadcast_to(x[:, None, None], (41, *GRID))
+    ch = baselines.fit_random_walk(surface, (0, 41), max_k=3)
+    np.testing.assert_allclose(ch[0, 0], -1)
+    np.testing.assert_allclose(ch[0, 1], 1)
+    np.testing.assert_allclose(ch[1], 0, atol=1e-15)
+    np.testing.assert_allclose(ch[2, 0], -1)
+    np.testing.assert_allclose(ch[2, 1], 1)
+    # the span is honoured: on days 0..1 only (one 1-day change, +1) both percentiles are +1
+    np.testing.assert_allclose(baselines.fit_random_walk(surface, (0, 2), max_k=1)[0], 1)
+
+
+def test_random_walk_short_split_extrapolates_by_the_square_root_of_the_lead():
+    # 30 days, at least 20 pairs per k: k = 1..10 estimated, then k = 11..15 from k0 = 10 widened by sqrt(k / 10)
+    rng = np.random.default_rng(2)
+    surface = 0.2 * np.exp(np.cumsum(0.05 * rng.standard_normal((30, *GRID)), 0))
+    ch = baselines.fit_random_walk(surface, (0, 30), max_k=15)
+    x = np.log(surface.reshape(30, -1))
+    np.testing.assert_allclose(ch[9], np.percentile(x[10:] - x[:-10], [5, 95], axis=0))
+    for k in range(11, 16):
+        np.testing.assert_allclose(ch[k - 1], ch[9] * np.sqrt(k / 10))
+    with pytest.raises(ValueError, match="no day-to-day change"):
+        baselines.fit_random_walk(surface, (0, 1), max_k=3)
+
+
+def test_random_walk_backfill_is_last_context_surface():
+    ds, slopes = _trend_dataset()
+    ch = baselines.fit_random_walk(ds.surface, (0, 40), max_k=10)
+    start, days = 45, 10
+    bf = baselines.random_walk_backfill(ch, ds, start, days, segment_len=4)
+    assert bf.name == "random_walk" and bf.n_samples == 0
+    assert bf.p50.shape == (days, *GRID)
+    for d in range(days):
+        np.testing.assert_array_equal(bf.p50[d], ds.surface[start - 1])
+    # interval: last surface * exp(k * slope) (both ends equal on an exponential trend), never below zero
+    k = np.arange(1, days + 1)[:, None, None]
+    np.testing.assert_allclose(bf.p05, ds.surface[start - 1] * np.exp(k * slopes), rtol=1e-12)
+    np.testing.assert_allclose(bf.p95, ds.surface[start - 1] * np.exp(k * slopes), rtol=1e-12)
+    # on the trend the interval end is exactly the truth
+    np.testing.assert_allclose(bf.p95, bf.truth, rtol=1e-12)
+    np.testing.assert_array_equal(bf.segment, np.arange(days) // 4)
+    assert bf.passes == 3
+
+
+def test_random_walk_backfill_truncates_at_end_of_data():
+    ds, _ = _trend_dataset(60)
+    ch = baselines.fit_random_walk(ds.surface, (0, 40), max_k=10)
+    bf = baselines.random_walk_backfill(ch, ds, 55, 10)
+    assert bf.days == 5 and bf.p50.shape == (5, *GRID) and bf.truth.shape == (5, *GRID)
+
+
+def test_random_walk_backfill_rejects_too_short_changes():
+    ds, _ = _trend_dataset()
+    ch = baselines.fit_random_walk(ds.surface, (0, 40), max_k=5)
+    with pytest.raises(ValueError, match="5 days"):
+        baselines.random_walk_backfill(ch, ds, 45, 6)
+    baselines.random_walk_backfill(ch, ds, 45, 5)          # exactly enough is fine
+
+
+
+# --- the strong baselines -----------------------------------------------------------------------
 
 def _returns(n, seed=0):
     rng = np.random.default_rng(seed)
@@ -77,15 +274,15 @@ def test_har_ridge_is_chosen_on_validation_to_stop_extrapolation():
 
 
 def _model(rate=30.0):
-    cfg = ModelConfig(2, 3, n_feat=5, latent_dim=2, mem_hidden=8, mem_layers=1, mem_dropout=0.0,
+    cfg = ModelConfig(2, 3, latent_dim=2, mem_hidden=8, mem_layers=1, mem_dropout=0.0,
                       surface_hidden=(4,), context_len=5, prior="conditional", target="change", known_future=True,
                       rv_halflives=(5, 21))
     torch.manual_seed(0)
     m = CVAE(cfg)
     with torch.no_grad():
-        m.ecm_a.copy_(torch.full((6,), 0.05))
-        m.ecm_b.copy_(torch.tensor([[1.0] * 6, [0.5] * 6]))
-        m.ecm_rate.fill_(rate)
+        m.backbone.ecm_a.copy_(torch.full((6,), 0.05))
+        m.backbone.ecm_b.copy_(torch.tensor([[1.0] * 6, [0.5] * 6]))
+        m.backbone.ecm_rate.fill_(rate)
     return m.eval()
 
 
@@ -95,7 +292,7 @@ def test_backbone_is_the_models_linear_path_by_hand():
     surface = np.full((n, *GRID), 0.2) * np.exp(0.01 * np.random.default_rng(6).standard_normal((n, *GRID)))
     ds = Dataset(surface, r, None, MAT, MON)
     feats = ds.features((5, 21))
-    rv = np.exp(feats[:, 3:])                                                 # RV in vol units, (n, 2)
+    rv = np.exp(feats[:, data.RV:])                                           # RV in vol units, (n, 2)
     # rate 30: rho = 1 - sigmoid(30) ~ 1e-13, so after one day log x = log L_t = log(a + b . RV_t); no RV link
     bb = baselines.Backbone(_model(30.0))
     t, L = 200, 20
@@ -105,10 +302,10 @@ def test_backbone_is_the_models_linear_path_by_hand():
     # rate -30: rho ~ 1, the level never pulls; an RV link W adds c_std * W (z_t - z_anchor), z the standardised RV
     m = _model(-30.0)
     with torch.no_grad():
-        m.rv_link.weight.copy_(torch.tensor([[0.1, -0.2]] * 6))
-        m.c_std.fill_(0.5)
+        m.backbone.rv_link.weight.copy_(torch.tensor([[0.1, -0.2]] * 6))
+        m.scaler.c_std.fill_(0.5)
     f = baselines.Backbone(m).log_forecast(ds, [t], L)[0]
-    z = (feats[:, 3:] - m.f_mean[3:].numpy()) / m.f_std[3:].numpy()
+    z = (feats[:, data.RV:] - m.scaler.f_mean[data.RV:].numpy()) / m.scaler.f_std[data.RV:].numpy()
     want = np.log(surface[t - 1].reshape(-1)) + 0.5 * ((z[t:t + L] - z[t - 1]) @ np.array([0.1, -0.2]))[:, None]
     np.testing.assert_allclose(f, want, rtol=1e-5, atol=1e-6)
     assert baselines.has_backbone(m)
@@ -143,51 +340,3 @@ def test_error_bank_elasticity_and_linear_backfill():
     assert bf.crps.shape == (60, *GRID) and np.all(bf.crps >= 0)
     # leads beyond the bank's 40 days reuse its last lead's errors: days 40..59 share one band
     np.testing.assert_allclose(bf.p95[45], bf.p95[55], rtol=0.2)
-
-
-def test_calibration_starts_spread_evenly_and_stop_at_the_split_end():
-    from backfill import generate, params
-    p = params.load(params.profile_path("test"))
-    p["model"]["context_len"] = 10
-    p["generation"].update(calibration_every=10, max_calibration=4, calibration_lead_bins=[1, 6])
-    ds = Dataset(np.full((400, *GRID), 0.2), np.zeros(400), None, MAT, MON)
-    out = generate.calibration_starts(ds, p, (100, 200), 25)
-    # candidates 100, 110, ..., 190 (the last one fills the first 5-day bin); 4 spread over all ten
-    assert [s for s, _ in out.values()] == [100, 130, 160, 190]
-    assert [k for _, k in out.values()] == [25, 25, 25, 10]                  # truth stops at the split's end
-    assert list(out) == ["calib_100", "calib_130", "calib_160", "calib_190"]
-
-
-def test_headline_window_is_the_hardest_named_test_year():
-    from backfill import report
-    rv = np.r_[np.full(100, 0.1), np.full(100, 0.3), np.full(200, 0.15)]
-    starts = {"crisis": 100, "calm": 250, "hot": 120, "rolling_130": 130}
-    # 'crisis' and 'hot' start before the test split (from 110): only 'calm' is out of sample
-    assert report.headline_window(starts, (110, 400), rv, 50) == "hot"
-    assert report.headline_window(starts, (200, 400), rv, 50) == "calm"
-    with pytest.raises(ValueError, match="test split"):
-        report.headline_window({"rolling_300": 300}, (200, 400), rv, 50)
-
-
-def test_width_vs_rv_and_the_versus_sentence():
-    from backfill.generate import Backfill
-    n, days = 200, 40
-    rv = np.r_[np.full(100, 0.1), np.full(100, 0.4)]
-    bfs = {}
-    for t in (40, 60, 80, 100, 120):
-        truth = np.full((days, *GRID), 0.2)
-        w = rv[t:t + days][:, None, None] * np.ones((days, *GRID))            # width proportional to rv
-        e = 0.5 * w
-        z = np.zeros_like(truth)
-        bfs[f"rolling_{t}"] = {"m": Backfill("m", t, days, 20, 20, 2, 10, np.arange(days).astype(str), truth + e - w / 2,
-                                             truth + e, truth + e + w / 2, z, z, np.zeros((0, *GRID)), truth,
-                                             np.zeros(days, int))}
-    wr = evaluate.width_vs_rv(bfs, ["m"], rv).iloc[0]
-    assert wr["width ratio (top / bottom)"] == pytest.approx(4.0) and wr["abs error ratio (top / bottom)"] == pytest.approx(4.0)
-    assert wr["days"] == 120
-    rolling = {"vae": {"rmse": 0.010}, "har": {"rmse": 0.012}}
-    dm = {"rolling_by_day": {"vae vs har": {"dm": -2.5, "p_value": 0.01, "days": 400}}}
-    assert evaluate.versus(rolling, dm, "vae", "har").startswith("vae beats har: RMSE 0.0100 against 0.0120 (-16.7%)")
-    dm["rolling_by_day"]["vae vs har"]["p_value"] = 0.2
-    assert "does not beat" in evaluate.versus(rolling, dm, "vae", "har")
-    assert "not scored" in evaluate.versus(rolling, dm, "vae", "backbone")

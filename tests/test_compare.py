@@ -125,6 +125,7 @@ def test_cli_writes_markdown_and_html(tmp_path, runs, capsys):
     assert "1e-05 -&gt; 1.0" in html and "< 1e-12" not in html and "&lt; 1e-12" in html
 
 
+@pytest.mark.slow
 def test_a_run_with_a_notebook_run_by_hand_since_is_not_ok(tmp_path, monkeypatch):
     """A notebook opened by hand rewrites the run's params.yaml without its --set overrides and writes its sections
     by hand: `book` refuses such a run, and compare must not call it ok (its params delta would be the hand run's)."""
@@ -144,12 +145,11 @@ def test_a_run_with_a_notebook_run_by_hand_since_is_not_ok(tmp_path, monkeypatch
     assert "by_hand_section" in pipeline.stale_parts(rd, rundir.read_metrics(rd))
 
 
-@pytest.mark.skipif(not (SMOKE / "metrics.json").exists(), reason="no finished runs/smoke")
-def test_the_real_smoke_run(tmp_path):
-    m = json.loads((SMOKE / "metrics.json").read_text())
-    p = yaml.safe_load((SMOKE / "params.yaml").read_text())
+def _compare_a_finished_run_with_itself(run, tmp_path):
+    m = json.loads((run / "metrics.json").read_text())
+    p = yaml.safe_load((run / "params.yaml").read_text())
     method = f"vae_o{p['generation']['offset_fast']}"
-    df = compare.table([SMOKE, SMOKE])
+    df = compare.table([run, run])
     row = df.iloc[1]
     assert row["profile"] == m["profile"] and row["params delta"] == "same" and row["method"] == method
     for g, res in m.get("gates", {}).items():
@@ -161,3 +161,13 @@ def test_the_real_smoke_run(tmp_path):
     md, html = compare.write(df, tmp_path)
     assert md.read_text().count("\n") == 4 and html.exists()
     assert np.isfinite(df["rmse"]).all() or "rolling" not in m
+
+
+@pytest.mark.slow
+def test_a_finished_run(finished_run, tmp_path):
+    _compare_a_finished_run_with_itself(finished_run, tmp_path)
+
+
+@pytest.mark.skipif(not (SMOKE / "metrics.json").exists(), reason="no finished runs/smoke")
+def test_the_real_smoke_run(tmp_path):
+    _compare_a_finished_run_with_itself(SMOKE, tmp_path)

@@ -1,7 +1,7 @@
-"""Data loading, validation, features, splits, regimes, windows and the default-data cache (SPEC section 3)."""
+"""Data loading, validation, features, splits, regimes, windows and the default-data cache (docs/design.md §9)."""
 from __future__ import annotations
 
-from pathlib import Path
+import math
 
 import numpy as np
 import pandas as pd
@@ -62,8 +62,8 @@ def _load_bad(path, *words, **kw):
 
 
 @pytest.fixture(scope="module")
-def default_ds():
-    return data.load("default")
+def default_ds(test_dataset):
+    return test_dataset                     # the embedded default data (conftest)
 
 
 @pytest.fixture(scope="module")
@@ -358,10 +358,39 @@ def test_index_split_outside_data(default_ds, full_p):
 
 # --- 6. windows --------------------------------------------------------------------------------
 
+def test_ewma_vol_hand_case():
+    # RiskMetrics (lambda 0.94): constant returns: s2 stays r^2, RV = sqrt(252) |r|; then zero returns: s2 decays by
+    # lambda per day
+    r = np.r_[np.full(20, 0.01), np.zeros(3)]
+    rv = data.ewma_vol(r, data.RISKMETRICS_HALFLIFE)
+    np.testing.assert_allclose(rv[:20], math.sqrt(252) * 0.01)
+    np.testing.assert_allclose(rv[20:], np.sqrt(252 * 1e-4 * 0.94 ** np.arange(1, 4)))
+    # the start: mean square of the first `warmup` days, then one update with r_0
+    r2 = np.r_[0.02, np.zeros(19)]
+    s2_0 = 0.94 * (0.02**2 / 20) + 0.06 * 0.02**2
+    assert data.ewma_vol(r2, data.RISKMETRICS_HALFLIFE)[0] == pytest.approx(math.sqrt(252 * s2_0))
+
+
+def test_one_ewma_vol_is_riskmetrics_at_its_half_life(default_ds):
+    """data.ewma_vol is the package's one EWMA vol: RiskMetrics' daily decay 0.94 is a half-life of
+    log(0.5) / log(0.94) days, and at it the lfilter recursion equals the textbook loop on the real returns."""
+    from backfill import metrics
+    assert data.RISKMETRICS_HALFLIFE == pytest.approx(11.2023, abs=1e-4)
+    assert 0.5 ** (1 / data.RISKMETRICS_HALFLIFE) == pytest.approx(0.94, abs=1e-15)
+    r = default_ds.ret
+    s2, prev = np.empty_like(r), np.mean(r[:20] ** 2)
+    for t, x in enumerate(r):
+        prev = 0.94 * prev + (1 - 0.94) * x * x
+        s2[t] = prev
+    rv = data.ewma_vol(r, data.RISKMETRICS_HALFLIFE)
+    np.testing.assert_allclose(rv, np.sqrt(252 * s2), rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(metrics.ewma_realized_vol(r), rv)      # the name notebooks 07-09 call
+
+
 @pytest.mark.parametrize("L", [61, 150, 240, 330])
 def test_window_counts(L):
-    # Every start t with t + L <= 4001 gives a window: 4001 - L + 1 of them. (The seed's table 3
-    # reports 3,940 / 3,851 / 3,761 / 3,671 = 4001 - L, one fewer: an off-by-one in the seed.)
+    # Every start t with t + L <= 4001 gives a window: 4001 - L + 1 of them. (The plan's table 3
+    # reports 3,940 / 3,851 / 3,761 / 3,671 = 4001 - L, one fewer: an off-by-one in the plan.)
     w = data.window_starts((0, 4001), L)
     assert len(w) == 4001 - L + 1
     assert w[0] == 0 and w[-1] + L == 4001
@@ -513,16 +542,15 @@ def test_named_windows_are_checked_at_load(tmp_path):
         (tmp_path / "p.yaml").write_text(yaml.safe_dump(p))
         with pytest.raises(DataError, match=msg):
             data.load_for(params.load(tmp_path / "p.yaml"))
-    for name in ("smoke", "regime_shift", "short_history", "full", "full_working", "smoke_seed", "test"):
+    for name in ("smoke", "regime_shift", "short_history", "full", "full_working", "smoke_plan", "test"):
         q = params.load(params.profile_path(name))
         ds = data.load_for(q)                                   # every committed profile has a test-split window
         a, b = data.splits(ds, q)["test"]
         assert any(a <= ds.index_of(w) < b for w in q["generation"]["windows"].values()), name
 
 
-def test_the_surfaces_select_by_label():
-    p = params.load(Path(__file__).resolve().parents[1] / "params" / "test.yaml")
-    ds = data.load_for(p)
+def test_the_surfaces_select_by_label(test_dataset):
+    ds = test_dataset
     iv = ds.to_xarray()
     d = ds.index_of("2008-10-10")
     i, j = list(ds.maturities).index(1.0), list(ds.moneyness).index(0.85)

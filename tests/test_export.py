@@ -122,9 +122,7 @@ def test_long_table_reads_back_through_load_long(tmp_path):
                                bfs["vae_o90"].p95, rtol=1e-15)
 
 
-@pytest.mark.skipif(not (ROOT / "runs/smoke/backfill/out_of_sample_o90.npz").exists(), reason="no runs/smoke")
-def test_a_real_smoke_backfill(tmp_path):
-    path = ROOT / "runs/smoke/backfill/out_of_sample_o90.npz"
+def _label_a_real_backfill(path, tmp_path):
     bf, z = generate.load_backfill(path), np.load(path)
     ds = export.to_dataset(bf, z["maturities"], z["moneyness"], "vae_o90")
     d = min(100, bf.days - 1)
@@ -132,6 +130,16 @@ def test_a_real_smoke_backfill(tmp_path):
     sel = ds["iv"].sel(maturity=1.0, moneyness=0.85, method="nearest").sel(quantile=0.95).isel(date=d)
     assert sel.item() == bf.p95[d, i, j]
     assert export.open_backfill(export.save_netcdf(ds, tmp_path / "w.nc")).identical(ds)
+
+
+@pytest.mark.slow
+def test_a_finished_runs_backfill(finished_run, tmp_path):
+    _label_a_real_backfill(finished_run / "backfill" / "out_of_sample_o9.npz", tmp_path)
+
+
+@pytest.mark.skipif(not (ROOT / "runs/smoke/backfill/out_of_sample_o90.npz").exists(), reason="no runs/smoke")
+def test_a_real_smoke_backfill(tmp_path):
+    _label_a_real_backfill(ROOT / "runs/smoke/backfill/out_of_sample_o90.npz", tmp_path)
 
 
 def test_fan_charts_select_their_grid_points_by_label():

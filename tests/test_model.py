@@ -3,12 +3,11 @@ import numpy as np
 import pytest
 import torch
 
-from backfill.data import REFERENCE_MATURITIES as MAT, REFERENCE_MONEYNESS as MON, skew_slope
+from backfill.data import REFERENCE_MATURITIES as MAT, REFERENCE_MONEYNESS as MON, FEATURES, RET, RV, skew_slope
 from backfill.model import CVAE, LossWeights, ModelConfig, day_loss, kl_divergence
 
-CONFIGS = {"seed": dict(prior="standard", target="level"),
-           "conditional": dict(prior="conditional", target="change", known_future=True, n_feat=5,
-                               rv_halflives=(5, 21))}
+CONFIGS = {"plan": dict(prior="standard", target="level"),
+           "conditional": dict(prior="conditional", target="change", known_future=True, rv_halflives=(5, 21))}
 
 
 def _model(kind, seed=0):
@@ -24,6 +23,27 @@ def _data(B, T, n_feat, seed=1):
     sk, sl = skew_slope(x, MAT, MON)
     rv = [torch.log(0.15 + 0.05 * torch.rand(B, T, generator=g)) for _ in range(n_feat - 3)]
     return x, torch.stack([r, sk, sl, *rv], -1)
+
+
+def test_the_config_is_built_by_keyword_and_derives_its_sizes():
+    cfg = ModelConfig(5, 5, **CONFIGS["conditional"])
+    assert cfg.n_feat == len(FEATURES) + 2 and cfg.rv_cols == [RV, RV + 1] and cfg.exo_cols == [RET, RV, RV + 1]
+    assert cfg.has_backbone and cfg.clip == 4.0 and cfg.mid == 1 and "n_feat" not in cfg.to_dict()
+    plan = ModelConfig(5, 5, **CONFIGS["plan"])
+    assert plan.n_feat == 3 and plan.exo_cols == [] and not plan.has_backbone and plan.clip == float("inf")
+    with pytest.raises(ValueError, match="prior must be one of"):
+        ModelConfig(5, 5, prior="gaussian")
+
+
+def test_every_parameter_is_listed_once_the_backbone_rates_first():
+    # the order of the model before it had named parts: gradient clipping sums the norms in this order
+    model = _model("conditional")
+    ps = list(model.parameters())
+    assert len(ps) == len({id(p) for p in ps}) == len(dict(model.named_parameters()))
+    assert ps[0] is model.backbone.ecm_rate and ps[1] is model.backbone.width_lead
+    assert ps[2] is model.posterior.dense[0].weight and ps[-1] is model.backbone.width_link.bias
+    plan = _model("plan")                                    # no backbone: the modules' own order
+    assert [id(p) for p in plan.parameters()] == [id(p) for _, p in plan.named_parameters()]
 
 
 def test_kl_to_a_learned_prior_hand_cases():
@@ -68,7 +88,7 @@ def test_conditional_latent_path_is_coherent():
     """With the conditional prior, day t's prior moves with the latent drawn on day t-1 (it is not N(0, I))."""
     model = _model("conditional")
     with torch.no_grad():
-        for prm in model.prior_net.parameters():
+        for prm in model.prior.net.parameters():
             prm.add_(0.3 * torch.randn_like(prm))
     x, a = _data(1, 16, 5)
     a2 = torch.cat([a[:, :10], a[:, 10:]], 1)
@@ -79,13 +99,13 @@ def test_conditional_latent_path_is_coherent():
 
 
 def test_known_future_inputs_move_the_forecast_only_when_enabled():
-    for kind, moves in (("seed", False), ("conditional", True)):
+    for kind, moves in (("plan", False), ("conditional", True)):
         model = _model(kind)
         x, a = _data(2, 16, model.cfg.n_feat)
         a2 = a.clone()
-        a2[:, 10:, 0] -= 0.05                     # a crash in the known future returns
-        if a.shape[-1] > 3:
-            a2[:, 10:, 3:] += 1.0                 # and higher realised vol
+        a2[:, 10:, RET] -= 0.05                   # a crash in the known future returns
+        if a.shape[-1] > RV:
+            a2[:, 10:, RV:] += 1.0                # and higher realised vol
         f1 = model.forecast(x[:, :10], a[:, :10], 6, a[:, 10:], prior_scale=0.0)["q"]
         f2 = model.forecast(x[:, :10], a[:, :10], 6, a2[:, 10:], prior_scale=0.0)["q"]
         assert torch.allclose(f1[:, :10], f2[:, :10])                       # context days unchanged
@@ -94,7 +114,7 @@ def test_known_future_inputs_move_the_forecast_only_when_enabled():
 
 def test_change_target_round_trip_and_random_walk_zero_point():
     model = _model("conditional")
-    model.c_std.fill_(0.07)
+    model.scaler.c_std.fill_(0.07)
     x, _ = _data(2, 8, 5)
     anchor = x[:, 3]
     y = model.to_target(x, anchor)
@@ -112,7 +132,7 @@ def test_loss_trains_the_prior_towards_the_posterior(kind):
     d = day_loss(model, out, x, a, slice(10, 14), w)
     d["loss"].backward()
     if kind == "conditional":
-        assert any(prm.grad is not None and prm.grad.abs().sum() > 0 for prm in model.prior_net.parameters())
+        assert any(prm.grad is not None and prm.grad.abs().sum() > 0 for prm in model.prior.net.parameters())
     assert torch.isfinite(d["loss"]) and d["kl"] >= 0
 
 
@@ -123,15 +143,16 @@ def test_error_correction_backbone_follows_realised_vol_beyond_the_training_rang
     their inputs clipped; the backbone does not)."""
     model = _model("conditional")
     with torch.no_grad():
-        model.surface_head.weight.zero_()
-        model.surface_head.bias.zero_()
-        model.rv_link.weight.zero_()
-        model.ecm_rate.fill_(30.0)                          # rho = 1 - sigmoid(30): full reversion after a day
-        model.ecm_b.zero_()
-        model.ecm_b[0] = 0.8
-        model.ecm_a.fill_(0.02)
+        model.decoder.surface_head.weight.zero_()
+        model.decoder.surface_head.bias.zero_()
+        bb = model.backbone
+        bb.rv_link.weight.zero_()
+        bb.ecm_rate.fill_(30.0)                             # rho = 1 - sigmoid(30): full reversion after a day
+        bb.ecm_b.zero_()
+        bb.ecm_b[0] = 0.8
+        bb.ecm_a.fill_(0.02)
     x, a = _data(1, 16, 5)
-    a[:, 10:, 3] = np.log(1.5)                              # realised vol of 150% on the future days
+    a[:, 10:, RV] = np.log(1.5)                             # realised vol of 150% on the future days
     out = model.forecast(x[:, :10], a[:, :10], 6, a[:, 10:], prior_scale=0.0)
     vols = model.to_vol(out["q"][:, 10:], out["anchor"])[:, :, model.mid]
     want = 0.02 + 0.8 * 1.5
@@ -147,13 +168,14 @@ def test_interval_widths_follow_realised_vol_beyond_the_training_range():
     model = _model("conditional")
     x, a = _data(1, 16, 5)
     zero = model.forecast(x[:, :10], a[:, :10], 6, a[:, 10:], prior_scale=0.0)["q"]
-    assert model.width_path(model.norm_f(a), 10).abs().max() == 0                    # zero at initialisation
+    bb, scaler = model.backbone, model.scaler
+    assert bb.width_path(scaler.norm_f(a), 10).abs().max() == 0                      # zero at initialisation
     with torch.no_grad():
-        model.width_link.weight.zero_()
-        model.width_link.weight[:, 0] = 0.2                 # +0.2 log width per sd of the 5-day log RV
+        bb.width_link.weight.zero_()
+        bb.width_link.weight[:, 0] = 0.2                 # +0.2 log width per sd of the 5-day log RV
     def half_width(rv_sd):
         b = a.clone()
-        b[:, 10:, 3] = model.f_mean[3] + rv_sd * model.f_std[3]
+        b[:, 10:, RV] = scaler.f_mean[RV] + rv_sd * scaler.f_std[RV]
         q = model.forecast(x[:, :10], b[:, :10], 6, b[:, 10:], prior_scale=0.0)["q"][:, 10:]
         return (q[:, :, -1] - q[:, :, model.mid])                                     # (1, 6, 5, 5)
     h0, h6, h12 = half_width(0.0), half_width(6.0), half_width(12.0)
@@ -164,7 +186,7 @@ def test_interval_widths_follow_realised_vol_beyond_the_training_range():
     assert not torch.equal(zero, model.forecast(x[:, :10], a[:, :10], 6, a[:, 10:], prior_scale=0.0)["q"])
     # the lead path: widths grow as (1 + k)^w_lead
     with torch.no_grad():
-        model.width_link.weight.zero_()
-        model.width_lead.fill_(0.5)
-    lw = model.width_path(model.norm_f(a), 10)[0, :, 0]
+        bb.width_link.weight.zero_()
+        bb.width_lead.fill_(0.5)
+    lw = bb.width_path(scaler.norm_f(a), 10)[0, :, 0]
     torch.testing.assert_close(lw[9:], 0.5 * torch.log1p(torch.arange(7.0)))

@@ -1,4 +1,4 @@
-"""The params schema (SPEC section 2): profiles load, full.yaml is the seed's plan, bad params fail early
+"""The params schema (lib/backfill/params.py): profiles load, full.yaml is the plan, bad params fail early
 with one clear line naming the key, and the CLI refuses bad params without touching the run dir."""
 from __future__ import annotations
 
@@ -19,13 +19,20 @@ from backfill.train import is_full_plan
 from backfill.data import DataError
 from backfill.params import ParamsError
 
-PROFILES = ("test", "smoke", "full", "smoke_seed", "regime_shift", "full_working", "smoke_kl1")
-SEED_DIR = Path(backfill.params.__file__).resolve().parents[3] / "shared" / "seed"
+PROFILES = ("test", "smoke", "full", "smoke_plan", "regime_shift", "full_working", "smoke_kl1", "short_history")
+# the plan (the user's design document, not in the repository) where a copy sits beside the checkout
+PLAN_DIR = Path(backfill.params.__file__).resolve().parents[3] / "shared" / "seed"
 
 
 # --- helpers -----------------------------------------------------------------------------------
 
 def _raw(name="test") -> dict:
+    """A profile's complete params (its bases merged, not validated): what a complete file holds, to be broken."""
+    return params.resolve(params.profile_path(name))
+
+
+def _file(name: str) -> dict:
+    """A profile's file as written (a delta names its base)."""
     return yaml.safe_load(params.profile_path(name).read_text())
 
 
@@ -55,15 +62,15 @@ def test_profile_loads(name):
     assert sorted(p["training"]["phase2_weights"]) == p["training"]["phase2_horizons"]
 
 
-# --- 2. full.yaml is the seed's model_config / training_config, key by key ---------------------
+# --- 2. full.yaml is the plan's model_config / training_config, key by key ---------------------
 
-def _seed_file():
-    files = sorted(SEED_DIR.glob("*.txt")) if SEED_DIR.is_dir() else []
+def _plan_file():
+    files = sorted(PLAN_DIR.glob("*.txt")) if PLAN_DIR.is_dir() else []
     return files[0] if files else None
 
 
 def _extract_dict(text: str, name: str, cuda_available: bool) -> dict:
-    """Evaluate the first `name = {...}` python literal of the seed with a stub torch."""
+    """Evaluate the first `name = {...}` python literal of the plan with a stub torch."""
     lines = text.splitlines()
     start = next(i for i, ln in enumerate(lines) if ln.strip().startswith(f"{name} = {{"))
     buf = []
@@ -71,7 +78,7 @@ def _extract_dict(text: str, name: str, cuda_available: bool) -> dict:
         buf.append(ln)
         src = "\n".join(buf)
         try:
-            code = compile(src, f"<seed {name}>", "exec")
+            code = compile(src, f"<plan {name}>", "exec")
         except SyntaxError:
             continue
         torch_stub = types.SimpleNamespace(
@@ -79,11 +86,11 @@ def _extract_dict(text: str, name: str, cuda_available: bool) -> dict:
         ns = {"torch": torch_stub}
         exec(code, ns)
         return ns[name]
-    raise AssertionError(f"could not parse {name} from the seed")
+    raise AssertionError(f"could not parse {name} from the plan")
 
 
-def _seed_configs(cuda_available=False):
-    f = _seed_file()
+def _plan_configs(cuda_available=False):
+    f = _plan_file()
     if f is None:
         return None
     text = f.read_text()
@@ -91,9 +98,9 @@ def _seed_configs(cuda_available=False):
             _extract_dict(text, "training_config", cuda_available))
 
 
-SEED = _seed_configs()
-SEED_MODEL_KEYS = sorted(SEED[0]) if SEED else ["<seed absent>"]
-SEED_TRAINING_KEYS = sorted(SEED[1]) if SEED else ["<seed absent>"]
+PLAN = _plan_configs()
+PLAN_MODEL_KEYS = sorted(PLAN[0]) if PLAN else ["<plan absent>"]
+PLAN_TRAINING_KEYS = sorted(PLAN[1]) if PLAN else ["<plan absent>"]
 
 
 @pytest.fixture(scope="module")
@@ -101,9 +108,9 @@ def full():
     return params.load(params.profile_path("full"))
 
 
-def _need_seed():
-    if SEED is None:
-        pytest.skip(f"seed plan not found under {SEED_DIR}")
+def _need_plan():
+    if PLAN is None:
+        pytest.skip(f"the plan not found under {PLAN_DIR}")
 
 
 def _norm(v):
@@ -116,14 +123,14 @@ def _norm(v):
     return v
 
 
-def test_seed_configs_parsed_completely():
-    _need_seed()
-    model, training = SEED
+def test_plan_configs_parsed_completely():
+    _need_plan()
+    model, training = PLAN
     assert len(model) == 20 and len(training) == 18
     assert model["device"] == "cpu"                     # the stub torch has no CUDA
 
 
-def _seed_model(full):
+def _plan_model(full):
     from backfill.model import CVAE, ModelConfig
     return CVAE(ModelConfig.from_params(full, tuple(full["model"]["feat_dim"])))
 
@@ -132,48 +139,48 @@ def _grid(full):
     return full["model"]["feat_dim"][0] * full["model"]["feat_dim"][1]
 
 
-# The seed's keys that are no longer params (params.REMOVED): the seed's value must be what the code does
+# The plan's keys that are no longer params (params.REMOVED): the plan's value must be what the code does
 # unconditionally with full.yaml, so the comparison stays key by key rather than dropping them.
-REMOVED_SEED_CHECKS = {
+REMOVED_PLAN_CHECKS = {
     "mem_type": lambda full, v: v == "lstm" and all(
-        type(m) is nn.LSTM for m in _seed_model(full).modules() if isinstance(m, nn.RNNBase)),
+        type(m) is nn.LSTM for m in _plan_model(full).modules() if isinstance(m, nn.RNNBase)),
     "num_quantiles": lambda full, v: v == len(full["model"]["quantiles"])
-        == _seed_model(full).surface_head.out_features // _grid(full),
+        == _plan_model(full).decoder.surface_head.out_features // _grid(full),
     "use_dense_surface": lambda full, v: v is True and [
-        x.out_features for x in _seed_model(full).posterior.dense if isinstance(x, nn.Linear)]
+        x.out_features for x in _plan_model(full).posterior.dense if isinstance(x, nn.Linear)]
         == full["model"]["surface_hidden"],
     "use_quantile_regression": lambda full, v: v is True
-        and _seed_model(full).surface_head.out_features == len(full["model"]["quantiles"]) * _grid(full)
+        and _plan_model(full).decoder.surface_head.out_features == len(full["model"]["quantiles"]) * _grid(full)
         and LossWeights.from_params(full).quantiles == tuple(full["model"]["quantiles"]),
-    "ex_feats_dim": lambda full, v: v == _seed_model(full).cfg.n_feat == 3 + len(full["model"]["rv_halflives"]),
+    "ex_feats_dim": lambda full, v: v == _plan_model(full).cfg.n_feat == 3 + len(full["model"]["rv_halflives"]),
     "total_epochs": lambda full, v: v == full["training"]["phase4_epochs"]
-        == sum(s.epochs for s in phase_specs(full)) == params.SEED_PLAN["training.phase4_epochs"],
+        == sum(s.epochs for s in phase_specs(full)) == params.FULL_PLAN["training.phase4_epochs"],
 }
-# The seed's day-index span of its own dataset: not reproduced (ours is data.train, in dates), said here.
-SEED_SPAN_KEYS = {"train_period_years": 16, "train_start_idx": 1000, "train_end_idx": 5000}
+# The plan's day-index span of its own dataset: not reproduced (ours is data.train, in dates), said here.
+PLAN_SPAN_KEYS = {"train_period_years": 16, "train_start_idx": 1000, "train_end_idx": 5000}
 
 
-def test_every_removed_key_is_checked_against_the_seed():
-    _need_seed()
-    assert {k.split(".")[1] for k in params.REMOVED} == set(REMOVED_SEED_CHECKS) | set(SEED_SPAN_KEYS)
-    assert set(params.REMOVED) <= {f"model.{k}" for k in SEED[0]} | {f"training.{k}" for k in SEED[1]}
+def test_every_removed_key_is_checked_against_the_plan():
+    _need_plan()
+    assert {k.split(".")[1] for k in params.REMOVED} == set(REMOVED_PLAN_CHECKS) | set(PLAN_SPAN_KEYS)
+    assert set(params.REMOVED) <= {f"model.{k}" for k in PLAN[0]} | {f"training.{k}" for k in PLAN[1]}
 
 
-def _check_removed_seed_key(full, section, key, seed_val):
+def _check_removed_plan_key(full, section, key, plan_val):
     assert key not in full[section], f"{section}.{key} was removed but full.yaml still has it"
-    if key in SEED_SPAN_KEYS:
-        assert seed_val == SEED_SPAN_KEYS[key] and "data.train" in params.REMOVED[f"{section}.{key}"]
+    if key in PLAN_SPAN_KEYS:
+        assert plan_val == PLAN_SPAN_KEYS[key] and "data.train" in params.REMOVED[f"{section}.{key}"]
         assert full["data"]["split_by"] == "date"
         return
-    assert REMOVED_SEED_CHECKS[key](full, seed_val), f"{section}.{key}: the seed's {seed_val!r} is not what the code does"
+    assert REMOVED_PLAN_CHECKS[key](full, plan_val), f"{section}.{key}: the plan's {plan_val!r} is not what the code does"
 
 
-@pytest.mark.parametrize("key", SEED_MODEL_KEYS)
-def test_full_yaml_model_matches_seed(full, key):
-    _need_seed()
-    seed_val = SEED[0][key]
+@pytest.mark.parametrize("key", PLAN_MODEL_KEYS)
+def test_full_yaml_model_matches_the_plan(full, key):
+    _need_plan()
+    plan_val = PLAN[0][key]
     if f"model.{key}" in params.REMOVED:
-        return _check_removed_seed_key(full, "model", key, seed_val)
+        return _check_removed_plan_key(full, "model", key, plan_val)
     assert key in full["model"], f"model.{key} missing from full.yaml"
     ours = full["model"][key]
     if key == "device":
@@ -181,8 +188,8 @@ def test_full_yaml_model_matches_seed(full, key):
         assert ours == "auto"
         from backfill import train
         import torch
-        seed_cuda = _seed_configs(cuda_available=True)[0]["device"]
-        for avail, expect in ((False, seed_val), (True, seed_cuda)):
+        plan_cuda = _plan_configs(cuda_available=True)[0]["device"]
+        for avail, expect in ((False, plan_val), (True, plan_cuda)):
             orig = torch.cuda.is_available
             torch.cuda.is_available = lambda a=avail: a
             try:
@@ -190,24 +197,24 @@ def test_full_yaml_model_matches_seed(full, key):
             finally:
                 torch.cuda.is_available = orig
         return
-    assert _norm(ours) == _norm(seed_val)
-    assert isinstance(ours, bool) == isinstance(seed_val, bool)   # True != 1 in a schema
+    assert _norm(ours) == _norm(plan_val)
+    assert isinstance(ours, bool) == isinstance(plan_val, bool)   # True != 1 in a schema
 
 
-@pytest.mark.parametrize("key", SEED_TRAINING_KEYS)
-def test_full_yaml_training_matches_seed(full, key):
-    _need_seed()
-    seed_val = SEED[1][key]
+@pytest.mark.parametrize("key", PLAN_TRAINING_KEYS)
+def test_full_yaml_training_matches_the_plan(full, key):
+    _need_plan()
+    plan_val = PLAN[1][key]
     if f"training.{key}" in params.REMOVED:
-        return _check_removed_seed_key(full, "training", key, seed_val)
+        return _check_removed_plan_key(full, "training", key, plan_val)
     assert key in full["training"], f"training.{key} missing from full.yaml"
     ours = full["training"][key]
     if key == "phase2_weights":
         assert all(type(k) is int for k in ours)
-        assert ours == seed_val
+        assert ours == plan_val
         return
-    assert _norm(ours) == _norm(seed_val)
-    assert not isinstance(ours, bool) and type(ours) is type(seed_val)
+    assert _norm(ours) == _norm(plan_val)
+    assert not isinstance(ours, bool) and type(ours) is type(plan_val)
 
 
 # --- 3. one clear error per bad-params class ---------------------------------------------------
@@ -437,10 +444,10 @@ def test_load_for_honours_grid(tmp_path):
     assert data.default_cache_path(tmp_path, GRID).exists()
 
 
-# --- 7. the seed as written vs the working model ------------------------------------------------
+# --- 7. the plan as written vs the working model ------------------------------------------------
 
-@pytest.mark.parametrize("name", ["full", "smoke_seed"])
-def test_seed_profiles_keep_the_seeds_model(name):
+@pytest.mark.parametrize("name", ["full", "smoke_plan"])
+def test_plan_profiles_keep_the_plans_model(name):
     m = params.load(params.profile_path(name))["model"]
     assert (m["prior"], m["target"], m["kl_weight"], m["rv_halflives"], m["known_future"]) == \
         ("standard", "level", 1e-5, [], False)
@@ -516,11 +523,11 @@ def test_base_merges_recursively(tmp_path):
 
 def test_base_chains_by_name_and_by_relative_path(tmp_path):
     (tmp_path / "sub").mkdir()
-    _delta(tmp_path, "mid", {"base": "smoke_seed", "seed": 7})
+    _delta(tmp_path, "mid", {"base": "smoke_plan", "seed": 7})
     child = _delta(tmp_path / "sub", "child", {"base": "../mid.yaml", "model": {"latent_dim": 3}})
     p = params.load(child)
-    seed = params.load(params.profile_path("smoke_seed"))
-    assert _flat(p) == {**_flat(seed), "profile": "child", "description": "child experiment", "seed": 7,
+    plan = params.load(params.profile_path("smoke_plan"))
+    assert _flat(p) == {**_flat(plan), "profile": "child", "description": "child experiment", "seed": 7,
                         "model.latent_dim": 3}
 
 
@@ -573,8 +580,8 @@ def test_parse_override(text, key, value):
 
 
 def test_overrides_apply_on_the_merged_params_before_validation():
-    base = params.load(params.profile_path("smoke_seed"))
-    p = params.load(params.profile_path("smoke_seed"),
+    base = params.load(params.profile_path("smoke_plan"))
+    p = params.load(params.profile_path("smoke_plan"),
                     ["model.kl_weight=0.5", "seed=3", "training.phase2_weights.7=0.25",
                      "generation.windows.late=2017-03-01", "data.train=[2001-01-02, 2013-12-31]"])
     assert p["model"]["kl_weight"] == 0.5 and p["seed"] == 3
@@ -630,6 +637,7 @@ def test_a_different_set_is_different_params():
     assert h[0] != h[1] == h[2] and h[3] == h[0]           # 1.0 is test.yaml's own value
 
 
+@pytest.mark.slow
 def test_cli_set_runs_records_and_skips_only_the_same_params(tmp_path):
     rd = tmp_path / "run"
 
@@ -661,32 +669,55 @@ def test_cli_bad_set_exit_2_one_line_nothing_written(tmp_path, sets, msg):
     assert not (tmp_path / "run").exists()
 
 
-def test_is_full_plan_is_the_seed_plan():
+def test_is_full_plan_is_the_plans_training():
     full = params.load(params.profile_path("full"))
     assert is_full_plan(full) and not is_full_plan(params.load(params.profile_path("smoke")))
-    for key in params.SEED_PLAN:
+    for key in params.FULL_PLAN:
         section, name = key.split(".")
         other = params.load(params.profile_path("full"))
         other[section][name] = 512 if other[section][name] is None else other[section][name] * 2
         assert not is_full_plan(other), key
-    if SEED is not None:                                     # SEED_PLAN is the seed's training_config
-        model, training = SEED
-        for key, v in params.SEED_PLAN.items():
+    if PLAN is not None:                                     # FULL_PLAN is the plan's training_config
+        model, training = PLAN
+        for key, v in params.FULL_PLAN.items():
             section, name = key.split(".")
             if name in (model if section == "model" else training):
                 assert (model if section == "model" else training)[name] == v, key
-        assert training["total_epochs"] == params.SEED_PLAN["training.phase4_epochs"]
+        assert training["total_epochs"] == params.FULL_PLAN["training.phase4_epochs"]
 
 
 # What each committed delta changes, against what it was before it became a delta (the files loaded to
-# exactly these dicts, minus the removed keys, when they were complete copies).
+# exactly these dicts, minus the removed keys, when they were complete copies). full.yaml, the plan, is the only
+# complete file.
+_WORKING = {"model.prior": "conditional", "model.target": "change", "model.kl_weight": 1.0,
+            "model.rv_halflives": [5, 21], "model.known_future": True, "generation.repair_arbitrage": True}
 DELTAS = {
-    "smoke_seed": ("smoke", {"model.prior": "standard", "model.target": "level", "model.kl_weight": 1e-5,
+    "smoke": ("full", {**_WORKING, "training.phase1_epochs": 40, "training.phase2_epochs": 56,
+                       "training.phase3_epochs": 64, "training.phase4_epochs": 72, "training.learning_rate": 3e-3,
+                       "training.max_train_windows": 512, "training.max_val_windows": 128,
+                       "generation.n_samples": 100, "generation.sample_chunk": 100, "generation.max_rolling": 12,
+                       "generation.bootstrap_paths": 200}),
+    "test": ("full", {**_WORKING, "data.train": ["2004-01-01", "2009-12-31"], "model.feat_dim": None,
+                      "model.context_len": 10, "model.horizon": 9, "model.latent_dim": 3, "model.mem_hidden": 16,
+                      "model.mem_dropout": 0.1, "model.surface_hidden": [5, 5], "model.device": "cpu",
+                      "training.phase1_epochs": 1, "training.phase2_epochs": 2, "training.phase3_epochs": 3,
+                      "training.phase4_epochs": 4, "training.learning_rate": 3e-3, "training.batch_size": 16,
+                      "training.phase2_horizons": [1, 3, 9], "training.phase2_weights": {1: 1.0, 3: 0.6, 9: 0.3},
+                      "training.phase3_horizon": 6, "training.phase3_offsets": [3, 6], "training.phase4_horizon": 9,
+                      "training.phase4_offsets": [5, 9], "training.max_train_windows": 64,
+                      "training.max_val_windows": 32, "generation.n_samples": 4, "generation.sample_chunk": 4,
+                      "generation.horizon": 9, "generation.offset_fast": 9, "generation.offset_ensemble": 5,
+                      "generation.days_6month": 18, "generation.days_1year": 25,
+                      "generation.windows": {"crisis": "2008-06-02", "normal": "2005-03-01",
+                                             "out_of_sample": "2016-03-01"},
+                      "generation.max_rolling": 2, "generation.bootstrap_paths": 20, "generation.max_calibration": 4,
+                      "generation.calibration_lead_bins": [1, 6, 13]}),
+    "smoke_plan": ("smoke", {"model.prior": "standard", "model.target": "level", "model.kl_weight": 1e-5,
                              "model.rv_halflives": [], "model.known_future": False,
                              "generation.repair_arbitrage": False}),
     "regime_shift": ("smoke", {"data.train": ["2003-01-01", "2007-06-29"], "data.val_fraction": 0.3,
                                "data.test": ["2007-07-02", "2010-12-31"]}),
-    "smoke_kl1": ("smoke_seed", {"model.kl_weight": 1.0, "generation.n_samples": 32, "generation.sample_chunk": 32,
+    "smoke_kl1": ("smoke_plan", {"model.kl_weight": 1.0, "generation.n_samples": 32, "generation.sample_chunk": 32,
                                  "generation.max_rolling": 6}),
     "full_working": ("full", {"model.prior": "conditional", "model.target": "change", "model.kl_weight": 1.0,
                               "model.rv_halflives": [5, 21], "model.known_future": True,
@@ -697,8 +728,8 @@ DELTAS = {
 @pytest.mark.parametrize("name", sorted(DELTAS))
 def test_committed_deltas_differ_from_their_base_exactly_in_the_keys_they_state(name):
     base, changes = DELTAS[name]
-    raw = _raw(name)
-    assert raw["base"] == base and set(raw) - {"base", "profile", "description"} <= {"data", "model", "generation"}
+    raw = _file(name)
+    assert raw["base"] == base and set(raw) - {"base", "profile", "description"} <= set(params.SCHEMA)
     p, b = _flat(params.load(params.profile_path(name))), _flat(params.load(params.profile_path(base)))
     assert {k: v for k, v in p.items() if b.get(k) != v} == {"profile": name, "description": p["description"],
                                                              **changes}
@@ -706,11 +737,12 @@ def test_committed_deltas_differ_from_their_base_exactly_in_the_keys_they_state(
     assert set(_flat({k: v for k, v in raw.items() if k != "base"})) == {"profile", "description", *changes}
 
 
-def test_smoke_and_full_are_complete_bases():
-    for name in ("smoke", "full", "test"):
-        raw = _raw(name)
-        assert "base" not in raw
-        assert set(_flat(raw)) == set(_flat(params.load(params.profile_path(name)))) - {"provenance"}
+def test_full_is_the_only_complete_params_file():
+    raw = _file("full")
+    assert "base" not in raw
+    assert set(_flat(raw)) == set(_flat(params.load(params.profile_path("full")))) - {"provenance"}
+    for path in sorted(params.profile_path("full").parent.glob("*.yaml")):
+        assert path.stem == "full" or "base" in _file(path.stem), path.name
 
 
 def test_a_delta_replaces_free_form_mappings_whole(tmp_path):

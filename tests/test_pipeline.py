@@ -1,9 +1,13 @@
-"""Integration: the whole pipeline on params/test.yaml through the CLI, the run contract, the book."""
+"""pipeline: the whole pipeline on params/test.yaml through the CLI (the run contract, the book), and what keeps a
+run from presenting stale or mixed results (notebook keys, resuming, interrupting, failing). The finished run is
+conftest's `finished_run`, shared with the other tests that read one; a test that changes a run changes a copy."""
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import nbformat
 import pytest
 import yaml
 
@@ -19,14 +23,25 @@ def cli(*args, cwd=ROOT):
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    rd = tmp_path_factory.mktemp("run") / "test"
-    res = cli("run", TEST_PARAMS, "--run-dir", rd)
-    assert res.returncode == 0, res.stdout + res.stderr
-    return rd
+def book(finished_run, tmp_path_factory):
+    """A copy of the finished run with its book built, with a page comparing it with another run and a sweep's
+    chapter: (the run directory, the `backfill book` result, the other run)."""
+    root = tmp_path_factory.mktemp("book")
+    run_dir = root / "test"
+    shutil.copytree(finished_run, run_dir)
+    other = root / "other"                        # a second run to compare with: same results, another seed recorded
+    shutil.copytree(run_dir, other, ignore=shutil.ignore_patterns("_build", "checkpoints", "backfill", "notebooks"))
+    rec = yaml.safe_load((other / "params.yaml").read_text())
+    (other / "params.yaml").write_text(yaml.safe_dump({**rec, "seed": 7}))
+    sweep_dir = root / "sweep"                      # a sweep's chapter (unexecuted here: the book executes nothing)
+    sweep_dir.mkdir()
+    shutil.copy2(ROOT / "notebooks" / "10_sweep.ipynb", sweep_dir / "10_sweep.ipynb")
+    return run_dir, cli("book", run_dir, "--compare", other, "--sweep", sweep_dir), other
 
 
-def test_run_leaves_the_contract(run_dir):
+@pytest.mark.slow
+def test_run_leaves_the_contract(finished_run):
+    run_dir = finished_run
     m = json.loads((run_dir / "metrics.json").read_text())
     names = pipeline.available_notebooks()
     assert m["profile"] == "test" and m["run_state"] == "ok"
@@ -45,7 +60,7 @@ def test_run_leaves_the_contract(run_dir):
         assert (run_dir / "checkpoints" / "last.pt").exists()
         assert list((run_dir / "logs" / "tensorboard").glob("events.out.tfevents.*"))
         assert m["phases"]["phase2"]["criteria"]["decision"] in ("PASS", "MARGINAL", "FAIL")
-        for n in (1, 2, 3, 4):                       # the seed's "KL < 10" beside every phase's criteria
+        for n in (1, 2, 3, 4):                       # the plan's "KL < 10" beside every phase's criteria
             ph = m["phases"][f"phase{n}"]
             assert ph["val_kl"] >= 0 and "KL to the prior (validation)" in [c["criterion"] for c in ph["criteria"]["checks"]]
     if "09_evaluation" in names:
@@ -80,7 +95,9 @@ def test_run_leaves_the_contract(run_dir):
     assert prov["packages"]["torch"].startswith("2.13.0") and "git_commit" in prov and prov["data_fingerprint"]
 
 
-def test_rerun_skips_finished_notebooks_and_same_params_give_identical_data(run_dir, tmp_path):
+@pytest.mark.slow
+def test_rerun_skips_finished_notebooks_and_same_params_give_identical_data(finished_run, tmp_path):
+    run_dir = shutil.copytree(finished_run, tmp_path / "rerun")
     res = cli("run", TEST_PARAMS, "--run-dir", run_dir)
     assert res.returncode == 0
     assert res.stdout.count("done before, skipped") == len(pipeline.available_notebooks())
@@ -93,10 +110,10 @@ def test_rerun_skips_finished_notebooks_and_same_params_give_identical_data(run_
     assert b["status"]["01_data_autocorrelation"]["state"] == "ok"
 
 
-def test_a_failing_notebook_marks_the_run_failed(run_dir, tmp_path):
-    import shutil
+@pytest.mark.slow
+def test_a_failing_notebook_marks_the_run_failed(finished_run, tmp_path):
     broken = tmp_path / "broken"
-    shutil.copytree(run_dir, broken)
+    shutil.copytree(finished_run, broken)
     (broken / "checkpoints" / "phase1.pt").unlink()               # an unreadable checkpoint would retrain;
     (broken / "checkpoints" / "phase1.pt").mkdir()                 # one that is a directory fails notebook 02
     res = cli("run", TEST_PARAMS, "--run-dir", broken, "--from", "02", "--force")
@@ -116,16 +133,9 @@ def test_a_failing_notebook_marks_the_run_failed(run_dir, tmp_path):
     assert res.returncode != 0 and "failed" in res.stderr and "02_phase1_teacher_forcing" in res.stderr
 
 
-def test_book_builds_with_glued_numbers(run_dir, tmp_path):
-    import shutil
-    other = tmp_path / "other"                    # a second run to compare with: same results, another seed recorded
-    shutil.copytree(run_dir, other, ignore=shutil.ignore_patterns("_build", "checkpoints", "backfill", "notebooks"))
-    rec = yaml.safe_load((other / "params.yaml").read_text())
-    (other / "params.yaml").write_text(yaml.safe_dump({**rec, "seed": 7}))
-    sweep_dir = tmp_path / "sweep"                  # a sweep's chapter (unexecuted here: the book executes nothing)
-    sweep_dir.mkdir()
-    shutil.copy2(ROOT / "notebooks" / "10_sweep.ipynb", sweep_dir / "10_sweep.ipynb")
-    res = cli("book", run_dir, "--compare", other, "--sweep", sweep_dir)
+@pytest.mark.slow
+def test_book_builds_with_glued_numbers(book, tmp_path):
+    run_dir, res, other = book
     assert res.returncode == 0, res.stdout + res.stderr
     page = (run_dir / "_build" / "html" / "book" / "compare.html").read_text()
     assert "Comparison with other runs" in page and "seed: 0 -&gt; 7" in page and str(other) in page
@@ -156,10 +166,10 @@ def test_book_builds_with_glued_numbers(run_dir, tmp_path):
     assert (run_dir / "_build" / "html" / "_static" / "plotly.min.js").exists()
 
 
-def test_book_refuses_notebooks_of_other_code_or_params(run_dir, tmp_path):
-    import shutil
+@pytest.mark.slow
+def test_book_refuses_notebooks_of_other_code_or_params(finished_run, tmp_path):
     copy = tmp_path / "copy"
-    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("_build", "checkpoints", "backfill"))
+    shutil.copytree(finished_run, copy, ignore=shutil.ignore_patterns("_build", "checkpoints", "backfill"))
     m = json.loads((copy / "metrics.json").read_text())
     assert all(s.get("key") for s in m["status"].values())
     m["status"]["03_phase2_multihorizon"]["key"] = "from-older-code"      # as if lib/ or the notebook changed since
@@ -168,12 +178,12 @@ def test_book_refuses_notebooks_of_other_code_or_params(run_dir, tmp_path):
         pipeline.build_book(copy)
 
 
-def test_a_section_written_by_hand_is_not_current_until_the_notebooks_run_again(run_dir, tmp_path):
+@pytest.mark.slow
+def test_a_section_written_by_hand_is_not_current_until_the_notebooks_run_again(finished_run, tmp_path):
     """A notebook run by hand in a run directory (Jupyter, no `backfill run`) writes metrics.json sections that no
     key vouches for: the book refuses them, and the next run re-runs every notebook instead of skipping."""
-    import shutil
     copy = tmp_path / "hand"
-    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("_build"))
+    shutil.copytree(finished_run, copy, ignore=shutil.ignore_patterns("_build"))
     rundir.update_metrics(copy, data={"days": -1})               # what a hand-run notebook 01 would do
     m = json.loads((copy / "metrics.json").read_text())
     assert m["writers"]["data"][rundir.BY_HAND] is None and rundir.stale_sections(m, pipeline._current_keys(copy)) == ["data"]
@@ -187,7 +197,9 @@ def test_a_section_written_by_hand_is_not_current_until_the_notebooks_run_again(
     assert m["run_state"] == "partial" and m["status"]["02_phase1_teacher_forcing"]["state"] == "stale"
 
 
-def test_bad_params_leave_the_run_untouched(run_dir, tmp_path):
+@pytest.mark.slow
+def test_bad_params_leave_the_run_untouched(finished_run, tmp_path):
+    run_dir = shutil.copytree(finished_run, tmp_path / "run")
     p = yaml.safe_load(TEST_PARAMS.read_text())
     p["training"]["phase4_offsets"] = [5, 12]
     bad = tmp_path / "bad.yaml"
@@ -219,7 +231,8 @@ def _browser():
     return webdriver.Chrome(service=Service(driver), options=opts)
 
 
-def test_book_in_a_browser(run_dir):
+@pytest.mark.slow
+def test_book_in_a_browser(book):
     """The built book, served on localhost: glued numbers on the summary, rendered plotly figures, no JS errors."""
     import functools
     import http.server
@@ -227,9 +240,9 @@ def test_book_in_a_browser(run_dir):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
+    run_dir, res, _ = book
+    assert res.returncode == 0, res.stdout + res.stderr
     html = run_dir / "_build" / "html"
-    if not (html / "index.html").exists():
-        assert cli("book", run_dir).returncode == 0
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def log_message(self, *a):
             pass
@@ -271,3 +284,140 @@ def test_book_in_a_browser(run_dir):
     finally:
         browser.quit()
         server.shutdown()
+
+
+# --- keys, resuming, interrupting: a run is never stale or mixed --------------------------------
+
+def _copy_notebooks(tmp_path) -> Path:
+    d = tmp_path / "nb"
+    shutil.copytree(ROOT / "notebooks", d)
+    return d
+
+
+def _edit(path: Path, kind: str, text: str) -> None:
+    nb = nbformat.read(path, as_version=4)
+    cell = next(c for c in nb.cells if c.cell_type == kind and "parameters" not in c.metadata.get("tags", []))
+    cell.source += text
+    nbformat.write(nb, path)
+
+
+def test_editing_a_notebook_changes_its_key_and_every_later_one(tmp_path):
+    d = _copy_notebooks(tmp_path)
+    before = pipeline.notebook_keys("p", nb_dir=d, lib_fp="lib")
+    assert list(before) == pipeline.NOTEBOOKS and len(set(before.values())) == len(before)
+    _edit(d / "04_phase3_ar_h60.ipynb", "markdown", "\nprose changes nothing")
+    assert pipeline.notebook_keys("p", nb_dir=d, lib_fp="lib") == before
+    _edit(d / "04_phase3_ar_h60.ipynb", "code", "\nx = 1")
+    after = pipeline.notebook_keys("p", nb_dir=d, lib_fp="lib")
+    i = pipeline.NOTEBOOKS.index("04_phase3_ar_h60")
+    for n in pipeline.NOTEBOOKS[:i]:
+        assert after[n] == before[n]
+    for n in pipeline.NOTEBOOKS[i:]:
+        assert after[n] != before[n]
+    # other params or another version of lib/ change every key
+    assert set(pipeline.notebook_keys("q", nb_dir=d, lib_fp="lib").values()).isdisjoint(after.values())
+    assert set(pipeline.notebook_keys("p", nb_dir=d, lib_fp="lib2").values()).isdisjoint(after.values())
+
+
+@pytest.mark.slow
+def test_a_run_restores_its_recorded_params_even_when_every_notebook_is_skipped(tmp_path):
+    import yaml
+    rd = tmp_path / "run"
+    args = [sys.executable, "-m", "backfill", "run", ROOT / "params" / "test.yaml", "--run-dir", rd, "--only", "01",
+            "--set", "model.kl_weight=0.5"]
+    assert subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600).returncode == 0
+    good = yaml.safe_load((rd / "params.yaml").read_text())
+    clobbered = dict(good, provenance={**good["provenance"], "params_hash": "a notebook opened by hand"})
+    (rd / "params.yaml").write_text(yaml.safe_dump(clobbered))
+    res = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0 and "skipped" in res.stdout
+    again = yaml.safe_load((rd / "params.yaml").read_text())
+    assert again["provenance"]["params_hash"] == good["provenance"]["params_hash"]
+    assert again["provenance"]["overrides"] == ["model.kl_weight=0.5"]
+
+
+def test_a_kernel_that_dies_before_it_starts_is_started_again(monkeypatch, tmp_path):
+    """Kernels launched at the same moment by several trials can race for ports; the loser dies before replying to
+    kernel_info, before any cell ran: execute_notebook retries that, and only that."""
+    import papermill
+    calls = []
+
+    def flaky(src, dest, **kw):
+        calls.append(kw["cwd"])
+        if len(calls) == 1:
+            raise RuntimeError("Kernel died before replying to kernel_info")
+    monkeypatch.setattr(papermill, "execute_notebook", flaky)
+    monkeypatch.setattr(pipeline.time, "sleep", lambda s: None)
+    pipeline.execute_notebook(ROOT / "notebooks" / "01_data_autocorrelation.ipynb", tmp_path / "out.ipynb", {})
+    assert calls == [str(ROOT / "notebooks")] * 2
+
+    def broken(src, dest, **kw):
+        calls.append(1)
+        raise RuntimeError("something else")
+    monkeypatch.setattr(papermill, "execute_notebook", broken)
+    calls.clear()
+    with pytest.raises(RuntimeError, match="something else"):
+        pipeline.execute_notebook(ROOT / "notebooks" / "01_data_autocorrelation.ipynb", tmp_path / "out.ipynb", {})
+    assert calls == [1]
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_notebook_leaves_an_interrupted_run_that_resumes(tmp_path):
+    """SIGINT (Ctrl-C) while notebook 02 trains: exit 130 with one line, the run and the notebook read `interrupted`
+    (not failed: no .failed copy, no temp copy), `book` says how to resume, and the same command finishes it."""
+    import signal
+    import time
+    rd = tmp_path / "run"
+    args = [sys.executable, "-m", "backfill", "run", ROOT / "params" / "test.yaml", "--run-dir", rd, "--only", "02",
+            "--set", "seed=1"]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
+    while time.time() - t0 < 60 and proc.poll() is None:
+        time.sleep(0.2)
+        try:
+            if json.loads((rd / "metrics.json").read_text())["status"]["02_phase1_teacher_forcing"]["state"] == "running":
+                break
+        except (OSError, ValueError, KeyError):
+            pass
+    time.sleep(3)                                                 # inside the notebook: its kernel runs cells
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out + err
+    assert "Traceback" not in err and "[IPKernelApp]" not in err and err.strip().splitlines()[-1] == (
+        "backfill: interrupted; run the same command again to resume (finished notebooks and checkpoints are kept)")
+    assert "02_phase1_teacher_forcing: interrupted" in out
+    m = json.loads((rd / "metrics.json").read_text())
+    assert m["run_state"] == "interrupted" and m["status"]["02_phase1_teacher_forcing"]["state"] == "interrupted"
+    assert rundir.run_state(rd) == "interrupted"
+    assert sorted(p.name for p in (rd / "notebooks").iterdir()) == []    # no .failed copy, no .running temp file
+    with pytest.raises(SystemExit) as ei:
+        pipeline.build_book(rd)
+    msg = str(ei.value)
+    assert "is interrupted; re-run it to resume" in msg and "\n" not in msg
+    assert msg.endswith(f"python -m backfill run params/test.yaml --run-dir {rd.resolve()} --set seed=1")
+    res = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and json.loads((rd / "metrics.json").read_text())["status"][
+        "02_phase1_teacher_forcing"]["state"] == "ok", res.stdout + res.stderr
+
+
+@pytest.mark.slow
+def test_a_successful_rerun_clears_failed_set_aside_and_temp_copies(tmp_path, monkeypatch):
+    """A notebook's .failed copy and its copy set aside in notebooks/stale/ go when it then succeeds (stale/ too, once
+    empty); the .running temp files a killed run left go at the start of the next run."""
+    monkeypatch.setenv("BACKFILL_BATCH", "1")
+    rd = tmp_path / "run"
+    nb = rd / "notebooks"
+    (nb / "stale").mkdir(parents=True)
+    for f in (nb / "01_data_autocorrelation.failed.ipynb", nb / "stale" / "01_data_autocorrelation.ipynb",
+              nb / ".01_data_autocorrelation.running.ipynb", nb / ".05_phase4_ar_h90.running.ipynb"):
+        f.write_text("{}")
+    assert pipeline.run(ROOT / "params" / "test.yaml", only="01", run_dir=rd, log=lambda s: None) == 0
+    assert sorted(p.name for p in nb.iterdir()) == ["01_data_autocorrelation.ipynb"]
+    # a set-aside copy of a notebook that has not run again is still the last word on it: it stays
+    (nb / "stale").mkdir()
+    (nb / "stale" / "05_phase4_ar_h90.ipynb").write_text("{}")
+    (nb / "05_phase4_ar_h90.failed.ipynb").write_text("{}")
+    pipeline._clear_superseded("01_data_autocorrelation", rd)
+    assert (nb / "stale" / "05_phase4_ar_h90.ipynb").exists() and (nb / "05_phase4_ar_h90.failed.ipynb").exists()
+    pipeline._clear_superseded("05_phase4_ar_h90", rd)
+    assert sorted(p.name for p in nb.iterdir()) == ["01_data_autocorrelation.ipynb"]

@@ -24,7 +24,7 @@ def _expand(segments):
 
 # Window-day arithmetic: step s predicts window days [C+sO, C+sO+H); its day k is window day C+sO+k.
 HAND = {
-    # H90/O90, the seed's deployment target: step 2 context = pred[90:150] (step 0's days 30..89),
+    # H90/O90, the plan's deployment target: step 2 context = pred[90:150] (step 0's days 30..89),
     # step 3 context = pred[180:240] (step 1's days 30..89).
     (90, 90): [[("real", 0, 59)],
                [("step", 0, 30, 89)],

@@ -1,4 +1,4 @@
-"""Static-arbitrage repair: map implied-vol surfaces to nearby surfaces that pass
+"""Static-arbitrage repair (docs/design.md §5.6): map implied-vol surfaces to nearby surfaces that pass
 metrics.calendar_violations and metrics.butterfly_violations.
 
 Conventions as in metrics: surfaces (..., n_mat, n_mon) of implied vols in decimals, maturities in

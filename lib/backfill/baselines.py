@@ -1,6 +1,6 @@
 """Baselines in the VAE's array layout (a `generate.Backfill`), so one metric path serves all methods.
 
-Econometric (the seed's): per grid point IV_t = a + b RV_t + c r_t + u_t with u_t AR(1), RV the EWMA
+Econometric (the plan's; docs/design.md §7): per grid point IV_t = a + b RV_t + c r_t + u_t with u_t AR(1), RV the EWMA
 realised vol (lambda 0.94, annualised) of the returns; fitted on the training split. Over a backfill it
 uses the realised returns and the last context residual; intervals from bootstrap paths whose AR(1)
 innovations are resampled by whole days (keeping the cross-grid correlation).
@@ -10,7 +10,7 @@ positive, and a move is proportional to the level, as vol moves are).
 The strong baselines see what the VAE sees (the returns of every backfilled day and the context surface):
   har       per grid point, ridge regression of log vol on log EWMA realised vol at several half-lives, the
             return and the 20-day return, with an AR(1) residual anchored on the last context day;
-  backbone  the trained VAE's own linear error-correction path (`CVAE.linear_path`) without the network, so
+  backbone  the trained VAE's own linear error-correction path (`model.Backbone.linear_path`) without the network, so
             what the network adds is the difference between the two.
 Their intervals come from bootstrapped residual paths (`ErrorBank`): whole error paths of the method's own
 forecasts from origins in the training split, scaled by realised vol to the power the training errors show.
@@ -21,8 +21,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .data import RISKMETRICS_HALFLIFE, RISKMETRICS_LAMBDA, ewma_vol, halflife_of
 from .generate import Backfill
-from .metrics import crps_ensemble, ewma_realized_vol
+from .metrics import crps_ensemble
 
 HAR_HALFLIVES = (5, 21, 63, 126, 252)           # days: a week, a month, a quarter, half a year, a year
 HAR_RIDGE = (0.0, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # penalties tried (on standardised inputs), chosen on validation
@@ -33,16 +34,17 @@ class Econometric:
     coef: np.ndarray        # (3, G): a, b, c per grid point
     phi: np.ndarray         # (G,) AR(1) coefficient of the residual
     innov: np.ndarray       # (T-1, G) AR(1) innovations of the training residuals (whole days)
-    lam: float = 0.94
+    lam: float = RISKMETRICS_LAMBDA
 
     @staticmethod
     def design(rv, ret):
         return np.column_stack([np.ones_like(rv), rv, ret])              # (T, 3)
 
 
-def fit_econometric(surface, ret, span, lam: float = 0.94) -> Econometric:
-    """OLS of IV on [1, RV, r] per grid point, then OLS AR(1) of the residuals, on days span[0]..span[1]."""
-    rv = ewma_realized_vol(ret, lam)
+def fit_econometric(surface, ret, span, lam: float = RISKMETRICS_LAMBDA) -> Econometric:
+    """OLS of IV on [1, RV, r] per grid point, then OLS AR(1) of the residuals, on days span[0]..span[1]; RV the
+    EWMA realised vol with daily decay `lam`."""
+    rv = ewma_vol(ret, halflife_of(lam))
     a, b = span
     Y = np.asarray(surface[a:b], float).reshape(b - a, -1)                   # (T, G)
     X = Econometric.design(rv[a:b], np.asarray(ret[a:b], float))
@@ -57,7 +59,7 @@ def econometric_backfill(model: Econometric, ds, start: int, days: int, n_paths:
     """Backfill days [start, start+days) given the realised returns and the residual of day start-1."""
     if start < 1:
         raise ValueError(f"backfill start {start} has no context day before it")
-    rv = ewma_realized_vol(ds.ret, model.lam)
+    rv = ewma_vol(ds.ret, halflife_of(model.lam))
     known = min(days, ds.n_days - start)
     X = Econometric.design(rv[start - 1:start + known], ds.ret[start - 1:start + known])   # (1+known, 3)
     mean = X @ model.coef                                                                   # (1+known, G)
@@ -131,7 +133,6 @@ def _as_backfill(ds, start, days, known, point, paths, segment_len, name, method
 def har_features(ret, halflives=HAR_HALFLIVES) -> np.ndarray:
     """(N, len(halflives) + 2) inputs known at each day's close: log EWMA realised vol per half-life
     (data.ewma_vol), the return and the 20-day return."""
-    from .data import ewma_vol
     r = np.asarray(ret, float)
     r20 = np.convolve(r, np.ones(20))[:len(r)]                                  # sum of the last 20 returns
     return np.column_stack([*(np.log(ewma_vol(r, h)) for h in halflives), r, r20])
@@ -196,8 +197,8 @@ def fit_har(ds, train_span, val_span, halflives=HAR_HALFLIVES, penalties=HAR_RID
 
 @dataclass
 class Backbone:
-    """The trained VAE's linear error-correction path alone (`CVAE.linear_path`, no network): the median of the
-    working model with its neural part switched off."""
+    """The trained VAE's linear error-correction path alone (`model.Backbone.linear_path`, no network): the median of
+    the working model with its neural part switched off."""
     model: object
 
     def log_forecast(self, ds, starts, L: int) -> np.ndarray:
@@ -205,21 +206,22 @@ class Backbone:
         import torch
         m = self.model
         feats = ds.features(m.cfg.rv_halflives)
-        dev = m.s_mean.device
+        dev = m.scaler.s_mean.device
         out = []
         with torch.no_grad():
             for t in np.atleast_1d(starts):
                 n = min(L, ds.n_days - t)
                 f = torch.as_tensor(feats[t - 1:t + n][None], dtype=torch.float32, device=dev)   # (1, 1 + n, F)
                 anchor = torch.as_tensor(ds.surface[t - 1][None], dtype=torch.float32, device=dev)
-                lin = m.linear_path(m.norm_f(f), 1, anchor)[:, 1:] * m.c_std.flatten()    # (1, n, G) log change
+                lin = m.backbone.linear_path(m.scaler.norm_f(f), 1, anchor, m.scaler)[:, 1:] \
+                    * m.scaler.c_std.flatten()                                              # (1, n, G) log change
                 out.append(np.log(ds.surface[t - 1].reshape(-1)) + lin[0].double().cpu().numpy())
         return np.stack(out)
 
 
 def has_backbone(model) -> bool:
     """Whether the model has a linear backbone (the working model: change target with known RV inputs)."""
-    return bool(getattr(model, "rv_idx", None))
+    return getattr(model, "backbone", None) is not None
 
 
 @dataclass
@@ -244,7 +246,7 @@ def fit_error_bank(method, ds, span, days: int, every: int = 5, min_origins: int
     if L < 1:
         raise ValueError(f"error bank: the span {a}..{b} is too short for {min_origins} origins")
     starts = np.arange(a + 1, b - L + 1, every)
-    rv = ewma_realized_vol(ds.ret)
+    rv = ewma_vol(ds.ret, RISKMETRICS_HALFLIFE)
     logy = np.log(ds.surface.reshape(ds.n_days, -1))
     f = method.log_forecast(ds, starts, L)                                     # (n, L, G)
     e = np.stack([logy[t:t + L] for t in starts]) - f
@@ -264,7 +266,7 @@ def linear_backfill(method, bank: ErrorBank, ds, start: int, days: int, n_paths:
         raise ValueError(f"backfill start {start} has no context day before it")
     known = min(days, ds.n_days - start)
     logf = method.log_forecast(ds, [start], known)[0]                          # (known, G)
-    rv = ewma_realized_vol(ds.ret)[start:start + known]
+    rv = ewma_vol(ds.ret, RISKMETRICS_HALFLIFE)[start:start + known]
     lead = np.minimum(np.arange(known), bank.length - 1)
     rng = np.random.default_rng(seed)
     draw = bank.errors[rng.integers(0, len(bank.errors), n_paths)][:, lead]    # (N, known, G)

@@ -56,8 +56,12 @@ def load_model(path, device="cpu") -> CVAE:
         n = int(m.group(1))
         raise FileNotFoundError(f"{path} is missing: {run_first(Path(path).parent.parent, f'{n + 1:02d} (phase {n})')}")
     ck = load(path, device)
-    model = CVAE(ModelConfig(**ck["model_config"])).to(device)
-    model.load_state_dict(ck["model"])
+    try:
+        model = CVAE(ModelConfig(**ck["model_config"])).to(device)
+        model.load_state_dict(ck["model"])
+    except (TypeError, ValueError, RuntimeError) as e:       # another version's config or state dict
+        raise CheckpointError(f"checkpoint {path} does not fit this code's model ({type(e).__name__}); train its "
+                              f"phase again") from None
     return model
 
 

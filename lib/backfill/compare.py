@@ -106,7 +106,9 @@ def _state(run_dir: Path, m: dict) -> str:
     return state or MISSING
 
 
-def _num(v) -> float:
+def number(v) -> float:
+    """A value read from metrics.json as a float: a number as it is, anything else (None, a string, a bool) NaN.
+    The one such helper (sweep.py still has a private twin, `_num`, to be replaced by this)."""
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else np.nan
 
 
@@ -134,13 +136,13 @@ def table(run_dirs) -> pd.DataFrame:
         row["method"] = method or MISSING
         roll = m.get("rolling") or {}
         for prefix, key in (("", method), ("cal ", f"{method}_cal" if method else None)):
-            row.update({f"{prefix}{s}": _num(_get(roll, key, s)) for s in SCORES})
-        row.update({f"{b} rmse": _num(_get(roll, b, "rmse")) for b in BASELINES})
+            row.update({f"{prefix}{s}": number(_get(roll, key, s)) for s in SCORES})
+        row.update({f"{b} rmse": number(_get(roll, b, "rmse")) for b in BASELINES})
         dm = _get(m, "dm_tests", "rolling_by_day", f"{method} vs econometric") if method else None
-        row["dm vs econometric"], row["dm p"] = _num(_get(dm, "dm")), _num(_get(dm, "p_value"))
+        row["dm vs econometric"], row["dm p"] = number(_get(dm, "dm")), number(_get(dm, "p_value"))
         for b in DM_AGAINST:
             dm = _get(m, "dm_tests", "rolling_by_day", f"{method} vs {b}") if method else None
-            row[f"dm vs {b}"], row[f"dm p vs {b}"] = _num(_get(dm, "dm")), _num(_get(dm, "p_value"))
+            row[f"dm vs {b}"], row[f"dm p vs {b}"] = number(_get(dm, "dm")), number(_get(dm, "p_value"))
         rows.append(row)
     return pd.DataFrame(rows)
 

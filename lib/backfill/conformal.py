@@ -1,4 +1,5 @@
-"""Conformal calibration of backfill intervals: normalised, signed, per tail, Mondrian by lead time.
+"""Conformal calibration of backfill intervals: normalised, signed, per tail, Mondrian by lead time (docs/design.md
+§5.7).
 
 A backfill's truth is never observed in the backfilled period, so the calibration learns, on backfills from
 validation-split origins (whose truth is known), how far the truth falls beyond each tail of a method's

@@ -4,12 +4,13 @@ A dataset is a daily series of surfaces on a (maturity x moneyness) grid plus th
 return. Nothing here assumes a 5x5 grid. Three sources load into the same `Dataset`:
 an `.npz` (including the public reference layout `surface, ret, price, skews, slopes, levels`), a long
 CSV/parquet (`date, maturity, moneyness, iv` plus a `date, return` table), or the embedded
-market-calibrated default (`calibrated.make_default_arrays`, cached on disk).
+market-calibrated default (`embedded_data.make_default_arrays`, cached on disk).
 """
 from __future__ import annotations
 
 import errno
 import hashlib
+import math
 import os
 import zipfile
 import zlib
@@ -21,6 +22,11 @@ import numpy as np
 REFERENCE_MATURITIES = np.array([1 / 12, 1 / 4, 1 / 2, 1.0, 2.0])
 REFERENCE_MONEYNESS = np.array([0.7, 0.85, 1.0, 1.15, 1.3])
 DEFAULT_CACHE_VERSION = "v2"   # v2: the VRP, slope and skew factors of issue 15; bump on every change to the data
+
+# The columns of `Dataset.features`, named once: the return, the surface's skew and slope, then one log realised vol
+# per half-life (model.rv_halflives) from column RV on.
+FEATURES = ("return", "skew", "slope")
+RET, SKEW, SLOPE, RV = 0, 1, 2, 3
 
 
 class DataError(ValueError):
@@ -45,8 +51,9 @@ class Dataset:
         return self.surface.shape[1], self.surface.shape[2]
 
     def features(self, rv_halflives=()) -> np.ndarray:
-        """(N, 3 + len(rv_halflives)) extra features per day: [return, skew, slope, log RV_h ...], RV_h the
-        causal EWMA realised vol of the returns with a half-life of h days (known at each day's close)."""
+        """(N, 3 + len(rv_halflives)) extra features per day: [return, skew, slope, log RV_h ...] (columns RET, SKEW,
+        SLOPE, RV...), RV_h the causal EWMA realised vol of the returns with a half-life of h days (known at each
+        day's close)."""
         skew, slope = skew_slope(self.surface, self.maturities, self.moneyness)
         rv = [np.log(ewma_vol(self.ret, h)) for h in rv_halflives]
         return np.stack([self.ret, skew, slope, *rv], axis=-1).astype(np.float32)
@@ -103,10 +110,22 @@ def skew_slope(surface, maturities, moneyness):
     return skew, slope
 
 
+RISKMETRICS_LAMBDA = 0.94      # the daily decay of the RiskMetrics EWMA (the plan's econometric baseline)
+
+
+def halflife_of(lam: float) -> float:
+    """The half-life in days of an EWMA with daily decay `lam` (lam = 0.5^(1/halflife)): 0.94 is ~11.2 days."""
+    return math.log(0.5) / math.log(lam)
+
+
+RISKMETRICS_HALFLIFE = halflife_of(RISKMETRICS_LAMBDA)
+
+
 def ewma_vol(ret, halflife: float, periods: int = 252, warmup: int = 20) -> np.ndarray:
-    """Annualised EWMA volatility of daily log returns with the given half-life in days, causal:
-    s2_t = lam s2_{t-1} + (1 - lam) r_t^2, lam = 0.5^(1/halflife), started from the mean square of the
-    first `warmup` days, floored at 1e-4 so its log is finite."""
+    """Annualised EWMA volatility of daily log returns with the given half-life in days, causal (the one EWMA
+    vol of the package: the model's RV features, the baselines' realised vol, RiskMetrics at
+    RISKMETRICS_HALFLIFE): s2_t = lam s2_{t-1} + (1 - lam) r_t^2, lam = 0.5^(1/halflife), started from the mean
+    square of the first `warmup` days, floored at 1e-4 so its log is finite."""
     from scipy.signal import lfilter
     r2 = np.asarray(ret, dtype=float) ** 2
     lam = 0.5 ** (1.0 / halflife)
@@ -336,7 +355,7 @@ def default_cache_path(cache_dir=None, grid=None) -> Path:
 def load_default(cache_dir=None, grid=None) -> Dataset:
     """The embedded market-calibrated SPX-like dataset on a grid (None: the reference 5x5; see
     default_grid), built once per grid and cached as an .npz."""
-    from . import calibrated
+    from . import embedded_data
     mat, mon = default_grid(grid)
     path = default_cache_path(cache_dir, grid)
     if path.exists():
@@ -354,8 +373,8 @@ def load_default(cache_dir=None, grid=None) -> Dataset:
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
     except OSError as e:
         raise _cache_error(path, e) from None
-    arrays = calibrated.make_default_arrays(maturities=None if grid is None else mat,
-                                            moneyness=None if grid is None else mon)
+    arrays = embedded_data.make_default_arrays(maturities=None if grid is None else mat,
+                                               moneyness=None if grid is None else mon)
     tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
     try:
         np.savez(tmp, surface=arrays["surface"], ret=arrays["ret"], dates=np.asarray(arrays["dates"], dtype="U10"),

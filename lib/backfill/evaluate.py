@@ -1,7 +1,7 @@
-"""Evaluation: the VAE's backfills against the baselines (the seed's econometric model and the random walk, and
-the strong baselines with the VAE's own information: `har` and the VAE's linear `backbone`), all scored by the
-same `metrics.score_backfill` on the same days, with conformally calibrated rows, significance tests that count
-each calendar day once, and the seed's tables 6.2, 6.3 and 13.2."""
+"""Evaluation (docs/design.md §8): the VAE's backfills against the baselines (the plan's econometric model and the
+random walk, and the strong baselines with the VAE's own information: `har` and the VAE's linear `backbone`), all
+scored by the same `metrics.score_backfill` on the same days, with conformally calibrated rows, significance tests
+that count each calendar day once, and the plan's tables 6.2, 6.3 and 13.2."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,7 +9,7 @@ import dataclasses
 import numpy as np
 import pandas as pd
 
-from . import arbitrage, baselines, conformal, gates, metrics
+from . import arbitrage, baselines, conformal, data, gates, metrics
 
 SCALARS = ("rmse", "ci_violation", "ci_violation_sampling_spread", "cointegration_share", "arbitrage_share",
            "arbitrage_share_raw", "pass_ratio", "coverage_p05", "coverage_p50", "coverage_p95",
@@ -75,7 +75,7 @@ def score(run, bfs: dict, calibrations: dict | None = None) -> dict:
     row also gets `rv_outside_calibration`: the share of its days whose realised vol lies outside the range the
     calibration days covered (where the conformal guarantee is least credible)."""
     ds = run.data
-    rv = metrics.ewma_realized_vol(ds.ret)
+    rv = data.ewma_vol(ds.ret, data.RISKMETRICS_HALFLIFE)
     out = {}
     for name, methods in bfs.items():
         any_bf = next(iter(methods.values()))
@@ -255,7 +255,7 @@ def _in_sample(split_of: dict | None, window: str) -> bool:
 
 
 def table_6_2(scores: dict, methods: list[str], p: dict, split_of: dict | None = None) -> pd.DataFrame:
-    """The seed's deployment table: each metric's target / stretch / red flag, and every method's value
+    """The plan's deployment table: each metric's target / stretch / red flag, and every method's value
     with its grade in words (stretch, target, between target and red flag, red flag). With `split_of`
     ({window: split}), a co-integration metric read on a window in the training split says it is in-sample."""
     heads = {m: headline(scores, m) for m in methods}
@@ -272,7 +272,7 @@ def table_6_2(scores: dict, methods: list[str], p: dict, split_of: dict | None =
 
 
 def table_6_3(scores: dict, methods: list[str], passes: dict, split_of: dict | None = None) -> pd.DataFrame:
-    """The seed's comparison table: RMSE, CI violations, co-integration (crisis / normal), passes; with `split_of`
+    """The plan's comparison table: RMSE, CI violations, co-integration (crisis / normal), passes; with `split_of`
     a co-integration column read on a window in the training split says it is in-sample."""
     cc, cn = (f"co-integration ({w}{', in-sample' if _in_sample(split_of, w) else ''})" for w in ("crisis", "normal"))
     rows = []
@@ -289,7 +289,7 @@ def table_6_3(scores: dict, methods: list[str], passes: dict, split_of: dict | N
 
 
 def deployment_checks(scores: dict, method: str, p: dict) -> dict:
-    """The seed's section 13.2 criteria, judged like the gates (pass / near / fail and a decision)."""
+    """The plan's section 13.2 criteria, judged like the gates (pass / near / fail and a decision)."""
     h = headline(scores, method)
     checks = [gates._check(name, h.get(name), thr, op) for name, (op, thr) in p["evaluation"]["deployment"].items()]
     return gates.judge_checks(checks, p)

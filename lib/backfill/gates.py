@@ -1,4 +1,4 @@
-"""The seed's success criteria per phase, as checks with measured value, threshold and verdict.
+"""The plan's success criteria per phase (docs/design.md §3), as checks with measured value, threshold and verdict.
 
 A check is {criterion, value, threshold, op}; `judge` adds a mark in words, "pass", "near" (passes or
 fails within `marginal_band` of the threshold, relative) or "fail" (words, not emoji: they read in any
@@ -40,7 +40,7 @@ def offset_gap(a: float, b: float) -> float:
 
 
 def phase_checks(number: int, summary: dict, p: dict) -> list[dict]:
-    """The seed's success criteria (sections 2 and 13.1) for one phase, from its training summary."""
+    """The plan's success criteria (its sections 2 and 13.1) for one phase, from its training summary."""
     g, tr, va = p["gates"], summary["train_eval"], summary["val_eval"]
     t = p["training"]
     if number == 1:
@@ -68,7 +68,7 @@ def phase_checks(number: int, summary: dict, p: dict) -> list[dict]:
 
 
 def kl_check(summary: dict, p: dict) -> dict:
-    """The seed's table 6.1 criterion "KL loss < 10" on the validation windows (KL to the model's prior per day,
+    """The plan's table 6.1 criterion "KL loss < 10" on the validation windows (KL to the model's prior per day,
     summed over latent dimensions)."""
     return _check("KL to the prior (validation)", summary["val_eval"].get("kl"), p["gates"]["kl_max"])
 
@@ -78,15 +78,15 @@ def judge_checks(checks: list[dict], p: dict) -> dict:
     return {"decision": decision(judged), "checks": judged}
 
 
-# The seed's fallback advice (sections 7.2, 7.3 and 13.2) beside each gate.
+# The plan's fallback advice (its sections 7.2, 7.3 and 13.2) beside each gate.
 ADVICE = {
-    "phase1": "Foundation not reached: extend phase 1 before moving on (seed section 2).",
-    "gate1": "If fail: extend phase 2, or fall back to H=60 as the maximum horizon (seed gate 1).",
-    "gate2": "If fail: extend phase 3 or add an explicit AR loss term (seed gate 2).",
+    "phase1": "Foundation not reached: extend phase 1 before moving on (the plan, section 2).",
+    "gate1": "If fail: extend phase 2, or fall back to H=60 as the maximum horizon (the plan's gate 1).",
+    "gate2": "If fail: extend phase 3 or add an explicit AR loss term (the plan's gate 2).",
     "phase4": "Error accumulation or CI violations too high: monitor pass by pass, fall back to offset 45 "
-              "(ensemble) or add conformal prediction (seed section 7.2).",
+              "(ensemble) or add conformal prediction (the plan, section 7.2).",
     "gate3": "PASS: proceed to the 1-year backfill. MARGINAL: try the offset-45 alternative. "
-             "FAIL: debug, retrain or add refinements (seed gate 3).",
+             "FAIL: debug, retrain or add refinements (the plan's gate 3).",
 }
 GATE_OF_PHASE = {1: "phase1", 2: "gate1", 3: "gate2", 4: "phase4"}
 

@@ -1,10 +1,10 @@
-"""Backfill generation (SPEC section 7): N latent samples per start date, each rolling out its own path.
+"""Backfill generation (docs/design.md §6): N latent samples per start date, each rolling out its own path.
 
 A backfill of `days` days starting at day index `start` reads the C real days before it as context and
 runs P = ceil(days / O) passes of H days with offset O through `rollout.rollout` (the same context
 assembly as training). Days covered by several passes (O < H) are the mean of those passes' quantiles.
 Samples are batched (chunked to fit memory); the per-sample p05/p50/p95 paths are summarised across
-samples as in SPEC section 9: forecast = mean of p50, interval = [mean p05, mean p95], and the
+samples by quantile averaging: forecast = mean of p50, interval = [mean p05, mean p95], and the
 5th-95th percentile of the sample p50 paths as the sampling-spread interval.
 """
 from __future__ import annotations
@@ -162,8 +162,10 @@ def backfill_for(model, ds, p: dict, start: int, days: int, offset: int, name: s
                     repair=g["repair_arbitrage"])
 
 
-def window_starts(ds, p: dict, split_span, days: int) -> dict[str, int]:
-    """Named windows from params plus rolling origins every `rolling_every` days over a split."""
+def backfill_starts(ds, p: dict, split_span, days: int) -> dict[str, int]:
+    """The first backfilled day of every backfill: the named windows of the params (`generation.windows`) plus
+    rolling origins every `rolling_every` days over a split, {name: day index}. (data.window_starts gives the
+    training windows' start days instead.)"""
     g, C = p["generation"], p["model"]["context_len"]
     out = {}
     for name, when in g["windows"].items():
@@ -177,6 +179,9 @@ def window_starts(ds, p: dict, split_span, days: int) -> dict[str, int]:
     for t in origins:
         out[f"rolling_{t}"] = t
     return out
+
+
+window_starts = backfill_starts      # the former name, which notebook 08 still calls
 
 
 def calibration_starts(ds, p: dict, split_span, days: int) -> dict[str, tuple[int, int]]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import norm
 
+from .data import RISKMETRICS_LAMBDA, ewma_vol, halflife_of
+
 
 def _grids(surface, maturities, moneyness):
     s = np.asarray(surface, dtype=float)
@@ -105,16 +107,10 @@ def coverage(q_pred, truth) -> float:
     return float(np.mean(np.asarray(truth) <= np.asarray(q_pred)))
 
 
-def ewma_realized_vol(ret, lam: float = 0.94, periods: int = 252, warmup: int = 20) -> np.ndarray:
-    """RiskMetrics EWMA volatility of daily log returns, annualised: sqrt(periods * s2_t), where
-    s2_t = lam * s2_{t-1} + (1 - lam) * r_t^2, started from the mean square of the first `warmup` days."""
-    r = np.asarray(ret, dtype=float)
-    s2 = np.empty_like(r)
-    prev = np.mean(r[:warmup] ** 2) if len(r) else 0.0
-    for t, x in enumerate(r):
-        prev = lam * prev + (1 - lam) * x * x
-        s2[t] = prev
-    return np.sqrt(periods * s2)
+def ewma_realized_vol(ret, lam: float = RISKMETRICS_LAMBDA) -> np.ndarray:
+    """The RiskMetrics EWMA realised vol (daily decay `lam`), annualised: data.ewma_vol at the half-life of `lam`.
+    Kept for notebooks 07-09, which call it; the package calls data.ewma_vol."""
+    return ewma_vol(ret, halflife_of(lam))
 
 
 def cointegration_share(iv_paths, rv, alpha: float = 0.05) -> float:

@@ -1,46 +1,47 @@
-"""The conditional VAE with LSTM memory and a quantile decoder (SPEC section 4, amended by issue 8).
+"""The conditional VAE with LSTM memory and a quantile decoder (docs/design.md §4-5; the equations are on the book's
+method page, book/method.md).
 
-Per day t: surface x_t (n_mat x n_mon) and features a_t = [return, skew, slope, log RV_h1, ...].
-  posterior encoder: dense(x_t) || a_t -> LSTM -> q(z_t | x_<=t) = N(mu_t, diag sigma_t^2)   (causal in t)
-  context encoder:   same structure, own weights, context days only -> embedding c_t
-  decoder:           h_t = LSTM(h_{t-1}, [c_t (zeros on future days) || z_t || e_t]) -> quantiles of y_t, a_t
-where e_t are the inputs a backfill knows on every day from the underlying's returns (the return and
-its realised-volatility features; only with `known_future`).
+Per day t: surface x_t (n_mat x n_mon) and features a_t = [return, skew, slope, log RV_h1, ...] (data.FEATURES).
+  posterior   Encoder: dense(x_t) || a_t -> LSTM -> q(z_t | x_<=t) = N(mu_t, diag sigma_t^2)       (causal in t)
+  context     Encoder, same structure, own weights, context days only -> embedding c_t (zeros on future days)
+  decoder     h_t = LSTM(h_{t-1}, [c_t || z_t || e_t]) -> monotone quantiles of y_t, and a_t
+  prior       p(z_t | h_{t-1}, e_t): N(0, I) (`standard`, the plan) or a learned normal (`conditional`)
+  backbone    the working model only (change target, known RV): a linear path and an error-correction level that the
+              decoder's quantiles are added to, and interval widths that follow realised vol
+  scaler      the standardisation of the inputs, fitted on the training split and stored (buffers), so that a
+              checkpoint is self-contained
+where e_t are the inputs a backfill knows on every day from the underlying's returns (the return and its
+realised-vol features; only with `known_future`).
 
-Two priors (`prior`):
-  standard     p(z_t) = N(0, I): the seed as written. Forecasts draw future z from it.
-  conditional  p(z_t | h_{t-1}, e_t) = N(m(h_{t-1}, e_t), diag s^2(...)): a learned prior that sees only what a
-               forecast may see (the decoder state carries the context and the days already generated). Training
-               minimises KL(q || p) on every day, forecasts draw z_t from the same p day by day, so training and
-               generation draw z from matched distributions and latent paths are coherent in time (VRNN-style).
-
-Two targets (`target`):
-  level   y_t = standardised vol x_t (the seed as written).
-  change  y_t = (log x_t - log x_anchor) / c, x_anchor the last context day: the random walk is the zero point
-          and a forecast can leave the range of the training surfaces.
-Training draws z from the posterior (reparameterised); forecasts use the posterior mean on context days. Inputs are
-standardised with statistics of the training split stored in the model (buffers), so a checkpoint is self-contained.
+Targets: `level`, y_t = standardised vol (the plan); `change`, y_t = (log x_t - log x_anchor) / c with x_anchor the
+last context day, so that the random walk is the zero point and a forecast can leave the training range.
+Training draws z from the posterior (reparameterised); a forecast uses the posterior mean on context days and draws
+future days' z from the prior, day by day: `forward` and `forecast` share one encoding of the days they see in full
+(`_encode`) and one decoder step.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, asdict
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-PRIORS = ("standard", "conditional")
+from .data import FEATURES, RET, RV
+from .params import PRIORS, TARGETS
+
 CLIP = 4.0      # change target: standardised inputs of the networks are clipped to +-4 sd of the training split;
-                # the linear backbone reads them unclipped, so forecasts still extrapolate along it
-TARGETS = ("level", "change")
-WIDTH_CLAMP = 4.0
+                # the backbone reads them unclipped, so forecasts still extrapolate along it
+WIDTH_CLAMP = 4.0               # the width path's log scale stays within +-4 (a factor of e^4 ~ 55 either way)
+LOGVAR_CLAMP = (-12.0, 8.0)     # of the posterior's and the learned prior's log variances
+CHANGE_SCALE_DAYS = 20          # change target: c is the training split's sd of 20-day log changes
 
 
 @dataclass
 class ModelConfig:
+    """What a model is built from: `from_params` takes every field but the grid from the params' `model` section."""
     n_maturity: int
     n_moneyness: int
-    n_feat: int = 3                 # [return, skew, slope] + one log-RV feature per half-life
     latent_dim: int = 5
     mem_hidden: int = 100
     mem_layers: int = 2
@@ -48,20 +49,63 @@ class ModelConfig:
     surface_hidden: tuple = (5, 5, 5)
     quantiles: tuple = (0.05, 0.5, 0.95)
     context_len: int = 60           # C: days of context the model was trained with
-    prior: str = "standard"
-    target: str = "level"
+    prior: str = "standard"         # one of params.PRIORS
+    target: str = "level"           # one of params.TARGETS
     known_future: bool = False      # the decoder and prior see e_t (return, RV features) on future days
     rv_halflives: tuple = ()        # half-lives (days) of the log-RV features, in feature order
+
+    def __post_init__(self):
+        if self.prior not in PRIORS or self.target not in TARGETS:
+            raise ValueError(f"prior must be one of {PRIORS} and target one of {TARGETS}, got {self.prior!r}, "
+                             f"{self.target!r}")
 
     @classmethod
     def from_params(cls, p: dict, grid: tuple[int, int]) -> "ModelConfig":
         m = p["model"]
-        return cls(grid[0], grid[1], 3 + len(m["rv_halflives"]), m["latent_dim"], m["mem_hidden"],
-                   m["mem_layers"], m["mem_dropout"], tuple(m["surface_hidden"]), tuple(m["quantiles"]),
-                   m["context_len"], m["prior"], m["target"], m["known_future"], tuple(m["rv_halflives"]))
+        tup = lambda v: tuple(v) if isinstance(v, list) else v        # noqa: E731
+        return cls(n_maturity=grid[0], n_moneyness=grid[1], latent_dim=m["latent_dim"], mem_hidden=m["mem_hidden"],
+                   mem_layers=m["mem_layers"], mem_dropout=m["mem_dropout"], surface_hidden=tup(m["surface_hidden"]),
+                   quantiles=tup(m["quantiles"]), context_len=m["context_len"], prior=m["prior"], target=m["target"],
+                   known_future=m["known_future"], rv_halflives=tup(m["rv_halflives"]))
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    # --- derived, never stored ---
+    @property
+    def n_feat(self) -> int:
+        """F: the columns of data.Dataset.features: return, skew, slope, one log RV per half-life."""
+        return len(FEATURES) + len(self.rv_halflives)
+
+    @property
+    def n_grid(self) -> int:
+        """G: grid points per surface."""
+        return self.n_maturity * self.n_moneyness
+
+    @property
+    def mid(self) -> int:
+        """Index of the median among the quantiles."""
+        return list(self.quantiles).index(0.5)
+
+    @property
+    def rv_cols(self) -> list[int]:
+        """The log-RV feature columns."""
+        return list(range(RV, self.n_feat))
+
+    @property
+    def exo_cols(self) -> list[int]:
+        """The columns of e_t, known on every day of a backfill (with `known_future`): the return and RV features."""
+        return [RET, *self.rv_cols] if self.known_future else []
+
+    @property
+    def has_backbone(self) -> bool:
+        """The working model: a change target with known realised vol gets the linear backbone."""
+        return self.known_future and self.target == "change" and bool(self.rv_halflives)
+
+    @property
+    def clip(self) -> float:
+        """Where the networks' standardised inputs are clipped: the plan's level model is unclipped."""
+        return CLIP if self.target == "change" else float("inf")
 
 
 def _mlp(sizes: list[int]) -> nn.Sequential:
@@ -71,164 +115,252 @@ def _mlp(sizes: list[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class _SeqEncoder(nn.Module):
-    """dense(surface) || features -> LSTM; the shared structure of both encoders."""
+def _lstm(n_in: int, cfg: ModelConfig) -> nn.LSTM:
+    return nn.LSTM(n_in, cfg.mem_hidden, cfg.mem_layers, batch_first=True,
+                   dropout=cfg.mem_dropout if cfg.mem_layers > 1 else 0.0)
 
-    def __init__(self, cfg: ModelConfig):
+
+class Encoder(nn.Module):
+    """dense(surface) || features -> LSTM -> a linear head: the structure of both encoders (posterior and context)."""
+
+    def __init__(self, cfg: ModelConfig, n_out: int):
         super().__init__()
-        g = cfg.n_maturity * cfg.n_moneyness
-        self.dense = _mlp([g, *cfg.surface_hidden])
-        self.lstm = nn.LSTM(cfg.surface_hidden[-1] + cfg.n_feat, cfg.mem_hidden, cfg.mem_layers,
-                            batch_first=True, dropout=cfg.mem_dropout if cfg.mem_layers > 1 else 0.0)
+        self.dense = _mlp([cfg.n_grid, *cfg.surface_hidden])
+        self.lstm = _lstm(cfg.surface_hidden[-1] + cfg.n_feat, cfg)
+        self.head = nn.Linear(cfg.mem_hidden, n_out)
 
-    def forward(self, x, a):                       # x (B, T, G), a (B, T, F)
+    def forward(self, x, a):                       # x (B, T, G), a (B, T, F) standardised
         h, _ = self.lstm(torch.cat([self.dense(x), a], -1))
-        return h                                   # (B, T, mem_hidden)
+        return self.head(h)                        # (B, T, n_out)
 
 
-class CVAE(nn.Module):
+class Decoder(nn.Module):
+    """h_t = LSTM(h_{t-1}, [c_t || z_t || e_t]); from h_t the quantiles of y_t (monotone by construction) and a_t."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        if cfg.n_feat != 3 + len(cfg.rv_halflives):
-            raise ValueError(f"n_feat {cfg.n_feat} != 3 + {len(cfg.rv_halflives)} RV features")
-        if cfg.prior not in PRIORS or cfg.target not in TARGETS:
-            raise ValueError(f"prior must be one of {PRIORS} and target one of {TARGETS}, got {cfg.prior!r}, "
-                             f"{cfg.target!r}")
-        self.cfg = cfg
-        g, q, M, L = cfg.n_maturity * cfg.n_moneyness, len(cfg.quantiles), cfg.mem_hidden, cfg.latent_dim
-        self.mid = list(cfg.quantiles).index(0.5)
-        self.clip = CLIP if cfg.target == "change" else float("inf")          # the seed's model: unclipped
-        # e_t: the return (column 0) and the RV features (columns 3..), known on every day of a backfill
-        self.exo_idx = [0, *range(3, cfg.n_feat)] if cfg.known_future else []
-        E = len(self.exo_idx)
-        self.posterior = _SeqEncoder(cfg)
-        self.to_latent = nn.Linear(M, 2 * L)
-        self.context = _SeqEncoder(cfg)
-        self.ctx_proj = nn.Linear(M, M)
-        self.dec_lstm = nn.LSTM(M + L + E, M, cfg.mem_layers, batch_first=True,
-                                dropout=cfg.mem_dropout if cfg.mem_layers > 1 else 0.0)
-        self.dec_dense = _mlp([M, *reversed(cfg.surface_hidden)])
-        self.surface_head = nn.Linear(cfg.surface_hidden[0], q * g)
+        M, L, E, Q = cfg.mem_hidden, cfg.latent_dim, len(cfg.exo_cols), len(cfg.quantiles)
+        self.mid, self.n_quantiles = cfg.mid, Q
+        self.lstm = _lstm(M + L + E, cfg)
+        self.dense = _mlp([M, *reversed(cfg.surface_hidden)])
+        self.surface_head = nn.Linear(cfg.surface_hidden[0], Q * cfg.n_grid)
         self.feat_head = nn.Linear(M, cfg.n_feat)
-        if cfg.prior == "conditional":
-            self.prior_net = nn.Sequential(_mlp([M + E, M]), nn.Linear(M, 2 * L))
-        # change target with known RV: a linear path from the RV features' change since the anchor day to the
-        # log-vol change of every grid point, so that a forecast can follow realised stress beyond the training range
-        # and an error-correction backbone: log x_t reverts from the anchor at a learned daily rate rho towards the
-        # level L_t = a + b RV_t of the econometric regression of vol on RV (fitted on the training split by
-        # train.build_model, then fixed), after k days log x_t - log x_a ~ (1 - rho^k) (log L_t - log x_a)
-        self.rv_idx = list(range(3, cfg.n_feat)) if cfg.known_future and cfg.target == "change" else []
-        if self.rv_idx:
-            self.rv_link = nn.Linear(len(self.rv_idx), g, bias=False)
-            nn.init.zeros_(self.rv_link.weight)
-            self.register_buffer("ecm_a", torch.full((g,), 0.2))                 # vol
-            self.register_buffer("ecm_b", torch.zeros(len(self.rv_idx), g))      # vol per unit of RV (vol)
-            self.ecm_rate = nn.Parameter(torch.full((g,), -4.0))     # rho = 1 - sigmoid(rate): half-life ~ 38 days
-            # interval widths that follow the market: the half-widths of the quantiles around the median are scaled
-            # by exp(width path), linear in the *unclipped* standardised log-RV levels and in log(1 + lead), so that
-            # a crisis beyond the training range widens the band as the linear RV path moves the median; zero at
-            # initialisation (the network's own widths)
-            self.width_link = nn.Linear(len(self.rv_idx), g)
-            nn.init.zeros_(self.width_link.weight)
-            nn.init.zeros_(self.width_link.bias)
-            self.width_lead = nn.Parameter(torch.zeros(g))
-        # standardisation (set from the training split by train.build_model)
-        self.register_buffer("s_mean", torch.zeros(cfg.n_maturity, cfg.n_moneyness))
-        self.register_buffer("s_std", torch.ones(cfg.n_maturity, cfg.n_moneyness))
-        self.register_buffer("f_mean", torch.zeros(cfg.n_feat))
-        self.register_buffer("f_std", torch.ones(cfg.n_feat))
-        self.register_buffer("c_std", torch.ones(cfg.n_maturity, cfg.n_moneyness))   # scale of log changes
 
-    @property
-    def context_len(self) -> int:
-        return self.cfg.context_len
+    def step(self, ctx, z, exo, state=None):
+        """ctx (B, T, M), z (B, T, L), exo (B, T, E) -> h (B, T, M) and the LSTM state after day T."""
+        return self.lstm(torch.cat([ctx, z, exo], -1), state)
 
-    # --- normalisation and the target space ---
-    def norm_s(self, x):
-        return (x - self.s_mean) / self.s_std
-
-    def norm_f(self, a):
-        return (a - self.f_mean) / self.f_std
-
-    def to_feat(self, f_norm):
-        return f_norm * self.f_std + self.f_mean
-
-    def to_target(self, surface, anchor):
-        """Vols (B, T, n_mat, n_mon) -> the decoder's target space, given the anchor (B, n_mat, n_mon)."""
-        if self.cfg.target == "level":
-            return self.norm_s(surface)
-        return (torch.log(surface) - torch.log(anchor).unsqueeze(1)) / self.c_std
-
-    def to_vol(self, q, anchor):
-        """Decoder outputs (B, T, Q, n_mat, n_mon) in the target space -> implied vols."""
-        if self.cfg.target == "level":
-            return q * self.s_std + self.s_mean
-        return anchor[:, None, None] * torch.exp(q * self.c_std)
-
-    # --- pieces ---
-    def _quantiles(self, raw):                     # raw (B, T, Q, G) -> monotone in Q
+    def quantiles(self, h):
+        """h (B, T, M) -> (B, T, Q, G) in the target space: the median, and the other quantiles at cumulated softplus
+        distances from it, so that they never cross."""
+        B, T = h.shape[:2]
+        raw = self.surface_head(self.dense(h)).view(B, T, self.n_quantiles, -1)          # (B, T, Q, G)
         mid = raw[:, :, self.mid:self.mid + 1]
         up = mid + torch.cumsum(F.softplus(raw[:, :, self.mid + 1:]), dim=2)
         down = mid - torch.cumsum(F.softplus(raw[:, :, :self.mid].flip(2)), dim=2).flip(2)
         return torch.cat([down, mid, up], dim=2)
 
-    def _heads(self, h, fs, C: int, anchor) -> tuple:
-        """h (B, T, M) decoder states, fs (B, T, F) standardised features (unclipped), anchor (B, n_mat, n_mon)
-        vols -> q (B, T, Q, n_mat, n_mon) in the target space, feat (B, T, F)."""
-        cfg, (B, T) = self.cfg, h.shape[:2]
-        raw = self.surface_head(self.dec_dense(h)).view(B, T, len(cfg.quantiles), -1)
-        q = self._quantiles(raw)                                                # (B, T, Q, G)
-        if self.rv_idx:
-            mid = q[:, :, self.mid:self.mid + 1]
-            q = mid + (q - mid) * torch.exp(self.width_path(fs, C)).unsqueeze(2)
-            q = q + self.linear_path(fs, C, anchor).unsqueeze(2)
-        return q.view(B, T, len(cfg.quantiles), cfg.n_maturity, cfg.n_moneyness), self.feat_head(h)
+    def features(self, h):
+        """h (B, T, M) -> the standardised features (B, T, F)."""
+        return self.feat_head(h)
 
-    def _lead(self, T: int, C: int, device, dtype):
-        """(T,) days since the anchor (day C - 1): 0 on context days."""
-        return (torch.arange(T, device=device) - (C - 1)).clamp_min(0).to(dtype)
 
-    def linear_path(self, fs, C: int, anchor):
-        """The linear backbone of the change target, in target units (B, T, G): a path from the RV features'
-        change since the anchor to every grid point's log-vol change, plus error correction: log x reverts from the
-        anchor at the learned daily rate rho towards the level L_t = a + b RV_t of the regression of vol on RV (fitted
-        on the training split, fixed): after k days (1 - rho^k)(log L_t - log x_anchor). fs (B, T, F) standardised
-        features (unclipped), the anchor day at index C - 1; anchor (B, n_mat, n_mon) vols. The network's output is
-        added to this; alone, it is the `backbone` baseline."""
-        rv = fs[..., self.rv_idx]                                               # (B, T, R)
-        k = self._lead(fs.shape[1], C, fs.device, fs.dtype)
+class Prior(nn.Module):
+    """p(z_t | h_{t-1}, e_t) = N(m, diag s^2). `standard`: N(0, I), no parameters (the plan). `conditional`: a small
+    network of the decoder's previous state (which carries the context and the days already generated) and of what is
+    known about day t: it sees nothing a forecast could not see."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.latent_dim = cfg.latent_dim
+        self.net = None
+        if cfg.prior == "conditional":
+            M, E = cfg.mem_hidden, len(cfg.exo_cols)
+            self.net = nn.Sequential(_mlp([M + E, M]), nn.Linear(M, 2 * cfg.latent_dim))
+
+    def forward(self, h_prev, exo):
+        """h_prev (B, T, M) the decoder state before day t, exo (B, T, E) -> mu, logvar (B, T, L)."""
+        if self.net is None:
+            z = h_prev.new_zeros(*h_prev.shape[:2], self.latent_dim)
+            return z, z
+        mu, logvar = self.net(torch.cat([h_prev, exo], -1)).chunk(2, dim=-1)
+        return mu, logvar.clamp(*LOGVAR_CLAMP)
+
+
+class Standardisation(nn.Module):
+    """The inputs' scales, fitted on the training split (`fit`) and kept in buffers, so that a checkpoint carries them:
+    per grid point the mean and sd of vol (s_mean, s_std) and the sd of 20-day log changes (c_std: the unit c of the
+    change target), per feature column the mean and sd (f_mean, f_std)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        grid = (cfg.n_maturity, cfg.n_moneyness)
+        self.register_buffer("s_mean", torch.zeros(grid))
+        self.register_buffer("s_std", torch.ones(grid))
+        self.register_buffer("f_mean", torch.zeros(cfg.n_feat))
+        self.register_buffer("f_std", torch.ones(cfg.n_feat))
+        self.register_buffer("c_std", torch.ones(grid))
+
+    @torch.no_grad()
+    def fit(self, surface, feats) -> None:
+        """surface (T, n_mat, n_mon) vols and feats (T, F) raw features of the training split."""
+        s, f = surface, feats
+        self.s_mean.copy_(s.mean(0))
+        self.s_std.copy_(s.std(0).clamp_min(1e-4))
+        self.f_mean.copy_(f.mean(0))
+        self.f_std.copy_(f.std(0).clamp_min(1e-6))
+        k = min(CHANGE_SCALE_DAYS, max(len(s) // 2, 1))
+        self.c_std.copy_((s[k:].log() - s[:-k].log()).std(0).clamp_min(1e-4))
+
+    def norm_s(self, x):                           # vols (..., n_mat, n_mon) -> standardised
+        return (x - self.s_mean) / self.s_std
+
+    def norm_f(self, a):                           # raw features (..., F) -> standardised
+        return (a - self.f_mean) / self.f_std
+
+    def to_feat(self, f_norm):                     # standardised features (..., F) -> raw
+        return f_norm * self.f_std + self.f_mean
+
+
+def _lead(T: int, C: int, device, dtype):
+    """(T,) days since the anchor (day C - 1): 0 on context days."""
+    return (torch.arange(T, device=device) - (C - 1)).clamp_min(0).to(dtype)
+
+
+class Backbone(nn.Module):
+    """The working model's linear part (change target with known realised vol), in target units: the decoder's
+    quantiles are added to its linear path, and their half-widths around the median are scaled by its width path.
+
+      linear path  W (z_t - z_a) + (1 - rho^k) (log L_t - log x_a) / c: z the standardised log-RV features (unclipped,
+                   so that a forecast follows realised stress beyond the training range), L_t = a + b RV_t the level of
+                   the regression of vol on RV per grid point (`fit` on the training split, then fixed), rho a learned
+                   daily rate of reversion from the anchor x_a, k the days since the anchor;
+      width path   log scale V z_t + v log(1 + k), clamped to +-WIDTH_CLAMP.
+
+    W, V and v start at zero (the network's own medians and widths). Alone, the linear path is the `backbone`
+    baseline (baselines.Backbone)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        G, R = cfg.n_grid, len(cfg.rv_cols)
+        self.rv_cols, self.mid = cfg.rv_cols, cfg.mid
+        self.rv_link = nn.Linear(R, G, bias=False)                             # W
+        nn.init.zeros_(self.rv_link.weight)
+        self.register_buffer("ecm_a", torch.full((G,), 0.2))                 # a: vol
+        self.register_buffer("ecm_b", torch.zeros(R, G))                     # b: vol per unit of RV (vol)
+        self.ecm_rate = nn.Parameter(torch.full((G,), -4.0))   # rho = 1 - sigmoid(rate): half-life ~ 38 days at first
+        self.width_link = nn.Linear(R, G)                                      # V (and a bias)
+        nn.init.zeros_(self.width_link.weight)
+        nn.init.zeros_(self.width_link.bias)
+        self.width_lead = nn.Parameter(torch.zeros(G))                         # v
+
+    @torch.no_grad()
+    def fit(self, surface, feats) -> None:
+        """The level L = a + b RV: least squares of vol on RV (both in vol) per grid point, by the normal equations in
+        float64. surface (T, n_mat, n_mon) vols and feats (T, F) raw features of the training split."""
+        rv = torch.exp(feats[:, self.rv_cols]).double()                                  # (T, R)
+        X = torch.cat([torch.ones(len(rv), 1, dtype=torch.float64), rv], 1)              # (T, 1 + R)
+        coef = torch.linalg.solve(X.T @ X, X.T @ surface.flatten(1).double())            # (1 + R, G)
+        self.ecm_a.copy_(coef[0])
+        self.ecm_b.copy_(coef[1:])
+
+    def linear_path(self, fs, C: int, anchor, scaler: Standardisation):
+        """(B, T, G) in target units: fs (B, T, F) standardised features (unclipped), the anchor day at index C - 1;
+        anchor (B, n_mat, n_mon) vols; `scaler` the model's standardisation."""
+        rv = fs[..., self.rv_cols]                                              # (B, T, R)
+        k = _lead(fs.shape[1], C, fs.device, fs.dtype)
         keep = torch.exp(k[:, None] * F.logsigmoid(-self.ecm_rate))            # rho^k, (T, G)
         log_a = torch.log(anchor).flatten(1)[:, None]                           # (B, 1, G)
-        rv_vol = torch.exp(rv * self.f_std[self.rv_idx] + self.f_mean[self.rv_idx])   # RV in vol units
+        rv_vol = torch.exp(rv * scaler.f_std[self.rv_cols] + scaler.f_mean[self.rv_cols])   # RV in vol units
         level = (self.ecm_a + rv_vol @ self.ecm_b).clamp_min(1e-3)              # (B, T, G), linear in RV
         ecm = (1 - keep) * (torch.log(level) - log_a)                           # (B, T, G) in log vol
-        return self.rv_link(rv - rv[:, C - 1:C]) + ecm / self.c_std.flatten()
+        return self.rv_link(rv - rv[:, C - 1:C]) + ecm / scaler.c_std.flatten()
 
     def width_path(self, fs, C: int):
-        """Log scale (B, T, G) of the quantiles' half-widths: linear in the unclipped standardised log-RV levels and
-        in log(1 + days since the anchor), clamped to +-WIDTH_CLAMP (a factor of e^4 ~ 55 either way)."""
-        k = self._lead(fs.shape[1], C, fs.device, fs.dtype)
-        log_w = self.width_link(fs[..., self.rv_idx]) + torch.log1p(k)[:, None] * self.width_lead
+        """Log scale (B, T, G) of the quantiles' half-widths; fs (B, T, F) standardised features (unclipped)."""
+        k = _lead(fs.shape[1], C, fs.device, fs.dtype)
+        log_w = self.width_link(fs[..., self.rv_cols]) + torch.log1p(k)[:, None] * self.width_lead
         return log_w.clamp(-WIDTH_CLAMP, WIDTH_CLAMP)
 
-    def _inputs(self, surface, feats):
-        """Standardised inputs: the surface (B, T, G) clipped to +-clip, the features (B, T, F) unclipped."""
-        return self.norm_s(surface).flatten(2).clamp(-self.clip, self.clip), self.norm_f(feats)
+    def forward(self, q, fs, C: int, anchor, scaler: Standardisation):
+        """The decoder's quantiles q (B, T, Q, G) in target units -> their widths scaled, the linear path added."""
+        mid = q[:, :, self.mid:self.mid + 1]
+        q = mid + (q - mid) * torch.exp(self.width_path(fs, C)).unsqueeze(2)
+        return q + self.linear_path(fs, C, anchor, scaler).unsqueeze(2)
 
-    def _posterior(self, xs, fs):                  # (B, T, G), (B, T, F) -> mu, logvar (B, T, L)
-        mu, logvar = self.to_latent(self.posterior(xs, fs)).chunk(2, dim=-1)
-        return mu, logvar.clamp(-12.0, 8.0)
 
-    def _context(self, xs, fs):                    # context days only -> (B, C, M)
-        return self.ctx_proj(self.context(xs, fs))
+class CVAE(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        # built in this order, which is the order a seeded initialisation draws their weights in
+        self.posterior = Encoder(cfg, 2 * cfg.latent_dim)     # -> mu, logvar of q(z_t | x_<=t)
+        self.context = Encoder(cfg, cfg.mem_hidden)           # -> c_t
+        self.decoder = Decoder(cfg)
+        self.prior = Prior(cfg)
+        self.backbone = Backbone(cfg) if cfg.has_backbone else None
+        self.scaler = Standardisation(cfg)
 
-    def prior(self, h_prev, exo):
-        """p(z_t | h_{t-1}, e_t): h_prev (B, T, M) the decoder state before day t, exo (B, T, E) -> mu, logvar."""
-        if self.cfg.prior == "standard":
-            z = h_prev.new_zeros(*h_prev.shape[:2], self.cfg.latent_dim)
-            return z, z
-        mu, logvar = self.prior_net(torch.cat([h_prev, exo], -1)).chunk(2, dim=-1)
-        return mu, logvar.clamp(-12.0, 8.0)
+    def parameters(self, recurse: bool = True):
+        """Every parameter, the backbone's two rate vectors first: the order of the model before it was built from
+        named parts. Gradient-norm clipping sums the parameters' norms in this order and the last bit of that sum can
+        change a clipped step, so seeded runs stay bit-identical to those of the earlier code."""
+        first = [self.backbone.ecm_rate, self.backbone.width_lead] if recurse and self.backbone is not None else []
+        yield from first
+        yield from (p for p in super().parameters(recurse) if not any(p is f for f in first))
+
+    @property
+    def context_len(self) -> int:
+        return self.cfg.context_len
+
+    @property
+    def mid(self) -> int:
+        return self.cfg.mid
+
+    def fit_standardisation(self, surface, feats) -> None:
+        """Fit the standardisation to the training split: surface (T, n_mat, n_mon) vols, feats (T, F) raw."""
+        self.scaler.fit(surface, feats)
+
+    # --- the target space ---
+    def to_target(self, surface, anchor):
+        """Vols (B, T, n_mat, n_mon) -> the decoder's target space, given the anchor (B, n_mat, n_mon)."""
+        if self.cfg.target == "level":
+            return self.scaler.norm_s(surface)
+        return (torch.log(surface) - torch.log(anchor).unsqueeze(1)) / self.scaler.c_std
+
+    def to_vol(self, q, anchor):
+        """Decoder outputs (B, T, Q, n_mat, n_mon) in the target space -> implied vols."""
+        if self.cfg.target == "level":
+            return q * self.scaler.s_std + self.scaler.s_mean
+        return anchor[:, None, None] * torch.exp(q * self.scaler.c_std)
+
+    # --- shared by training and generation ---
+    def _encode(self, surface, feats, C: int, sample_posterior: bool) -> dict:
+        """The days seen in full (a training window; a forecast's context): surface (B, T, n_mat, n_mon) vols and
+        feats (B, T, F) raw, the first C days the context. Returns 'fs' (B, T, F) the standardised features,
+        unclipped (the backbone's input), the posterior 'mu'/'logvar' (B, T, L), 'z' (B, T, L) a draw from it (its
+        mean without `sample_posterior`), 'ctx' (B, T, M) the context embedding (zeros after day C) and 'exo' (B, T, E)
+        e_t, clipped (the networks' inputs are clipped to +-clip)."""
+        cfg, (B, T) = self.cfg, surface.shape[:2]
+        xs = self.scaler.norm_s(surface).flatten(2).clamp(-cfg.clip, cfg.clip)  # (B, T, G)
+        fs = self.scaler.norm_f(feats)                                          # (B, T, F)
+        fc = fs.clamp(-cfg.clip, cfg.clip)
+        mu, logvar = self.posterior(xs, fc).chunk(2, dim=-1)
+        logvar = logvar.clamp(*LOGVAR_CLAMP)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if sample_posterior else mu
+        ctx = self.context(xs[:, :C], fc[:, :C])                               # (B, C, M)
+        ctx = torch.cat([ctx, ctx.new_zeros(B, T - C, ctx.shape[-1])], dim=1)  # zeros on future days
+        return {"fs": fs, "mu": mu, "logvar": logvar, "z": z, "ctx": ctx, "exo": fc[..., cfg.exo_cols]}
+
+    def _output(self, h, fs, C: int, anchor, mu, logvar, prior_mu, prior_logvar) -> dict:
+        """Decoder states h (B, T, M) and the standardised features fs (B, T, F, unclipped) -> the model's output."""
+        cfg, (B, T) = self.cfg, h.shape[:2]
+        q = self.decoder.quantiles(h)                                           # (B, T, Q, G)
+        if self.backbone is not None:
+            q = self.backbone(q, fs, C, anchor, self.scaler)
+        q = q.view(B, T, len(cfg.quantiles), cfg.n_maturity, cfg.n_moneyness)
+        return {"q": q, "feat": self.decoder.features(h), "mu": mu, "logvar": logvar, "prior_mu": prior_mu,
+                "prior_logvar": prior_logvar, "anchor": anchor}
 
     # --- training ---
     def forward(self, surface, feats, context_len: int, sample_posterior: bool = True) -> dict:
@@ -237,20 +369,12 @@ class CVAE(nn.Module):
         `sample_posterior=False`). Returns 'q' (B, T, Q, n_mat, n_mon) in the target space, 'feat' (B, T, F)
         standardised, 'mu'/'logvar' the posterior and 'prior_mu'/'prior_logvar' the prior (B, T, L), and
         'anchor' (B, n_mat, n_mon) the last context day in vols."""
-        C, (B, T) = context_len, surface.shape[:2]
-        xs, fs_all = self._inputs(surface, feats)                               # (B, T, G), (B, T, F)
-        fs = fs_all.clamp(-self.clip, self.clip)
-        mu, logvar = self._posterior(xs, fs)
-        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if sample_posterior else mu
-        ctx = self._context(xs[:, :C], fs[:, :C])
-        ctx = torch.cat([ctx, ctx.new_zeros(B, T - C, ctx.shape[-1])], dim=1)  # zeros on future days
-        exo = fs[..., self.exo_idx]                                             # (B, T, E)
-        h, _ = self.dec_lstm(torch.cat([ctx, z, exo], dim=-1))                  # (B, T, M)
-        h_prev = torch.cat([h.new_zeros(B, 1, h.shape[-1]), h[:, :-1]], dim=1)
-        pmu, plogvar = self.prior(h_prev, exo)
-        q, feat = self._heads(h, fs_all, C, surface[:, C - 1])
-        return {"q": q, "feat": feat, "mu": mu, "logvar": logvar, "prior_mu": pmu, "prior_logvar": plogvar,
-                "anchor": surface[:, C - 1]}
+        C, B = context_len, surface.shape[0]
+        e = self._encode(surface, feats, C, sample_posterior)
+        h, _ = self.decoder.step(e["ctx"], e["z"], e["exo"])                    # (B, T, M)
+        h_prev = torch.cat([h.new_zeros(B, 1, h.shape[-1]), h[:, :-1]], dim=1)  # the state before each day
+        prior_mu, prior_logvar = self.prior(h_prev, e["exo"])
+        return self._output(h, e["fs"], C, surface[:, C - 1], e["mu"], e["logvar"], prior_mu, prior_logvar)
 
     # --- generation ---
     def forecast(self, ctx_surface, ctx_feats, horizon: int, future_feats=None, *,
@@ -261,35 +385,30 @@ class CVAE(nn.Module):
         deterministic point forecast). Returns the keys of `forward` for the C + horizon days (no posterior on
         future days: 'mu'/'logvar' cover the context)."""
         cfg, (B, C), H = self.cfg, ctx_surface.shape[:2], int(horizon)
-        xs, fs_ctx = self._inputs(ctx_surface, ctx_feats)
-        fs = fs_ctx.clamp(-self.clip, self.clip)
-        mu, logvar = self._posterior(xs, fs)
-        exo_c = fs[..., self.exo_idx]
-        if self.exo_idx:
+        e = self._encode(ctx_surface, ctx_feats, C, sample_posterior=False)
+        if cfg.exo_cols:
             if future_feats is None or future_feats.shape[1] < H:
                 raise ValueError(f"known_future: forecast needs future_feats for {H} days")
-            exo_f = self.norm_f(future_feats[:, :H])[..., self.exo_idx].clamp(-self.clip, self.clip)   # (B, H, E)
+            fs_f = self.scaler.norm_f(future_feats[:, :H])                      # (B, H, F), unclipped
         else:
-            exo_f = fs.new_zeros(B, H, 0)
-        ctx = self._context(xs, fs)
-        h_c, state = self.dec_lstm(torch.cat([ctx, mu, exo_c], -1))            # (B, C, M)
-        eps = torch.randn(B, H, cfg.latent_dim, generator=generator, device=xs.device).to(mu.dtype)
-        zeros = ctx.new_zeros(B, H, ctx.shape[-1])
+            fs_f = e["fs"].new_zeros(B, H, cfg.n_feat)
+        exo_f = fs_f[..., cfg.exo_cols].clamp(-cfg.clip, cfg.clip)             # (B, H, E)
+        h_c, state = self.decoder.step(e["ctx"], e["mu"], e["exo"])             # (B, C, M)
+        eps = torch.randn(B, H, cfg.latent_dim, generator=generator, device=ctx_surface.device).to(e["mu"].dtype)
+        zeros = e["ctx"].new_zeros(B, H, cfg.mem_hidden)                       # no context embedding after day C
         if cfg.prior == "standard":                                             # z independent of the path
-            pmu = plogvar = torch.zeros_like(eps)
-            h_f, _ = self.dec_lstm(torch.cat([zeros, prior_scale * eps, exo_f], -1), state)
+            prior_mu = prior_logvar = torch.zeros_like(eps)
+            h_f, _ = self.decoder.step(zeros, prior_scale * eps, exo_f, state)
         else:                                                                   # day by day, z_t ~ p(. | h_{t-1})
             h_prev, hs, pms, plvs = h_c[:, -1:], [], [], []
             for t in range(H):
                 pm, plv = self.prior(h_prev, exo_f[:, t:t + 1])
                 z = pm + prior_scale * torch.exp(0.5 * plv) * eps[:, t:t + 1]
-                h_prev, state = self.dec_lstm(torch.cat([zeros[:, :1], z, exo_f[:, t:t + 1]], -1), state)
+                h_prev, state = self.decoder.step(zeros[:, :1], z, exo_f[:, t:t + 1], state)
                 hs.append(h_prev), pms.append(pm), plvs.append(plv)
-            h_f, pmu, plogvar = torch.cat(hs, 1), torch.cat(pms, 1), torch.cat(plvs, 1)
-        fs_all = torch.cat([fs_ctx, self.norm_f(future_feats[:, :H]) if self.exo_idx else fs.new_zeros(B, H, fs.shape[-1])], 1)
-        q, feat = self._heads(torch.cat([h_c, h_f], 1), fs_all, C, ctx_surface[:, C - 1])
-        return {"q": q, "feat": feat, "mu": mu, "logvar": logvar, "prior_mu": pmu, "prior_logvar": plogvar,
-                "anchor": ctx_surface[:, C - 1]}
+            h_f, prior_mu, prior_logvar = torch.cat(hs, 1), torch.cat(pms, 1), torch.cat(plvs, 1)
+        return self._output(torch.cat([h_c, h_f], 1), torch.cat([e["fs"], fs_f], 1), C, ctx_surface[:, C - 1],
+                            e["mu"], e["logvar"], prior_mu, prior_logvar)
 
 
 def pinball(q_pred, target, quantiles, weights) -> torch.Tensor:
@@ -332,11 +451,11 @@ def day_loss(model: CVAE, out: dict, surface, feats, days: slice, w: LossWeights
     pinball(surface quantiles) + feat_weight * L2(return [or all features]) + kl_weight * KL, the KL to the
     model's prior over every day up to the last loss day (the posteriors those predictions were decoded from)."""
     tgt_s = model.to_target(surface[:, days], out["anchor"])
-    tgt_f = model.norm_f(feats[:, days])
+    tgt_f = model.scaler.norm_f(feats[:, days])
     rec = pinball(out["q"][:, days], tgt_s, w.quantiles, w.quantile_weights)
     diff = out["feat"][:, days] - tgt_f
     if w.ret_only:
-        diff = diff[..., :1]
+        diff = diff[..., RET:RET + 1]
     feat = diff.pow(2).mean() if w.feat_loss == "l2" else diff.abs().mean()
     upto = slice(0, days.stop)
     kl = kl_divergence(out["mu"][:, upto], out["logvar"][:, upto], out["prior_mu"][:, upto],

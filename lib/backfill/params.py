@@ -60,6 +60,9 @@ _date_or_int.__name__ = "date (YYYY-MM-DD) or day index"
 _span = _list_of(_date_or_int, 2)
 _span.__name__ = "[start, end] pair of dates or day indices"
 
+PRIORS = ("standard", "conditional")    # model.prior: N(0, I) (the plan) or a learned p(z_t | past, known inputs)
+TARGETS = ("level", "change")           # model.target: vol levels (the plan) or log changes from the anchor day
+
 SCHEMA = {
     "profile": str,
     "description": (str, None),
@@ -92,13 +95,13 @@ SCHEMA = {
         "quantiles": _list_of(float),
         "quantile_loss_weights": _list_of(float),
         "device": str,                     # "auto", "cpu" or "cuda"
-        "prior": str,                      # "standard" (N(0, I), the seed) or "conditional" (learned p(z | past))
-        "target": str,                     # "level" (the seed) or "change" (log change from the last context day)
+        "prior": str,                      # "standard" (N(0, I), the plan) or "conditional" (learned p(z | past))
+        "target": str,                     # "level" (the plan) or "change" (log change from the last context day)
         "rv_halflives": _list_of(int, 0),  # log EWMA realised-vol features of the returns, half-lives in days
         "known_future": bool,              # decoder and prior see each future day's return and RV features
     },
     "training": {
-        "phase1_epochs": int,              # cumulative epoch marks, as in the seed
+        "phase1_epochs": int,              # cumulative epoch marks, as in the plan
         "phase2_epochs": int,
         "phase3_epochs": int,
         "phase4_epochs": int,
@@ -132,7 +135,7 @@ SCHEMA = {
         "gate3_pass_ratio": float,
         "gate3_ci_violation": float,
         "gate3_coint_normal": float,
-        "kl_max": float,                   # the seed's table 6.1: KL < 10 in every phase
+        "kl_max": float,                   # the plan's table 6.1: KL < 10 in every phase
         "marginal_band": float,            # a check within this relative distance of its threshold is "near"
     },
     "generation": {
@@ -158,7 +161,7 @@ SCHEMA = {
     },
 }
 
-# Keys the seed's configs had that no code reads or that could take one value only; a file that still
+# Keys the plan's configs had that no code reads or that could take one value only; a file that still
 # sets one is refused with the reason, rather than silently carrying a number that does nothing.
 _SPLITS = "the splits are data.train / data.test (dates, or day indices with data.split_by: index)"
 REMOVED = {
@@ -173,8 +176,9 @@ REMOVED = {
     "model.ex_feats_dim": "it is derived: 3 (return, skew, slope) + len(model.rv_halflives)",
 }
 
-# The seed's training plan ("Context=60 training plan"): what `train.is_full_plan` checks a run against.
-SEED_PLAN = {
+# The plan's training settings (the "Context=60 training plan", docs/design.md §1): what `train.is_full_plan`
+# checks a run against.
+FULL_PLAN = {
     "training.phase1_epochs": 200,         # cumulative epoch marks
     "training.phase2_epochs": 350,
     "training.phase3_epochs": 475,
@@ -304,10 +308,10 @@ def validate(p: dict) -> dict:
         _fail("model.feat_dim", f"must be [n_maturity, n_moneyness] with each >= 2, got {m['feat_dim']}")
     if m["ex_feats_loss_type"] not in ("l2", "l1"):
         _fail("model.ex_feats_loss_type", f"must be 'l2' or 'l1', got {m['ex_feats_loss_type']!r}")
-    if m["prior"] not in ("standard", "conditional"):
-        _fail("model.prior", f"must be 'standard' or 'conditional', got {m['prior']!r}")
-    if m["target"] not in ("level", "change"):
-        _fail("model.target", f"must be 'level' or 'change', got {m['target']!r}")
+    if m["prior"] not in PRIORS:
+        _fail("model.prior", f"must be {' or '.join(map(repr, PRIORS))}, got {m['prior']!r}")
+    if m["target"] not in TARGETS:
+        _fail("model.target", f"must be {' or '.join(map(repr, TARGETS))}, got {m['target']!r}")
     if any(h < 1 for h in m["rv_halflives"]):
         _fail("model.rv_halflives", f"half-lives must be >= 1 day, got {m['rv_halflives']}")
     if m["known_future"] and t["returns"] != "realized":
@@ -516,9 +520,6 @@ def profile_path(name: str) -> Path:
 
 
 def longest_window(p: dict) -> int:
-    """Days needed by the longest training window of the curriculum."""
-    C, t = p["model"]["context_len"], p["training"]
-    lens = [C + 1, C + max(t["phase2_horizons"])]
-    for ph in (3, 4):
-        lens.append(C + (t[f"phase{ph}_ar_steps"] - 1) * max(t[f"phase{ph}_offsets"]) + t[f"phase{ph}_horizon"])
-    return max(lens)
+    """Days needed by the longest training window of the curriculum (data.phase_window_lengths)."""
+    from .data import phase_window_lengths
+    return max(phase_window_lengths(p).values())

@@ -1,7 +1,7 @@
-"""The curriculum's phases (SPEC section 5): what each trains on (PhaseSpec), its loss on a batch of windows,
+"""The curriculum's phases (docs/design.md §2): what each trains on (PhaseSpec), its loss on a batch of windows,
 and its validation metrics (RMSE and CI violations by horizon or by AR pass, the pass ratio, KL).
 
-`train` runs the epochs; `gates` judges the validation metrics against the seed's criteria.
+`train` runs the epochs; `gates` judges the validation metrics against the plan's criteria.
 """
 from __future__ import annotations
 

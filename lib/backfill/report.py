@@ -144,16 +144,16 @@ def by_horizon_figure(values: dict, title: str, yaxis: str):
     return fig
 
 
-def availability_table(p: dict, span: tuple[int, int], seed_counts: dict | None = None) -> pd.DataFrame:
-    """The seed's section-3 data-availability table, recomputed on a day span."""
+def availability_table(p: dict, span: tuple[int, int], plan_counts: dict | None = None) -> pd.DataFrame:
+    """The plan's section-3 data-availability table, recomputed on a day span (beside the plan's own counts)."""
     n = span[1] - span[0]
     rows = []
     for phase, L in _data.phase_window_lengths(p).items():
         k = len(_data.window_starts(span, L))
         row = {"phase": phase, "window length (days)": L, "windows available": k,
                "% retained": round(100 * k / n, 1)}
-        if seed_counts:
-            row["seed's count"] = seed_counts.get(phase)
+        if plan_counts:
+            row["plan's count"] = plan_counts.get(phase)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -164,13 +164,13 @@ def high_vol_spells(series: np.ndarray, threshold: float) -> np.ndarray:
 
 
 def garch_half_life(ret: np.ndarray) -> dict:
-    """GJR-GARCH(1,1) (skew-t) on the returns: persistence and the half-life of a variance shock."""
-    from arch import arch_model
-    res = arch_model(100 * np.asarray(ret), p=1, o=1, q=1, dist="skewt").fit(disp="off")
-    pr = res.params
-    persistence = float(pr["alpha[1]"] + pr["beta[1]"] + 0.5 * pr["gamma[1]"])
+    """GJR-GARCH(1,1) (skew-t) on the returns, fitted as the embedded data's generator fits it
+    (embedded_data.fit_garch): {"persistence", "half_life_days" of a variance shock, "params"}."""
+    from .embedded_data import fit_garch
+    _, _, params = fit_garch(np.asarray(ret, dtype=float))
+    persistence = params["persistence"]
     return {"persistence": persistence, "half_life_days": float(np.log(0.5) / np.log(persistence)),
-            "params": {k: float(v) for k, v in pr.items()}}
+            "params": params}
 
 
 def vix_correlation(ds) -> float | None:
@@ -196,17 +196,17 @@ def _atm_1m(ds) -> np.ndarray:
 
 def market_table(ds):
     """Issue 15's table: how the ~1-month ATM vol moves against the returns beside the real VIX, 2014-2018
-    (calibrated.market_comparison, on the days both exist), each statistic with its band around the VIX's
+    (embedded_data.market_comparison, on the days both exist), each statistic with its band around the VIX's
     value and whether the data is inside ('pass' / 'fail'). (DataFrame, comparison dict), or (None, None)
     for data without dates or with fewer than 250 days beside the VIX."""
-    from . import calibrated
+    from . import embedded_data
     if ds.dates is None:
         return None, None
-    cmp = calibrated.market_comparison(_atm_1m(ds), ds.ret, ds.day_labels())
+    cmp = embedded_data.market_comparison(_atm_1m(ds), ds.ret, ds.day_labels())
     if cmp["n_days"] < 250:
         return None, None
     rows = []
-    for key, (label, kind, width) in calibrated.MARKET_STATS.items():
+    for key, (label, kind, width) in embedded_data.MARKET_STATS.items():
         c = cmp[key]
         rows.append({"statistic": label, "real VIX": c["vix"], "this data": c["data"],
                      "band": f"{c['lo']:.3f} .. {c['hi']:.3f} (" + (f"+-{width:.0%}" if kind == "rel" else f"+-{width}") + ")",

@@ -1,4 +1,4 @@
-"""Autoregressive rollout: the one place that assembles contexts, for training and for generation.
+"""Autoregressive rollout: the one place that assembles contexts, for training and for generation (docs/design.md §2).
 
 With context C, horizon H, offset O <= H and S steps, step s predicts days [C+sO, C+sO+H) of the
 window, from the context window [sO, sO+C). A context day d < C is real; a day d >= C is taken from
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .data import skew_slope
+from .data import RET, RV, skew_slope
 from .model import CVAE, LossWeights, day_loss
 
 
@@ -58,7 +58,7 @@ def _known_features(future, last, H: int, returns: str):
     known history, or with `returns: predicted`, a zero return and the last context day's RV held flat (the
     context bank then takes the model's own predicted return)."""
     held = last.clone()                                         # (B, F)
-    held[:, 0] = 0.0
+    held[:, RET] = 0.0
     if returns != "realized":
         return held[:, None].expand(-1, H, -1)
     if future.shape[1] < H:
@@ -97,13 +97,14 @@ def rollout(model: CVAE, surface, feats, C: int, H: int, O: int, S: int, *, matu
             a = torch.cat([ctx_f, feats[:, t0:t0 + H]], 1)
             out = model(x, a, C)
         q = model.to_vol(out["q"][:, C:], out["anchor"])        # (B, H, Q, n_mat, n_mon)
-        f = model.to_feat(out["feat"][:, C:])                   # (B, H, F)
+        f = model.scaler.to_feat(out["feat"][:, C:])            # (B, H, F)
         med = q[:, :, model.mid]                                # (B, H, n_mat, n_mon)
         skew, slope = skew_slope(med, maturities, moneyness)
         n_real = feats[:, t0:t0 + H].shape[1] if returns == "realized" else 0   # days of known history
-        ret = torch.cat([known[:, :n_real, 0], f[:, n_real:, 0]], 1)            # then the model's own
+        ret = torch.cat([known[:, :n_real, RET], f[:, n_real:, RET]], 1)        # then the model's own
         bank_s.append(med)
-        bank_f.append(torch.cat([ret[..., None], skew[..., None], slope[..., None], known[..., 3:]], -1))
+        feats_new = [ret[..., None], skew[..., None], slope[..., None], known[..., RV:]]   # data.FEATURES' order
+        bank_f.append(torch.cat(feats_new, -1))
         steps.append({"out": out, "q": q, "feat": f, "start": t0, "ctx_surface": ctx_s, "ctx_feats": ctx_f})
     return steps
 

@@ -156,7 +156,7 @@ def provenance() -> dict:
 
 TRAINING_SECTIONS = ("seed", "data", "model", "training")
 LIB = Path(__file__).resolve().parent
-TRAINING_CODE = ("data.py", "calibrated.py", "model.py", "rollout.py", "phases.py", "checkpoint.py", "train.py")   # what a checkpoint depends on
+TRAINING_CODE = ("data.py", "embedded_data.py", "model.py", "rollout.py", "phases.py", "checkpoint.py", "train.py")   # what a checkpoint depends on
 
 
 ORCHESTRATION = ("__main__.py", "pipeline.py", "sweep.py", "compare.py", "bench.py")   # run notebooks; none runs in one

@@ -1,4 +1,4 @@
-"""Training the 4-phase curriculum (SPEC section 5; the phases themselves are in `phases`).
+"""Training the 4-phase curriculum (docs/design.md §2; the phases themselves are in `phases`).
 
 `train_phase(run, n)` trains phase n, resuming from checkpoints/last.pt when it was interrupted and
 skipping when checkpoints/phase{n}.pt already exists for the same params. Every epoch logs train and
@@ -31,27 +31,16 @@ def pick_device(p: dict) -> torch.device:
     return torch.device("cuda" if want in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
 
 
-CHANGE_SCALE_DAYS = 20      # the target space of `target: change` is log changes scaled by their 20-day std
-
-
 def build_model(p: dict, ds, train_span) -> CVAE:
-    """A fresh model whose standardisation comes from the training split."""
+    """A fresh model whose standardisation (and, in the working model, the backbone's level) comes from the training
+    split."""
     model = CVAE(ModelConfig.from_params(p, ds.grid))
     i0, i1 = train_span
     s = torch.as_tensor(ds.surface[i0:i1], dtype=torch.float32)
     f = torch.as_tensor(ds.features(p["model"]["rv_halflives"])[i0:i1], dtype=torch.float32)
-    model.s_mean.copy_(s.mean(0))
-    model.s_std.copy_(s.std(0).clamp_min(1e-4))
-    model.f_mean.copy_(f.mean(0))
-    model.f_std.copy_(f.std(0).clamp_min(1e-6))
-    k = min(CHANGE_SCALE_DAYS, max(len(s) // 2, 1))
-    model.c_std.copy_((s[k:].log() - s[:-k].log()).std(0).clamp_min(1e-4))
-    if model.rv_idx:                                   # the backbone's level: OLS of vol on RV (in vol) per grid point
-        rv = torch.exp(f[:, model.rv_idx]).double()
-        X = torch.cat([torch.ones(len(rv), 1, dtype=torch.float64), rv], 1)           # (T, 1 + R)
-        coef = torch.linalg.solve(X.T @ X, X.T @ s.flatten(1).double())                # (1 + R, G), normal equations
-        model.ecm_a.copy_(coef[0])
-        model.ecm_b.copy_(coef[1:])
+    model.fit_standardisation(s, f)
+    if model.backbone is not None:
+        model.backbone.fit(s, f)
     return model
 
 
@@ -230,10 +219,10 @@ def phase_record(summary: dict) -> dict:
 
 
 def is_full_plan(p: dict) -> bool:
-    """True when the params train to the seed's plan (params.SEED_PLAN): its epochs, learning rate, batch
+    """True when the params train to the full plan (params.FULL_PLAN): its epochs, learning rate, batch
     size, context, all windows."""
-    from .params import SEED_PLAN
-    for key, want in SEED_PLAN.items():
+    from .params import FULL_PLAN
+    for key, want in FULL_PLAN.items():
         section, name = key.split(".")
         if p[section][name] != want:
             return False

@@ -1,5 +1,5 @@
-"""Static (matplotlib / seaborn) figures for print: they return Figures with the expected artists and
-touch no global pyplot state."""
+"""report: the static (matplotlib / seaborn) figures for print (they return Figures with the expected artists and
+touch no global pyplot state), the headline window, notebook 01's market table and what a phase publishes."""
 import io
 
 import numpy as np
@@ -85,3 +85,45 @@ def test_every_figure_is_shown_with_its_caption(monkeypatch, tmp_path):
         report.show(go.Figure())                                  # a caption is not optional
     with pytest.raises(ValueError, match="needs a caption"):
         report.show(go.Figure(), "  ")
+
+
+def test_headline_window_is_the_hardest_named_test_year():
+    rv = np.r_[np.full(100, 0.1), np.full(100, 0.3), np.full(200, 0.15)]
+    starts = {"crisis": 100, "calm": 250, "hot": 120, "rolling_130": 130}
+    # 'crisis' and 'hot' start before the test split (from 110): only 'calm' is out of sample
+    assert report.headline_window(starts, (110, 400), rv, 50) == "hot"
+    assert report.headline_window(starts, (200, 400), rv, 50) == "calm"
+    with pytest.raises(ValueError, match="test split"):
+        report.headline_window({"rolling_300": 300}, (200, 400), rv, 50)
+
+
+def test_notebook_01_table_and_term_spread(test_dataset):
+    # what notebook 01 shows: embedded_data.market_comparison as a table, and the 1m-minus-1y spread with stressed
+    # days marked
+    from backfill.data import Dataset
+    from backfill.embedded_data import MARKET_STATS
+    ds = test_dataset
+    table, cmp = report.market_table(ds)
+    assert list(table["inside the band"]) == ["pass"] * len(MARKET_STATS)
+    assert list(table["this data"]) == [cmp[k]["data"] for k in MARKET_STATS]
+    np.testing.assert_array_equal(report.term_spread(ds), ds.surface[:, 0, 2] - ds.surface[:, 3, 2])
+    fig = report.term_spread_figure(ds, np.arange(ds.n_days) % 100 == 0)
+    assert len(fig.data) == 2
+    no_dates = Dataset(ds.surface, ds.ret, None, ds.maturities, ds.moneyness)
+    assert report.market_table(no_dates) == (None, None)
+
+
+@pytest.mark.slow
+def test_publish_phase_records_the_phase_and_its_criteria(test_params, test_dataset, tmp_path):
+    import copy
+    from backfill import data, gates, rundir, train
+    p = copy.deepcopy(test_params)
+    p["training"].update(phase1_epochs=3, phase2_epochs=4, phase3_epochs=5, phase4_epochs=6, max_train_windows=16,
+                         max_val_windows=16)
+    run = rundir.Run(p, test_dataset, tmp_path / "publish", data.splits(test_dataset, p))
+    s = train.train_phase(run, 1, progress=False)
+    result = gates.judge_checks(gates.phase_checks(1, s, run.params), run.params)
+    report.publish_phase(run, 1, s, result)
+    rec = run.metrics()["phases"]["phase1"]
+    assert rec["criteria"]["decision"] == result["decision"] and rec["val_kl"] == s["val_eval"]["kl"]
+    assert rec["val_rmse_by_horizon"] == {"1": s["val_eval"]["rmse_by_horizon"][1]}

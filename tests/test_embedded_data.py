@@ -1,4 +1,4 @@
-"""Properties of the embedded, market-calibrated default dataset (SPEC section 3, issue 15)."""
+"""Properties of the embedded, market-calibrated default dataset (embedded_data; docs/design.md §9, issue 15)."""
 import hashlib
 import os
 import subprocess
@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from backfill.calibrated import MARKET_STATS, make_default_arrays, market_band, market_comparison
+from backfill.embedded_data import MARKET_STATS, make_default_arrays, market_band, market_comparison
 from backfill.data import ewma_vol
 from backfill.metrics import arbitrage_share, mean_acf
 
@@ -106,7 +106,7 @@ def test_term_structure_inverts_in_stress(data):
 
 def test_factors_have_their_stated_laws():
     # each factor is an AR(1) with its own shocks: sd, persistence, mean and (VRP) correlation with the returns
-    from backfill import calibrated as cal
+    from backfill import embedded_data as cal
     ret = 0.01 * np.random.default_rng(0).standard_normal(200_000)    # 1% daily vol: h = 1 (%^2)
     x, s, k = cal._factors(ret, np.ones_like(ret), 1.0, 0.0)
     for f, mean, sd, phi in ((x, 0.0, cal.VRP_SD, cal.VRP_PHI), (s, cal.SLOPE_MEAN, cal.SLOPE_SD, cal.SLOPE_PHI),
@@ -124,6 +124,21 @@ def test_factors_have_their_stated_laws():
     load = np.minimum(1.0, (np.array([1 / 12, 1.0]) * 12) ** -cal.VRP_TERM_POWER)
     factor = np.exp(load * x[:, None] - (load * cal.VRP_SD) ** 2 / 2)
     assert factor.mean(0) == pytest.approx([1.0, 1.0], abs=0.01)
+
+
+def test_one_garch_fit_for_the_data_and_the_report(data):
+    # notebook 01's GARCH half-life is the generator's own fit and persistence
+    from backfill import report
+    gh = report.garch_half_life(data["ret"])
+    assert gh["persistence"] == data["components"]["garch_persistence"]
+    assert gh["half_life_days"] == pytest.approx(np.log(0.5) / np.log(gh["persistence"]))
+
+
+def test_the_former_module_name_still_imports():
+    # notebook 01 imports backfill.calibrated (until it is edited to import embedded_data)
+    from backfill import calibrated, embedded_data
+    assert calibrated.make_default_arrays is embedded_data.make_default_arrays
+    assert calibrated.MARKET_STATS is embedded_data.MARKET_STATS
 
 
 def test_2008_peak(data):
@@ -154,7 +169,7 @@ def test_deterministic(data):
 
 
 def test_deterministic_whatever_the_blas_threads(data):
-    code = ("import hashlib; from backfill.calibrated import make_default_arrays; "
+    code = ("import hashlib; from backfill.embedded_data import make_default_arrays; "
             "print(hashlib.sha256(make_default_arrays()['surface'].tobytes()).hexdigest())")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
@@ -225,19 +240,3 @@ def test_default_cache_per_grid(tmp_path, data, data6x7):
     p6.write_bytes(p5.read_bytes())                        # a cache of the wrong grid is rebuilt
     ds = data_mod.load_default(tmp_path, grid)
     assert "cached" not in ds.source and ds.grid == (6, 7)
-
-
-def test_notebook_01_table_and_term_spread(data):
-    # what notebook 01 shows: the same comparison as above, and the 1m-minus-1y spread with stressed days marked
-    from backfill import report
-    from backfill.data import Dataset
-    ds = Dataset(data["surface"], data["ret"], data["dates"].astype("datetime64[D]"), data["maturities"],
-                 data["moneyness"])
-    table, cmp = report.market_table(ds)
-    assert list(table["inside the band"]) == ["pass"] * len(MARKET_STATS)
-    assert list(table["this data"]) == [cmp[k]["data"] for k in MARKET_STATS]
-    np.testing.assert_array_equal(report.term_spread(ds), data["surface"][:, 0, 2] - data["surface"][:, 3, 2])
-    fig = report.term_spread_figure(ds, np.arange(ds.n_days) % 100 == 0)
-    assert len(fig.data) == 2
-    no_dates = Dataset(data["surface"], data["ret"], None, data["maturities"], data["moneyness"])
-    assert report.market_table(no_dates) == (None, None)

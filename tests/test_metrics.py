@@ -1,14 +1,16 @@
-"""Proper scores (pinball, interval score, ensemble CRPS), Diebold-Mariano with the Harvey-Leybourne-
-Newbold correction, the model confidence set, and split-conformal calibration of quantile forecasts.
+"""metrics: the scores every method is judged by. Proper scores (pinball, interval score, ensemble CRPS),
+Diebold-Mariano with the Harvey-Leybourne-Newbold correction, the model confidence set, RMSE by pass / grid / day,
+CI violations and coverage, co-integration, the static-arbitrage checks and the mean autocorrelation.
 Hand-computed cases and small synthetic data with fixed seeds; CPU only."""
-import json
 import math
 import tracemalloc
 
 import numpy as np
 import pytest
 
-from backfill import conformal, metrics
+from backfill import metrics
+from backfill.metrics import (arbitrage_share, butterfly_violations, calendar_violations,
+                              mean_acf)
 
 
 def _t3_two_sided_p(x):
@@ -17,8 +19,6 @@ def _t3_two_sided_p(x):
     th = math.atan(abs(x) / math.sqrt(3.0))
     return 1.0 - (2.0 / math.pi) * (th + math.sin(th) * math.cos(th))
 
-
-# --- pinball, interval score, CRPS ---------------------------------------------------------------
 
 def test_pinball_loss_hand_case():
     # u = truth - q = [-1, 0, 2]
@@ -131,8 +131,6 @@ def test_daily_loss_hand_case():
         metrics.daily_loss("absolute", p05, p50, p95, truth)
 
 
-# --- Diebold-Mariano with the HLN correction ------------------------------------------------------
-
 def test_dm_test_hln_hand_case():
     d = [1.0, 3.0, 2.0, 6.0]                         # mean 3, T = 4, demeaned [-2, 0, -1, 3]: g0 3.5, g1 -0.75, g2 0.5
     # h = 2: bandwidth h - 1 = 1, lrv = 3.5 + 2 (1/2)(-0.75) = 2.75; HLN factor sqrt((4 + 1 - 4 + 2 * 1 / 4) / 4)
@@ -179,8 +177,6 @@ def test_by_calendar_day_hand_case():
     np.testing.assert_allclose(mean, [1, 2, (3 + 5) / 2, (4 + 6) / 2, 7, 8])
 
 
-# --- model confidence set -------------------------------------------------------------------------
-
 def test_mcs_keeps_only_the_clearly_best():
     rng = np.random.default_rng(11)
     T = 250
@@ -225,170 +221,213 @@ def test_mcs_deterministic_and_default_block_size():
         metrics.model_confidence_set({"a": np.zeros(5), "b": np.zeros(6)})
 
 
-# --- conformal calibration of backfill intervals ---------------------------------------------------
-
-GRID = (3, 4)
-BINS = (1, 11, 31)
-Z95 = 1.6448536269514722
+MAT = np.array([0.5, 1.0])
 
 
-def _backfills(rng, n, days, vol, width=(0.5, 1.0, 3.0)):
-    """n windows of `days` leads; truth y = m + vol * sqrt(lead) * eps per grid point; the forecaster knows the
-    scale vol * sqrt(lead) but states a band `width[bin]` times too narrow/wide per lead bin (bins BINS)."""
-    lead = np.arange(1, days + 1)
-    w = np.asarray(width)[conformal.lead_bin(lead, BINS)][:, None, None]
-    s = vol * np.sqrt(lead)[:, None, None]
-    out = []
-    for _ in range(n):
-        m = 0.2 + 0.05 * rng.standard_normal((days, *GRID))
-        y = m + s * rng.standard_normal((days, *GRID))
-        out.append((np.stack([m - w * Z95 * s, m, m + w * Z95 * s]), y, lead))
-    return out
+MON = np.array([0.9, 1.0, 1.1])
 
 
-def _coverage_by_bin(windows, q_of):
-    """{bin: (share below p05, share above p95)} over the windows, q_of(q, lead) giving the quantiles used."""
-    out = {}
-    for j in range(len(BINS)):
-        lo, hi = [], []
-        for q, y, lead in windows:
-            c = q_of(q, lead)
-            sel = conformal.lead_bin(lead, BINS) == j
-            lo.append((y[sel] < c[0, sel]).ravel()), hi.append((y[sel] > c[2, sel]).ravel())
-        out[j] = (np.concatenate(lo).mean(), np.concatenate(hi).mean())
-    return out
+GRID = (2, 3)
 
 
-def test_conformal_restores_coverage_per_lead_bin_when_volatility_shifts():
-    # calibration in a volatile period (vol 0.03), test in a calm one (vol 0.01): the failure of additive shifts
-    rng = np.random.default_rng(21)
-    calib = _backfills(rng, 12, 60, vol=0.03)
-    test = _backfills(rng, 40, 60, vol=0.01)
-    cal = conformal.fit(calib, BINS)
-    assert cal.empty() == [] and cal.n.shape == (3,) and cal.n[0] == 12 * 10 * GRID[0] * GRID[1]
-    raw = _coverage_by_bin(test, lambda q, lead: q)
-    new = _coverage_by_bin(test, lambda q, lead: conformal.apply(cal, q, lead))
-    for j in range(len(BINS)):
-        below, above = new[j]
-        assert below == pytest.approx(0.05, abs=0.015) and above == pytest.approx(0.05, abs=0.015), (j, new[j])
-    assert raw[0][0] > 0.15 and raw[2][0] < 0.01                       # raw: far too narrow (20%), then far too wide
-    # the additive shift per lead bin (vol units, the earlier calibration), learned where vol was 3x higher, moves
-    # the calm band by 3x too much: it fails on the same data
-    def additive(q, lead):
-        out = q.copy()
-        for j in range(len(BINS)):
-            r = np.concatenate([(y - qq[0])[conformal.lead_bin(ll, BINS) == j].ravel() for qq, y, ll in calib])
-            u = np.concatenate([(y - qq[2])[conformal.lead_bin(ll, BINS) == j].ravel() for qq, y, ll in calib])
-            sel = conformal.lead_bin(lead, BINS) == j
-            out[0, sel] += np.sort(r)[conformal.lower_rank(len(r)) - 1]
-            out[2, sel] += np.sort(u)[conformal.upper_rank(len(u)) - 1]
-        return out
-    old = _coverage_by_bin(test, additive)
-    assert max(abs(old[j][0] - 0.05) for j in range(len(BINS))) > 0.03
+def test_cointegration_share_detects_cointegrated_pairs():
+    rng = np.random.default_rng(11)
+    T, G = 500, 6
+    x = np.cumsum(rng.standard_normal(T))
+    noise = np.zeros((T, G))
+    e = rng.standard_normal((T, G))
+    for t in range(1, T):                                   # stationary AR(1) noise, phi 0.5
+        noise[t] = 0.5 * noise[t - 1] + e[t]
+    y = 2 + 0.5 * x[:, None] + noise
+    assert metrics.cointegration_share(y.reshape(T, 2, 3), x) >= 0.9
 
 
-def test_conformal_never_moves_the_median_and_keeps_the_tails_outside_it():
-    rng = np.random.default_rng(3)
-    calib = _backfills(rng, 4, 40, vol=0.02, width=(3.0, 3.0, 3.0))     # too wide everywhere: the tails move in
-    cal = conformal.fit(calib, BINS)
-    q, y, lead = _backfills(rng, 1, 40, vol=0.02)[0]
-    out = conformal.apply(cal, q, lead)
-    np.testing.assert_array_equal(out[1], q[1])
-    assert np.all(out[0] <= out[1]) and np.all(out[2] >= out[1])
-    assert np.all(out[0] > q[0]) and np.all(out[2] < q[2])               # narrowed
-    # a calibration that would push a tail across the median stops it there
-    cal.lower[:] = 5.0
-    out = conformal.apply(cal, q, lead)
-    np.testing.assert_array_equal(out[0], q[1])
+def test_cointegration_share_rejects_independent_random_walks():
+    rng = np.random.default_rng(12)
+    T, G = 500, 10
+    x = np.cumsum(rng.standard_normal(T))
+    y = np.cumsum(rng.standard_normal((T, G)), axis=0)
+    assert metrics.cointegration_share(y.reshape(T, 2, 5), x) <= 0.2
 
 
-def test_conformal_order_statistics_hand_case():
-    # one window, one grid point, half-widths 1 (q05 = -1, q50 = 0, q95 = 1), 39 days in bin 0
-    # lower scores r = y - q05 = y + 1; upper r = y - q95 = y - 1. n = 39: ranks floor(40 * .05) = 2, ceil(40 * .95) = 38
-    y = np.random.default_rng(0).permutation(np.arange(1.0, 40.0))
-    q = np.stack([np.full((39, 1, 1), -1.0), np.zeros((39, 1, 1)), np.ones((39, 1, 1))])
-    cal = conformal.fit([(q, y[:, None, None], np.ones(39, int))], lead_bins=(1,))
-    assert cal.lower[0] == pytest.approx(2.0 + 1) and cal.upper[0] == pytest.approx(38.0 - 1)
-    out = conformal.apply(cal, q[:, :2], np.array([1, 5]))
-    # q95 + s * r = 38; q05 + s * r = 2 would cross the median, so it stops there
-    np.testing.assert_allclose(out[:, 0, 0, 0], [0.0, 0.0, 1 + 37.0])
-    # n = 18: (n + 1) 0.05 < 1, no 5% order statistic: the bin is empty
-    cal18 = conformal.fit([(q, y[:, None, None], np.r_[np.ones(18, int), np.full(21, 11)])], lead_bins=(1, 11))
-    assert np.isnan(cal18.lower[0]) and cal18.empty() == ["1-10 days"]
-    assert conformal.lower_rank(19) == 1 and conformal.upper_rank(19) == 19
+def test_cointegration_share_constant_point_counts_as_not_cointegrated():
+    rng = np.random.default_rng(13)
+    T = 300
+    x = np.cumsum(rng.standard_normal(T))
+    y = np.stack([2 + 0.5 * x + rng.standard_normal(T), np.full(T, 0.2)], axis=1)
+    assert metrics.cointegration_share(y, x) == pytest.approx(0.5)
 
 
-def test_conformal_matches_crepes_normalised_mondrian_predictive_system():
-    crepes = pytest.importorskip("crepes")
-    rng = np.random.default_rng(8)
-    calib = _backfills(rng, 5, 40, vol=0.02)
-    cal = conformal.fit(calib, BINS)
-    q, _, lead = _backfills(rng, 1, 40, vol=0.01)[0]
-    ours = conformal.apply(cal, q, lead)
-    # crepes: residuals y - p50, sigmas the tail's half-width, Mondrian categories: the lead bin
-    def flat(a):
-        return a.reshape(-1)
-    def cats(ld, days):
-        return flat(conformal.lead_bin(ld, BINS)[:, None, None] + np.zeros((days, *GRID), int))
-    res = np.concatenate([flat(y - qq[1]) for qq, y, _ in calib])
-    bins = np.concatenate([cats(ll, len(y)) for _, y, ll in calib])
-    for tail, pct in ((0, {"lower_percentiles": 5}), (2, {"higher_percentiles": 95})):
-        sig = np.concatenate([flat(np.abs(qq[1] - qq[tail])) for qq, _, _ in calib])
-        cps = crepes.ConformalPredictiveSystem().fit(res, sigmas=sig, bins=bins)
-        want = cps.predict(flat(q[1]), sigmas=flat(np.abs(q[1] - q[tail])), bins=cats(lead, len(lead)), **pct)
-        np.testing.assert_allclose(flat(ours[tail]), want, rtol=1e-10, atol=1e-12)
+def _hand_case():
+    """6 days on a 2x3 grid, flat truth 0.2; pass 0 (days 0-2) errors +-0.01, pass 1 (days 3-5) +-0.03,
+    constant across the grid each day so every surface stays flat (arbitrage-free)."""
+    truth = np.full((6, *GRID), 0.2)
+    err = np.array([0.01, -0.01, 0.01, 0.03, -0.03, 0.03])
+    p50 = truth + err[:, None, None]
+    p05 = p50 - 0.02
+    p95 = p50 + 0.02
+    segment = np.array([0, 0, 0, 1, 1, 1])
+    return p05, p50, p95, truth, segment
 
 
-def test_conformal_short_validation_span_fills_the_bins_it_reaches():
-    # validation backfills whose truth stops after 5..25 days: bins 1-10 and 11-30 fill, 31+ stays empty and takes
-    # the nearest filled bin (11-30) on the test days that need it
-    rng = np.random.default_rng(4)
-    calib = []
-    for k in (25, 20, 15, 10, 5, 25, 20):
-        q, y, lead = _backfills(rng, 1, 60, vol=0.02)[0]
-        calib.append((q, y[:k], lead))
-    cal = conformal.fit(calib, BINS)
-    assert cal.n[2] == 0 and cal.n[0] == (6 * 10 + 5) * GRID[0] * GRID[1]   # leads 1-10: six windows reach 10, one 5
-    assert cal.empty() == ["31+ days"]
-    assert cal.to_dict()["empty_bins"] == ["31+ days"]
-    q, _, lead = _backfills(rng, 1, 60, vol=0.02)[0]
-    out = conformal.apply(cal, q, lead)
-    far = lead >= 31
-    s_hi = q[2] - q[1]
-    np.testing.assert_allclose(out[2, far], (q[2] + s_hi * cal.upper[1])[far])
+def test_rmse_by_segment_hand_case():
+    p05, p50, p95, truth, seg = _hand_case()
+    by = metrics.rmse_by_segment(p50, truth, seg)
+    assert set(by) == {0, 1}
+    assert by[0] == pytest.approx(0.01)
+    assert by[1] == pytest.approx(0.03)
+    # labels need not be contiguous or start at 0
+    by2 = metrics.rmse_by_segment(p50, truth, np.array([5, 2, 5, 2, 5, 2]))
+    assert by2[5] == pytest.approx(math.sqrt((0.01**2 + 0.01**2 + 0.03**2) / 3))
+    assert by2[2] == pytest.approx(math.sqrt((0.01**2 + 0.03**2 + 0.03**2) / 3))
 
 
-def test_conformal_json_round_trip_and_rv_range():
-    rng = np.random.default_rng(5)
-    calib = _backfills(rng, 3, 30, vol=0.02)
-    cal = conformal.fit(calib, BINS, rv=[np.full(30, 0.1), np.linspace(0.12, 0.2, 30), np.full(30, 0.15)])
-    assert cal.rv_range == (0.1, 0.2)
-    back = conformal.Calibration.from_dict(json.loads(json.dumps(cal.to_dict())))
-    assert back.lead_bins == BINS and back.rv_range == (0.1, 0.2) and back.windows == 3
-    np.testing.assert_array_equal(back.n, cal.n)
-    q, _, lead = calib[0]
-    np.testing.assert_array_equal(conformal.apply(back, q, lead), conformal.apply(cal, q, lead))
-    assert conformal.outside_share(cal, np.array([0.05, 0.1, 0.15, 0.2, 0.3])) == pytest.approx(0.4)
+def test_score_backfill_hand_case():
+    p05, p50, p95, truth, seg = _hand_case()
+    # every day the interval is p50 +- 0.02: days with |err| = 0.01 cover the truth, days with
+    # |err| = 0.03 miss it -> 3 of 6 days, 18 of 36 points outside.
+    # Make the count less symmetric: on day 0 narrow the interval at two points so they miss too.
+    p05 = p05.copy()
+    p95 = p95.copy()
+    p05[0, 0, 0] = p50[0, 0, 0] - 0.001          # err +0.01: truth = p50 - 0.01 < p05 -> miss
+    p95[0, 1, 2] = p50[0, 1, 2] + 0.001          # truth below p50 -> still inside (p05 unchanged)
+    rv = 0.15 + 0.01 * np.arange(6)
+    s = metrics.score_backfill(p05, p50, p95, truth, seg, rv, MAT, MON)
+    assert s["days"] == 6
+    assert s["rmse_by_pass"] == pytest.approx([0.01, 0.03])
+    assert s["pass_ratio"] == pytest.approx(3.0)
+    assert s["rmse"] == pytest.approx(math.sqrt((3 * 0.01**2 + 3 * 0.03**2) / 6))
+    assert s["ci_violation"] == pytest.approx(19 / 36)
+    # coverage: truth <= p05 on days with err +0.03 (days 3, 5) plus the narrowed point -> 13/36;
+    # truth <= p50 on days with err > 0 (days 0, 2, 3, 5) -> 24/36;
+    # truth <= p95 everywhere except day 4 (err -0.03, truth above p95) -> 30/36
+    assert s["coverage"]["p05"] == pytest.approx(13 / 36)
+    assert s["coverage"]["p50"] == pytest.approx(24 / 36)
+    assert s["coverage"]["p95"] == pytest.approx(30 / 36)
+    assert s["arbitrage_share"] == 0.0
+    assert 0.0 <= s["cointegration_share"] <= 1.0
 
 
-def test_conformal_errors():
-    q, y, lead = np.zeros((3, 25, 2, 2)), np.zeros((25, 2, 2)), np.arange(1, 26)
-    with pytest.raises(ValueError, match="no calibration windows"):
-        conformal.fit([])
-    with pytest.raises(ValueError, match="shapes disagree"):
-        conformal.fit([(q[:2], y, lead)])                # 2 quantiles
-    with pytest.raises(ValueError, match="shapes disagree"):
-        conformal.fit([(q, np.zeros((26, 2, 2)), lead)])  # truth longer than the forecast
-    with pytest.raises(ValueError, match="shapes disagree"):
-        conformal.fit([(q, y, lead[:4])])
-    with pytest.raises(ValueError, match="shapes disagree"):
-        conformal.fit([(q, y, lead), (np.zeros((3, 25, 2, 3)), np.zeros((25, 2, 3)), lead)])
-    with pytest.raises(ValueError, match="lead bins"):
-        conformal.fit([(q, y, lead)], lead_bins=(2, 10))
-    with pytest.raises(ValueError, match="19 scores"):
-        conformal.fit([(q[:, :4], y[:4], lead[:4])])        # 4 days x 4 points: no order statistic anywhere
-    with pytest.raises(ValueError, match="leads must be"):
-        conformal.lead_bin(np.array([0, 1]))
-    cal = conformal.fit([(q, y, lead)], lead_bins=(1,))
-    with pytest.raises(ValueError, match="do not match"):
-        conformal.apply(cal, np.zeros((3, 5, 3, 2)), np.arange(1, 5))
+def test_score_backfill_trims_to_known_truth_and_handles_zero_first_pass():
+    p05, p50, p95, truth, seg = _hand_case()
+    p50z = p50.copy()
+    p50z[:3] = truth[:3]                                     # perfect first pass
+    # forecasts run 2 days past the known truth: only the first 4 days are scored
+    ext = lambda a: np.concatenate([a, a[-2:]])              # noqa: E731
+    s = metrics.score_backfill(ext(p05), ext(p50z), ext(p95), truth[:4], np.r_[seg, 1, 1],
+                               np.full(8, 0.15), MAT, MON)
+    assert s["days"] == 4
+    assert s["rmse_by_pass"] == pytest.approx([0.0, 0.03])
+    assert s["pass_ratio"] is None
+
+
+def test_arbitrage_share_in_score_counts_bad_surfaces():
+    p05, p50, p95, truth, seg = _hand_case()
+    bad = p50.copy()
+    bad[1, 1, :] = 0.10                                     # 1y total variance 0.01 < 6m 0.5*0.19^2: calendar
+    s = metrics.score_backfill(p05, bad, p95, truth, seg, np.full(6, 0.15), MAT, MON)
+    assert s["arbitrage_share"] == pytest.approx(1 / 6)
+
+
+def test_coverage_and_ci_violation_boundaries():
+    q = np.array([1.0, 2.0, 3.0, 4.0])
+    truth = np.array([1.0, 2.5, 2.0, 5.0])
+    assert metrics.coverage(q, truth) == pytest.approx(0.5)            # ties count as covered
+    # interval [q-1, q]: truth on an end is inside; 2.5 > 2 and 5 > 4 are outside
+    assert metrics.ci_violation(q - 1, q, truth) == pytest.approx(0.5)
+    assert metrics.ci_violation(q - 1, q, np.array([-0.5, 1.0, 2.0, 3.0])) == pytest.approx(0.25)
+
+
+def test_rmse_by_grid_day_and_ci_width():
+    truth = np.zeros((2, 2, 3))
+    pred = np.zeros((2, 2, 3))
+    pred[0] = [[1, 2, 3], [4, 5, 6]]
+    pred[1] = [[1, 0, 3], [0, 5, 0]]
+    g = metrics.rmse_by_grid(pred, truth)
+    assert g.shape == GRID
+    np.testing.assert_allclose(g, [[1, math.sqrt(2), 3], [math.sqrt(8), 5, math.sqrt(18)]])
+    d = metrics.rmse_by_day(pred, truth)
+    assert d.shape == (2,)
+    np.testing.assert_allclose(d, [math.sqrt(91 / 6), math.sqrt(35 / 6)])
+    lo = np.zeros((3, 2, 3))
+    hi = np.ones((3, 2, 3)) * np.array([1.0, 2.0, 3.0])[:, None, None]
+    hi[2, 0, 0] = 9.0
+    w = metrics.ci_width_by_day(lo, hi)
+    np.testing.assert_allclose(w, [1.0, 2.0, (5 * 3 + 9) / 6])
+
+
+T5 = np.array([1 / 12, 1 / 4, 1 / 2, 1.0, 2.0])
+
+
+K5 = np.array([0.7, 0.85, 1.0, 1.15, 1.3])
+
+
+def test_flat_surface_passes():
+    s = np.full((5, 5), 0.2)
+    assert not calendar_violations(s, T5, K5)
+    assert not butterfly_violations(s, T5, K5)
+    assert arbitrage_share(s[None], T5, K5) == {"calendar": 0.0, "butterfly": 0.0, "any": 0.0}
+
+
+def test_calendar_violation_flagged():
+    s = np.full((5, 5), 0.2)
+    s[3, :] = 0.2 * np.sqrt(0.4)    # 1y total variance 0.016 < 6m total variance 0.02
+    assert calendar_violations(s, T5, K5)
+    assert not butterfly_violations(s, T5, K5)
+    s2 = np.full((5, 5), 0.2)
+    s2[1, 2] = 0.1                   # one point only: 3m ATM total variance below 1m
+    assert calendar_violations(s2, T5, K5)
+
+
+def test_butterfly_violation_flagged():
+    s = np.full((5, 5), 0.2)
+    s[2, 2] = 0.6                    # ATM spike: call price jumps up, not convex in strike
+    assert butterfly_violations(s, T5, K5)
+    assert not calendar_violations(np.full((5, 5), 0.2), T5, K5)
+    assert arbitrage_share(s[None], T5, K5)["butterfly"] == 1.0
+
+
+def test_ssvi_inside_bounds_passes_on_6x7_grid(ssvi):
+    T = np.array([1 / 52, 1 / 12, 0.25, 0.5, 1.0, 3.0])
+    K = np.array([0.6, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5])
+    for rho in (-0.95, -0.5, 0.0, 0.3):
+        for atm in (0.1, 0.3, 0.8):
+            s = ssvi(T, K, atm=atm, rho=rho, eta=2 / (1 + abs(rho)) * 0.99, gamma=0.5)
+            assert s.shape == (6, 7)
+            assert not calendar_violations(s, T, K)
+            assert not butterfly_violations(s, T, K)
+
+
+def test_batched_shapes():
+    rng = np.random.default_rng(0)
+    s = 0.2 + 0.01 * rng.standard_normal((3, 4, 5, 5))           # (B, T, n_mat, n_mon)
+    assert calendar_violations(s, T5, K5).shape == (3, 4)
+    assert butterfly_violations(s, T5, K5).shape == (3, 4)
+    share = arbitrage_share(s, T5, K5)
+    assert set(share) == {"calendar", "butterfly", "any"}
+    assert share["any"] >= max(share["calendar"], share["butterfly"])
+    with pytest.raises(ValueError):
+        calendar_violations(s, T5[:4], K5)
+
+
+def test_mean_acf_ar1():
+    rng = np.random.default_rng(1)
+    n, phi = 20000, 0.9
+    e = rng.standard_normal((n, 2, 3))
+    x = np.empty_like(e)
+    x[0] = e[0] / np.sqrt(1 - phi**2)
+    for t in range(1, n):
+        x[t] = phi * x[t - 1] + e[t]
+    acf = mean_acf(x, [1, 5, 10])
+    for lag, v in acf.items():
+        assert abs(v - phi**lag) < 0.03
+    assert mean_acf(x, 0)[0] == pytest.approx(1.0)
+
+
+def test_mean_acf_matches_statsmodels():
+    from statsmodels.tsa.stattools import acf
+    rng = np.random.default_rng(2)
+    x = np.cumsum(rng.standard_normal((500, 2, 2)), axis=0)
+    ref = np.mean([acf(x[:, i, j], nlags=30)[[10, 30]] for i in range(2) for j in range(2)], axis=0)
+    got = mean_acf(x, [10, 30])
+    assert got[10] == pytest.approx(ref[0]) and got[30] == pytest.approx(ref[1])

@@ -1,0 +1,246 @@
+"""evaluate: the evaluation helpers over every method's backfills (rolling summary, grading against the plan's
+tables, Diebold-Mariano per calendar day, the tables 6.2 / 6.3 / 13.2, the conformal rows, widths against realised
+vol). Small synthetic data, fixed seeds."""
+import numpy as np
+import pytest
+
+from backfill import evaluate, metrics
+from backfill.data import Dataset
+from backfill.generate import Backfill
+
+
+MAT = np.array([0.5, 1.0])
+
+
+MON = np.array([0.9, 1.0, 1.1])
+
+
+GRID = (2, 3)
+
+
+def _scores(rmse, ci, by_pass, ratio):
+    return {"rmse": rmse, "ci_violation": ci, "cointegration_share": 0.5, "arbitrage_share": 0.0,
+            "pass_ratio": ratio, "rmse_by_pass": by_pass}
+
+
+def test_rolling_summary_averages_only_rolling_windows():
+    scores = {
+        "rolling_000": {"vae_o90": _scores(0.01, 0.10, [0.01, 0.02, 0.03], 3.0),
+                        "truth": {"cointegration_share": 0.8, "arbitrage_share": 0.0}},
+        "rolling_021": {"vae_o90": _scores(0.03, 0.20, [0.02, 0.04], None),
+                        "truth": {"cointegration_share": 0.6, "arbitrage_share": 0.1}},
+        "crisis": {"vae_o90": _scores(1.0, 1.0, [1.0, 1.0, 1.0], 9.0),
+                   "truth": {"cointegration_share": 0.0, "arbitrage_share": 1.0}},
+    }
+    out = evaluate.rolling_summary(scores)
+    assert set(out) == {"vae_o90", "truth"}
+    v = out["vae_o90"]
+    assert v["rmse"] == pytest.approx(0.02)
+    assert v["ci_violation"] == pytest.approx(0.15)
+    assert v["pass_ratio"] == pytest.approx(3.0)          # the None is skipped
+    assert v["rmse_by_pass"] == pytest.approx([0.015, 0.03])         # truncated to the shortest
+    assert v["windows"] == 2
+    assert out["truth"] == {"cointegration_share": pytest.approx(0.7), "arbitrage_share": pytest.approx(0.05),
+                            "windows": 2}
+    assert evaluate.rolling_summary({"crisis": scores["crisis"]}) == {}
+
+
+@pytest.mark.parametrize("value, expected", [
+    (0.10, "stretch"), (0.12, "target"), (0.13, "target"), (0.15, "between"),
+    (0.16, "between"), (0.18, "between"), (0.19, "red flag"), (None, "n/a"), (float("nan"), "n/a")])
+def test_grade_lower_is_better(value, expected):
+    assert evaluate._grade(value, ["<", 0.15, 0.12, 0.18]) == expected
+
+
+@pytest.mark.parametrize("value, expected", [
+    (0.80, "stretch"), (0.70, "target"), (0.60, "target"), (0.55, "between"),
+    (0.50, "between"), (0.45, "between"), (0.40, "red flag"), (None, "n/a")])
+def test_grade_higher_is_better(value, expected):
+    assert evaluate._grade(value, [">", 0.55, 0.70, 0.45]) == expected
+
+
+def _bf(name, start, p50, truth):
+    days = len(p50)
+    z = np.zeros_like(p50)
+    return Backfill(name=name, start=start, days=days, horizon=90, offset=90, passes=1, n_samples=1,
+                    dates=np.arange(start, start + days).astype(str), p05=p50 - 0.01, p50=p50, p95=p50 + 0.01,
+                    spread05=z, spread95=z, sample_p50=np.zeros((0, *GRID)), truth=truth,
+                    segment=np.zeros(days, int))
+
+
+def test_dm_tests_named_windows_and_per_calendar_day_over_rolling_origins():
+    from statsmodels.tsa.stattools import diebold_mariano_test
+    rng = np.random.default_rng(9)
+    bfs = {}
+    sizes = {"crisis": (0, 30), "rolling_100": (100, 20), "rolling_110": (110, 25)}     # the rolling ones overlap
+    errs = {}
+    for name, (start, days) in sizes.items():
+        truth = 0.2 + 0.01 * rng.standard_normal((days, *GRID))
+        e_vae = rng.normal(0, 0.005, truth.shape)
+        e_eco = rng.normal(0, 0.02, truth.shape)
+        e_rw = rng.normal(0, 0.03, truth.shape)
+        errs[name] = (e_vae, e_eco, e_rw)
+        bfs[name] = {"vae_o90": _bf(name, start, truth + e_vae, truth),
+                     "econometric": _bf(name, start, truth + e_eco, truth),
+                     "random_walk": _bf(name, start, truth + e_rw, truth)}
+        bfs[name]["vae_o90_cal"] = bfs[name]["vae_o90"]
+    out = evaluate.dm_tests(bfs, "vae_o90")
+    assert set(out) == {"crisis", "rolling_by_day"}
+    assert set(out["crisis"]) == {"vae_o90 vs econometric", "vae_o90 vs random_walk"}     # no calibrated row
+    c = out["crisis"]["vae_o90 vs econometric"]
+    assert c["days"] == 30 and c["dm"] < 0 and c["p_value"] < 0.01
+    # within a window: HLN horizon H (capped at half the window, 15 of 30 days), bandwidth H - 1
+    sq = lambda e: (e ** 2).reshape(len(e), -1).mean(1)                                  # noqa: E731
+    want = diebold_mariano_test(np.zeros(30), sq(errs["crisis"][0]), sq(errs["crisis"][1]), criterion=lambda y, f: f,
+                                lags=14, horizon=15, harvey_adj=True)
+    assert c["dm"] == pytest.approx(want.statistic) and c["p_value"] == pytest.approx(want.pvalue)
+    # the rolling origins: days 100..119 and 110..134 -> 35 calendar days, each counted once (not 45)
+    by_day = out["rolling_by_day"]["vae_o90 vs random_walk"]
+    assert by_day["days"] == 35
+    loss = {}
+    for k in (0, 2):
+        acc = {}
+        for w in ("rolling_100", "rolling_110"):
+            for d, v in zip(range(sizes[w][0], sizes[w][0] + sizes[w][1]), sq(errs[w][k])):
+                acc.setdefault(d, []).append(v)
+        loss[k] = np.array([np.mean(acc[d]) for d in sorted(acc)])
+    h = 90 if 90 < 35 // 2 else 35 // 2                                                  # H capped at half the days
+    want = diebold_mariano_test(np.zeros(35), loss[0], loss[2], criterion=lambda y, f: f, lags=h - 1, horizon=h,
+                                harvey_adj=True)
+    assert by_day["dm"] == pytest.approx(want.statistic) and by_day["p_value"] == pytest.approx(want.pvalue)
+    assert by_day["mean_loss_diff"] == pytest.approx(np.mean(loss[0] - loss[2]))
+
+
+def test_dm_tests_scores_only_known_truth():
+    # forecasts longer than the known truth (end of data): errors use the first len(truth) days only
+    rng = np.random.default_rng(10)
+    truth = 0.2 + 0.01 * rng.standard_normal((12, *GRID))
+    pv = np.concatenate([truth + 0.001, np.full((5, *GRID), 9.0)])
+    pe = np.concatenate([truth + 0.01 * rng.standard_normal(truth.shape), np.full((5, *GRID), -9.0)])
+    out = evaluate.dm_tests({"normal": {"vae_o90": _bf("normal", 0, pv, truth),
+                                        "econometric": _bf("normal", 0, pe, truth)}}, "vae_o90")
+    r = out["normal"]["vae_o90 vs econometric"]
+    assert r["days"] == 12
+    assert "rolling_by_day" not in out
+    d = ((pv[:12] - truth) ** 2).reshape(12, -1).mean(1) - ((pe[:12] - truth) ** 2).reshape(12, -1).mean(1)
+    assert r["dm"] == pytest.approx(metrics.dm_test(d, horizon=6, lags=5)["dm"])
+
+
+def test_tables_6_2_6_3_and_deployment_on_hand_made_scores(test_params):
+    p = test_params
+
+    def s(rmse, p1, p3, ci, co, arb=0.0):
+        return {"rmse": rmse, "rmse_by_pass": [p1, p3], "ci_violation": ci, "ci_violation_sampling_spread": None,
+                "cointegration_share": co, "arbitrage_share": arb, "pass_ratio": p3 / p1}
+    truth = {"cointegration_share": 0.9, "arbitrage_share": 0.0}
+    scores = {
+        "crisis": {"vae": s(0.2, 0.1, 0.3, 0.5, 0.60), "econometric": s(0.1, 0.1, 0.1, 0.6, 1.0), "truth": truth},
+        "normal": {"vae": s(0.1, 0.1, 0.1, 0.3, 0.96), "econometric": s(0.1, 0.1, 0.1, 0.6, 1.0), "truth": truth},
+        "rolling_1": {"vae": s(0.10, 0.08, 0.12, 0.30, 0.9), "econometric": s(0.12, 0.1, 0.14, 0.6, 1.0), "truth": truth},
+        "rolling_2": {"vae": s(0.12, 0.10, 0.14, 0.34, 0.9), "econometric": s(0.14, 0.1, 0.16, 0.7, 1.0), "truth": truth},
+    }
+    t62 = evaluate.table_6_2(scores, ["vae", "econometric"], p).set_index("metric")
+    assert t62.loc["overall_rmse", "vae"] == "0.1100 stretch"                   # mean of rolling: < 0.12 stretch
+    assert t62.loc["ci_violation", "vae"] == "0.3200 target"                   # 0.32 is not < 0.32: target only
+    assert t62.loc["cointegration_crisis", "vae"] == "0.6000 target"
+    assert t62.loc["cointegration_normal", "vae"] == "0.9600 stretch"
+    assert t62.loc["ci_violation", "econometric"] == "0.6500 red flag"
+    t63 = evaluate.table_6_3(scores, ["vae", "econometric"], {"vae": 3}).set_index("model")
+    assert t63.loc["vae", "RMSE"] == pytest.approx(0.11) and t63.loc["vae", "passes"] == 3
+    assert t63.loc["truth", "co-integration (crisis)"] == 0.9
+    # a window in the training split is labelled in-sample wherever its score is shown
+    split_of = {"crisis": "train (in-sample)", "normal": "test"}
+    t63 = evaluate.table_6_3(scores, ["vae"], {}, split_of)
+    assert "co-integration (crisis, in-sample)" in t63.columns and "co-integration (normal)" in t63.columns
+    assert list(evaluate.table_6_2(scores, ["vae"], p, split_of)["metric"])[-2:] == [
+        "cointegration_crisis (in-sample)", "cointegration_normal"]
+    dep = evaluate.deployment_checks(scores, "vae", p)
+    marks = {c["criterion"]: c["mark"] for c in dep["checks"]}
+    assert marks["overall_rmse"] == "pass" and marks["ci_violation"] == "near"     # 0.32 within 10% of 0.35
+    assert dep["checks"][-1]["value"] == pytest.approx(1 - 0.11 / 0.13)      # RMSE gain over econometric
+    assert dep["decision"] in ("MARGINAL", "FAIL")
+
+
+def test_verdicts_are_words_with_colours():
+    import pandas as pd
+    from backfill import report
+    df = pd.DataFrame({"metric": ["a", "b", "c", "d"], "vae": ["0.1100 stretch", "0.3200 red flag", "n/a", "pass"],
+                       "decision": ["PASS", "MARGINAL", "FAIL", "near"]})
+    assert [report.verdict_of(v) for v in df["vae"]] == ["stretch", "red flag", None, "pass"]
+    html = report.style_verdicts(df).to_html()
+    assert "0.3200 red flag" in html and "MARGINAL" in html
+    style = html.split("</style>")[0]
+    for colour in ("#b5e0ba", "#f6c9c9", "#fbeec1", "#cdebd0"):      # stretch, red flag/FAIL, MARGINAL/near, pass
+        assert colour in style
+    assert "row2_col1" not in style and "col0" not in style         # n/a and the metric names stay plain
+    assert not any(ch in html for ch in "\u2705\u274c\u2b50\u26a0")
+
+
+def test_calibrate_adds_conformal_rows_fitted_on_validation_windows_only():
+    import dataclasses
+    rng = np.random.default_rng(3)
+    flat = np.full((40, *GRID), 0.2)
+
+    def window(name, start, scale):            # intervals of +-0.01 around a median that truth misses by N(0, s)
+        return {"vae_o90": _bf(name, start, flat, flat + rng.normal(0, scale, flat.shape))}
+    calib = {f"calib_{i}": window(f"calib_{i}", i, 0.02) for i in range(6)}
+    test = {"rolling_0": window("rolling_0", 500, 0.02)}
+    out, cals = evaluate.calibrate(calib, test, rv=np.linspace(0.1, 0.3, 600))
+    raw, cal = out["rolling_0"]["vae_o90"], out["rolling_0"]["vae_o90_cal"]
+    assert set(out["rolling_0"]) == {"vae_o90", "vae_o90_cal"} and set(cals) == {"vae_o90"}
+    assert metrics.ci_violation(raw.p05, raw.p95, raw.truth) > 0.4           # too narrow
+    assert abs(metrics.ci_violation(cal.p05, cal.p95, cal.truth) - 0.1) < 0.06
+    assert cal.n_samples == 0 and cal.crps is None and (cal.p05 <= cal.p50).all() and (cal.p50 <= cal.p95).all()
+    np.testing.assert_array_equal(cal.p50, raw.p50)                          # the median never moves
+    assert cals["vae_o90"].rv_range == pytest.approx((0.1, float(np.linspace(0.1, 0.3, 600)[44])))   # days 0..44
+    # calibrated RMSE is raw RMSE, and the calibrated row says how many of its days lie outside the calibration's RV
+    run = _FakeRun(Dataset(np.full((600, *GRID), 0.2), np.full(600, 0.01), None, MAT, MON))
+    sc = evaluate.score(run, out, cals)["rolling_0"]
+    assert sc["vae_o90_cal"]["rmse"] == sc["vae_o90"]["rmse"]
+    assert sc["vae_o90_cal"]["rv_outside_calibration"] is not None and "rv_outside_calibration" not in sc["vae_o90"]
+    # a repaired method's calibrated tails are repaired again: stretching each point's own half-width can add
+    # calendar arbitrage where the 3-month band is wider than the 1-year one
+    mats, mons = np.array([0.25, 1.0]), np.array([0.9, 1.0, 1.1])
+    smile = np.array([[0.22, 0.2, 0.21], [0.21, 0.2, 0.205]])
+    base = np.broadcast_to(smile, (40, 2, 3)).copy()
+    wide = base + np.array([0.1, 0.01])[None, :, None]                       # p95: 3-month half-width 0.1, 1-year 0.01
+
+    def bf(name, start, truth):
+        return dataclasses.replace(_bf(name, start, base, truth), p95=wide, arbitrage_raw=0.0)
+    calib = {f"calib_{i}": {"vae_o90": bf(f"c{i}", i, base + 0.5)} for i in range(4)}   # truth far above: stretch
+    test = {"rolling_0": {"vae_o90": bf("t", 500, base)}}
+    shifted, _ = evaluate.calibrate(calib, test)
+    assert metrics.arbitrage_share(shifted["rolling_0"]["vae_o90_cal"].p95, mats, mons)["any"] == 1.0
+    fixed, _ = evaluate.calibrate(calib, test, (mats, mons))
+    assert metrics.arbitrage_share(fixed["rolling_0"]["vae_o90_cal"].p95, mats, mons)["any"] == 0.0
+    np.testing.assert_array_equal(fixed["rolling_0"]["vae_o90_cal"].p50, base)
+
+
+class _FakeRun:
+    """What evaluate.score reads of a run."""
+    def __init__(self, ds):
+        self.data = ds
+
+
+def test_width_vs_rv_and_the_versus_sentence():
+    from backfill.generate import Backfill
+    n, days = 200, 40
+    rv = np.r_[np.full(100, 0.1), np.full(100, 0.4)]
+    bfs = {}
+    for t in (40, 60, 80, 100, 120):
+        truth = np.full((days, *GRID), 0.2)
+        w = rv[t:t + days][:, None, None] * np.ones((days, *GRID))            # width proportional to rv
+        e = 0.5 * w
+        z = np.zeros_like(truth)
+        bfs[f"rolling_{t}"] = {"m": Backfill("m", t, days, 20, 20, 2, 10, np.arange(days).astype(str), truth + e - w / 2,
+                                             truth + e, truth + e + w / 2, z, z, np.zeros((0, *GRID)), truth,
+                                             np.zeros(days, int))}
+    wr = evaluate.width_vs_rv(bfs, ["m"], rv).iloc[0]
+    assert wr["width ratio (top / bottom)"] == pytest.approx(4.0) and wr["abs error ratio (top / bottom)"] == pytest.approx(4.0)
+    assert wr["days"] == 120
+    rolling = {"vae": {"rmse": 0.010}, "har": {"rmse": 0.012}}
+    dm = {"rolling_by_day": {"vae vs har": {"dm": -2.5, "p_value": 0.01, "days": 400}}}
+    assert evaluate.versus(rolling, dm, "vae", "har").startswith("vae beats har: RMSE 0.0100 against 0.0120 (-16.7%)")
+    dm["rolling_by_day"]["vae vs har"]["p_value"] = 0.2
+    assert "does not beat" in evaluate.versus(rolling, dm, "vae", "har")
+    assert "not scored" in evaluate.versus(rolling, dm, "vae", "backbone")
