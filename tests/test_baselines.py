@@ -40,7 +40,7 @@ def econ_data():
     rng = np.random.default_rng(20240)
     nu = 5
     r = 0.01 * rng.standard_t(nu, N_SIM) / np.sqrt(nu / (nu - 2))
-    rv = metrics.ewma_realized_vol(r)
+    rv = data.ewma_vol(r, data.RISKMETRICS_HALFLIFE)
     G = A_TRUE.size
     corr = 0.5 * np.ones((G, G)) + 0.5 * np.eye(G)
     eps = SIG_U * rng.standard_normal((N_SIM, G)) @ np.linalg.cholesky(corr).T
@@ -315,7 +315,7 @@ def test_error_bank_elasticity_and_linear_backfill():
     # a method whose log errors scale exactly with rv: gamma 1; errors that ignore rv: gamma 0
     n = 900
     r = _returns(n, 7)
-    rv = metrics.ewma_realized_vol(r)
+    rv = data.ewma_vol(r, data.RISKMETRICS_HALFLIFE)
     rng = np.random.default_rng(8)
 
     class Fixed:                                           # forecasts the truth divided by exp(noise)

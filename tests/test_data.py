@@ -384,7 +384,6 @@ def test_one_ewma_vol_is_riskmetrics_at_its_half_life(default_ds):
         s2[t] = prev
     rv = data.ewma_vol(r, data.RISKMETRICS_HALFLIFE)
     np.testing.assert_allclose(rv, np.sqrt(252 * s2), rtol=0, atol=1e-12)
-    np.testing.assert_array_equal(metrics.ewma_realized_vol(r), rv)      # the name notebooks 07-09 call
 
 
 @pytest.mark.parametrize("L", [61, 150, 240, 330])

@@ -134,13 +134,6 @@ def test_one_garch_fit_for_the_data_and_the_report(data):
     assert gh["half_life_days"] == pytest.approx(np.log(0.5) / np.log(gh["persistence"]))
 
 
-def test_the_former_module_name_still_imports():
-    # notebook 01 imports backfill.calibrated (until it is edited to import embedded_data)
-    from backfill import calibrated, embedded_data
-    assert calibrated.make_default_arrays is embedded_data.make_default_arrays
-    assert calibrated.MARKET_STATS is embedded_data.MARKET_STATS
-
-
 def test_2008_peak(data):
     d = data["dates"]
     m = (d >= "2008-09-01") & (d <= "2008-12-31")

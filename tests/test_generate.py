@@ -93,7 +93,6 @@ def test_backfill_needs_context(setup):
 def test_backfill_starts_named_and_rolling(setup):
     p, ds, model = setup
     w = generate.backfill_starts(ds, p, data.splits(ds, p)["test"], 25)
-    assert generate.window_starts is generate.backfill_starts          # the name notebook 08 calls
     assert w["crisis"] == ds.index_of("2008-06-02") and w["out_of_sample"] == ds.index_of("2016-03-01")
     rolling = sorted(v for k, v in w.items() if k.startswith("rolling_"))
     assert len(rolling) == p["generation"]["max_rolling"] and rolling[1] - rolling[0] == 21

@@ -181,7 +181,6 @@ def backfill_starts(ds, p: dict, split_span, days: int) -> dict[str, int]:
     return out
 
 
-window_starts = backfill_starts      # the former name, which notebook 08 still calls
 
 
 def calibration_starts(ds, p: dict, split_span, days: int) -> dict[str, tuple[int, int]]:

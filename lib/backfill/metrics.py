@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import norm
 
-from .data import RISKMETRICS_LAMBDA, ewma_vol, halflife_of
 
 
 def _grids(surface, maturities, moneyness):
@@ -105,12 +104,6 @@ def rmse_by_segment(pred, truth, segment_of_day) -> dict:
 def coverage(q_pred, truth) -> float:
     """Share of truth at or below a predicted quantile (should be close to the quantile level)."""
     return float(np.mean(np.asarray(truth) <= np.asarray(q_pred)))
-
-
-def ewma_realized_vol(ret, lam: float = RISKMETRICS_LAMBDA) -> np.ndarray:
-    """The RiskMetrics EWMA realised vol (daily decay `lam`), annualised: data.ewma_vol at the half-life of `lam`.
-    Kept for notebooks 07-09, which call it; the package calls data.ewma_vol."""
-    return ewma_vol(ret, halflife_of(lam))
 
 
 def cointegration_share(iv_paths, rv, alpha: float = 0.05) -> float:
