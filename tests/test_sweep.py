@@ -59,7 +59,7 @@ def test_committed_sweep_files_expand_to_valid_trials():
     ({"space": {"seed": [0]}, "scheduler": {"type": "asha", "patience": 2}}, "unknown key 'patience' for type asha"),
     ({"space": {"seed": [0]}, "resources": {"cpu": 0}}, "'resources' must be"),
     ({"space": {"seed": [0]}, "base": "no_such_profile"}, "'base' 'no_such_profile' not found"),
-    ({}, "'space' (or 'arms') must name at least one axis"),
+    ({}, "'space' (or 'arms' or 'claims') must name at least one axis"),
 ])
 def test_a_bad_sweep_file_is_one_line_naming_the_key(tmp_path, body, words):
     with pytest.raises(sweep.SweepError) as e:
