@@ -686,7 +686,9 @@ def write_info(sw: Sweep, out: Path, launch: dict | None = None) -> dict:
     old = json.loads(path.read_text()) if path.is_file() else {}
     launches = old.get("launches", []) + ([launch] if launch else [])
     info = {"name": sw.name, "description": sw.description, "sweep_file": str(sw.path), "base": str(sw.base),
-            "metric": sw.metric, "mode": sw.mode, "axes": sw.axes, "claims": sw.claims, "chapter": sw.chapter.name,
+            "metric": sw.metric, "mode": sw.mode, "axes": sw.axes, "chapter": sw.chapter.name,
+            "claims": {c: {**v, "levels": {lv: [_override(k, x) for k, x in ov.items()]     # KEY=VALUE, as --set
+                                           for lv, ov in v["levels"].items()}} for c, v in sw.claims.items()},
             "resources": sw.resources,
             "scheduler": sw.scheduler, "trials": [asdict(t) for t in sw.trials], "launches": launches,
             "wall_seconds": round(sum(x["wall_seconds"] for x in launches), 1)}
@@ -898,8 +900,8 @@ def daily_losses(run_dir, loss: str = "squared", offset: str = "offset_fast") ->
     out = {}
     for f in sorted((run_dir / "backfill").glob(f"rolling_*_o{o}.npz"), key=lambda f: int(f.stem.split("_")[1])):
         b = generate.load_backfill(f)
-        if b.truth is not None:
-            out[f.stem] = metrics.daily_loss(loss, b.p05, b.p50, b.p95, b.truth)
+        if b.truth is not None:        # keyed by origin (rolling_<day>): runs with other offsets share the windows
+            out[f.stem.rsplit("_o", 1)[0]] = metrics.daily_loss(loss, b.p05, b.p50, b.p95, b.truth)
     return out
 
 
