@@ -108,7 +108,9 @@ def test_expansion_order_overrides_and_groups(tmp_path):
     ({"claims": {"prior": {"says": ["a"], **PRIOR}}}, "claims.prior.says must be text"),
     ({"claims": {"prior": {"same": {"model.prior": "conditional"}}}}, "claims.prior.same leaves the reference's"),
     ({"claims": {"a": PRIOR, "b": PRIOR}}, "claims.b.standard is the same configuration as claims.a.standard"),
-    ({"claims": {"prior": PRIOR}, "space": {"model.prior": ["standard"]}}, "'model.prior' is also in space"),
+    ({"claims": {"prior": {"s3": {"seed": 3}}}, "space": {"seed": [0]}}, "claims.prior.s3: 'seed' is also in space"),
+    ({"claims": {"prior": PRIOR}, "space": {"seed": [0], "model.latent_dim": [3, 4]}},
+     "space 'model.latent_dim': the space of a claims sweep holds only `seed`"),
     ({"claims": {"long": {"h200": {"training.phase4_horizon": 200, "training.phase4_offsets": [200]}}}},
      "trial long=h200: data.val_fraction: the validation split has"),
 ])

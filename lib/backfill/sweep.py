@@ -236,6 +236,10 @@ def load(path, check_data: bool = True) -> Sweep:
         if sw.arms:
             raise SweepError(f"{where}: 'claims' and 'arms' do not combine: a claims sweep varies one factor at a time "
                              f"against one reference; make each arm's level a level of a claim")
+        other = [k for k in sw.space if k != "seed"]
+        if other:
+            raise SweepError(f"{where}: space '{other[0]}': the space of a claims sweep holds only `seed` (the "
+                             f"replicates); a factor to compare is a level of a claim, one at a time")
         sw.claims = _read_claims(raw["claims"], where, sw.space)
     if not sw.space and not sw.arms and not sw.claims:
         raise SweepError(f"{where}: 'space' (or 'arms' or 'claims') must name at least one axis")
