@@ -5,16 +5,17 @@ from pathlib import Path
 import pytest
 
 from backfill.pipeline import NOTEBOOKS
-from backfill.sweep import CHAPTER
+from backfill.sweep import CHAPTER, CLAIMS_CHAPTER
 
 NB_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 FILES = sorted(NB_DIR.glob("*.ipynb"))
 
 
 def test_notebooks_exist_in_design_order():
-    """A run's notebooks (01-09, in order), then the sweep chapter that `backfill sweep` runs."""
+    """A run's notebooks (01-09, in order), then the sweep chapters that `backfill sweep` runs (10 for a sweep over
+    arms and space, 11 for one with claims)."""
     names = [f.stem for f in FILES]
-    assert names == NOTEBOOKS + [CHAPTER.stem]
+    assert names == NOTEBOOKS + [CHAPTER.stem, CLAIMS_CHAPTER.stem]
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)

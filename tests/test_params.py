@@ -15,7 +15,7 @@ import backfill.params
 from backfill import data, params, rundir
 from backfill.model import LossWeights
 from backfill.phases import phase_specs
-from backfill.train import is_full_plan
+from backfill.train import is_full_plan, is_skipped
 from backfill.data import DataError
 from backfill.params import ParamsError
 
@@ -806,3 +806,17 @@ def test_cli_profile_dotdot_is_refused_and_the_notebooks_are_untouched():
     assert len(r.stderr.strip().splitlines()) == 1
     assert {p.name: p.read_bytes() for p in (root / "notebooks").glob("*.ipynb")} == before
     assert not (root / "notebooks" / "stale").exists() and not (root / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("marks, ok", [([0, 0, 0, 4], True), ([4, 4, 4, 4], True), ([0, 2, 2, 3], True),
+                                       ([0, 0, 0, 0], False), ([-1, 0, 0, 4], False), ([2, 1, 3, 4], False)])
+def test_epoch_marks_may_skip_phases_but_not_all_epochs(marks, ok):
+    sets = [f"training.phase{n}_epochs={m}" for n, m in enumerate(marks, 1)]
+    if ok:
+        p = params.load(params.profile_path("test"), sets)
+        assert [is_skipped(p, n) for n in range(1, 5)] == [m == b for m, b in zip(marks, [0, *marks[:3]])]
+    else:
+        with pytest.raises(params.ParamsError) as e:
+            params.load(params.profile_path("test"), sets)
+        msg = str(e.value)
+        assert "\n" not in msg and "epochs" in msg and ("must be >= " in msg or "cumulative" in msg)

@@ -1,7 +1,9 @@
 """Sweeps: the sweep file's validation and expansion, the analysis functions, and a 2-trial Ray Tune sweep on the
-test profile that is interrupted after phase 2, resumed from its checkpoints, and rerun without re-executing."""
+test profile that is interrupted after phase 2, resumed from its checkpoints, and rerun without re-executing; then the
+claims sweep of the test profile (params/sweeps/test_claims.yaml, reusing two of those trials) into its chapter."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from backfill import sweep
+from backfill import claims, pipeline, sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = ROOT / "params" / "sweeps"
@@ -59,7 +61,7 @@ def test_committed_sweep_files_expand_to_valid_trials():
     ({"space": {"seed": [0]}, "scheduler": {"type": "asha", "patience": 2}}, "unknown key 'patience' for type asha"),
     ({"space": {"seed": [0]}, "resources": {"cpu": 0}}, "'resources' must be"),
     ({"space": {"seed": [0]}, "base": "no_such_profile"}, "'base' 'no_such_profile' not found"),
-    ({}, "'space' (or 'arms') must name at least one axis"),
+    ({}, "'space' (or 'arms' or 'claims') must name at least one axis"),
 ])
 def test_a_bad_sweep_file_is_one_line_naming_the_key(tmp_path, body, words):
     with pytest.raises(sweep.SweepError) as e:
@@ -339,3 +341,75 @@ def test_a_sweep_directory_over_the_sources_is_refused(tmp_path):
     assert (ROOT / "notebooks" / "10_sweep.ipynb").read_bytes() == before and not (ROOT / "sweep.json").exists()
     with pytest.raises(sweep.SweepError, match="'name' must be a name of letters"):
         sweep.load(write_sweep(tmp_path, name="..", space={"seed": [0]}))
+
+
+# --- the claims sweep of the test profile ----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def claims_swept(swept):
+    """params/sweeps/test_claims.yaml: the reference and one level of each kind of claim, one seed. Its reference and
+    prior=standard trials have the params of the test sweep's prior=conditional and prior=standard trials (the same
+    `set`): copied in under their claims names they are found finished and not executed again, as in any rerun of a
+    sweep, so three trials train (phase 4 alone, a single training offset, (C, H) = (5, 6))."""
+    out = swept["out"].parent / "test_claims"
+    for src, dst in (("prior=conditional", "reference,seed=0"), ("prior=standard", "prior=standard,seed=0")):
+        shutil.copytree(swept["out"] / src, out / dst, ignore=shutil.ignore_patterns("_build", "sweep.log"))
+    t0 = time.time()
+    res = subprocess.run([sys.executable, "-m", "backfill", "sweep", str(SWEEPS / "test_claims.yaml"), "--out",
+                          str(out)], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    return {"out": out, "res": res, "seconds": time.time() - t0}
+
+
+@pytest.mark.slow
+def test_the_claims_sweep_runs_every_kind_of_level(claims_swept):
+    out, res = claims_swept["out"], claims_swept["res"]
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    df = sweep.load_results(out)
+    assert list(df["claim"]) == ["reference", "curriculum", "multi_offset", "horizon_context", "prior"]
+    assert list(df["level"]) == ["reference", "phase4_only", "single_offset", "C5_H6", "standard"]
+    assert set(df["state"]) == {"ok"} and df["rmse"].gt(0).all() and df["cal ci_violation"].notna().all()
+    for reused in ("reference,seed=0", "prior=standard,seed=0"):
+        log = (out / reused / "sweep.log").read_text().splitlines()
+        assert len(log) == 9 and all("done before, skipped" in ln for ln in log), reused
+    p4 = df.set_index("level").loc["phase4_only"]
+    assert (p4["phase1"], p4["gate1"], p4["gate2"]) == ("SKIPPED", "SKIPPED", "SKIPPED")
+    assert np.isnan(p4["phase1.val_rmse"]) and p4["phase4"] in ("PASS", "MARGINAL", "FAIL")
+    assert "| curriculum=phase4_only,seed=0 | curriculum | phase4_only |" in (out / "results.md").read_text()
+    ens = claims.level_table(df, "multi_offset", "offset_ensemble").set_index("level")
+    assert ens.loc["reference", "offset"] == "5" and ens["seeds"].tolist() == [1, 1]
+    hc = claims.level_table(df, "horizon_context").set_index("level")
+    assert hc.loc["C5_H6", "offset"] == "6" and hc.loc["reference", "offset"] == "9"
+    assert claims.dm(df, "horizon_context")["days"].iloc[0] > 0        # other offsets, the same calendar days
+    nb = json.loads((out / "11_plan_claims.ipynb").read_text())
+    outputs = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c["outputs"]]
+    assert not [o for o in outputs if o["output_type"] == "error"]
+    text = json.dumps(outputs)
+    for claim in ("curriculum", "multi_offset", "horizon_context", "prior"):
+        assert f"Verdict on `{claim}`: inconclusive at this scale." in text, claim    # one seed: no t over seeds
+    assert "one seed, no t over seeds" in text and "5 trials of test.yaml (5 finished)" in text
+    assert not (out / "10_sweep.ipynb").exists()
+    skipped = (out / "curriculum=phase4_only,seed=0" / "notebooks" / "02_phase1_teacher_forcing.ipynb").read_text()
+    assert "Phase 1 is skipped" in skipped and "decision: SKIPPED" in skipped
+    print(f"test_claims sweep: {claims_swept['seconds']:.0f} s")
+
+
+@pytest.mark.slow
+def test_the_claims_chapter_builds_alone_and_as_a_part_of_a_runs_book(claims_swept, monkeypatch):
+    """`backfill book runs/sweeps/<claims sweep>` builds chapter 11 alone; `backfill book RUN --sweep <it>` adds it as
+    the part "Does the plan's reasoning hold?" (its toc checked here, without a second Jupyter Book build)."""
+    out = claims_swept["out"]
+    assert claims_swept["res"].returncode == 0
+    res = subprocess.run([sys.executable, "-m", "backfill", "book", str(out)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    page = (out / "_build" / "html" / "11_plan_claims.html").read_text()
+    assert "Does the plan" in page and "The verdict rule" in page and "inconclusive at this scale" in page
+    assert not (out / "_build" / "html" / "10_sweep.html").exists()
+    assert "WARNING" not in (out / "logs" / "book_build.log").read_text()
+    seen = {}
+    monkeypatch.setattr(pipeline, "_build", lambda run_dir, toc, log, **kw: seen.update(toc=toc) or run_dir)
+    run = out / "reference,seed=0"
+    pipeline.build_book(run, log=lambda *a: None, sweep=out)
+    assert seen["toc"]["parts"][-1] == {"caption": "Does the plan's reasoning hold?",
+                                        "chapters": [{"file": "sweep/11_plan_claims"}]}
+    assert (run / "sweep" / "11_plan_claims.ipynb").exists()

@@ -193,3 +193,30 @@ def test_a_refused_checkpoint_is_retrained_with_one_line_saying_why(base, tmp_pa
                                                    f"refused checkpoint {ck / 'last.pt'}"]
     assert all("more than tensors and plain data" in ln and ln.endswith("not reused, the phase trains again")
                for ln in lines)
+
+
+def test_a_skipped_phase_is_the_model_it_starts_from_and_its_criteria_read_skipped(tmp_path):
+    from backfill import gates
+    """A phase whose epoch mark equals the one before trains nothing: its checkpoint is the model it starts from,
+    under its own key, its log is empty, and its criteria read SKIPPED (phase 1 at 0 epochs: a fresh model)."""
+    p = params.load(params.profile_path("test"), [
+        "training.phase1_epochs=0", "training.phase2_epochs=1", "training.phase3_epochs=1", "training.phase4_epochs=1",
+        "training.max_train_windows=16", "training.max_val_windows=8"])
+    ds = data.load_for(p)
+    run = rundir.Run(p, ds, tmp_path / "r", data.splits(ds, p))
+    s1 = train.train_phase(run, 1, progress=False)
+    assert s1["skipped"] and s1["epochs"] == 0 and s1["final_train_loss"] is None and "val_eval" in s1
+    assert train.read_history(run.run_dir, 1).empty
+    s2 = train.train_phase(run, 2, progress=False)            # starts from the skipped phase's checkpoint
+    assert not s2["skipped"] and s2["epochs"] == 1
+    s3 = train.train_phase(run, 3, progress=False)
+    assert s3["skipped"]
+    a = checkpoint.load(run.run_dir / "checkpoints" / "phase2.pt")["model"]
+    b = checkpoint.load(run.run_dir / "checkpoints" / "phase3.pt")
+    assert b["params_hash"] == train.phase_key(p, ds, 3)
+    assert all(np.array_equal(a[k].numpy(), b["model"][k].numpy()) for k in a)   # phase 3 = the model phase 2 ended
+    res = gates.phase_criteria(3, s3, p)
+    assert res["decision"] == "SKIPPED" and {c["mark"] for c in res["checks"]} == {"skipped"}
+    assert gates.phase_criteria(2, s2, p)["decision"] in ("PASS", "MARGINAL", "FAIL")
+    assert "Phase 1 is skipped" in train.skip_note(p, 1) and train.skip_note(p, 2) is None
+    assert train.phase_record(s3)["skipped"] and not train.phase_record(s2)["skipped"]

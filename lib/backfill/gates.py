@@ -3,7 +3,8 @@
 A check is {criterion, value, threshold, op}; `judge` adds a mark in words, "pass", "near" (passes or
 fails within `marginal_band` of the threshold, relative) or "fail" (words, not emoji: they read in any
 font and in print), and a gate's decision is PASS when every check passes, FAIL when any fails,
-MARGINAL otherwise.
+MARGINAL otherwise. The checks of a phase the curriculum skips (no epochs: `train.is_skipped`) are measured but
+not judged: each reads "skipped" and the decision SKIPPED.
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import math
 import numpy as np
 
 PASS, NEAR, FAIL = "pass", "near", "fail"     # a check's mark
+SKIP = "skipped"                                # the mark of every check of a skipped phase
+SKIPPED = "SKIPPED"                             # its decision
 
 
 def _check(criterion, value, threshold, op="<"):
@@ -73,9 +76,21 @@ def kl_check(summary: dict, p: dict) -> dict:
     return _check("KL to the prior (validation)", summary["val_eval"].get("kl"), p["gates"]["kl_max"])
 
 
-def judge_checks(checks: list[dict], p: dict) -> dict:
+def judge_checks(checks: list[dict], p: dict, skipped: bool = False) -> dict:
+    """{decision, checks}: each check judged (pass / near / fail); for a skipped phase every check reads "skipped"
+    (its value is what the model the phase starts from measures, not a result of the phase) and the decision
+    SKIPPED."""
+    if skipped:
+        return {"decision": SKIPPED, "checks": [{**c, "ok": None, "mark": SKIP} for c in checks]}
     judged = [judge(c, p["gates"]["marginal_band"]) for c in checks]
     return {"decision": decision(judged), "checks": judged}
+
+
+def phase_criteria(number: int, summary: dict, p: dict) -> dict:
+    """The plan's criteria for phase `number` judged on its training summary (notebooks 02-05): `judge_checks` of
+    `phase_checks`, SKIPPED when the phase trained no epoch."""
+    from .train import is_skipped
+    return judge_checks(phase_checks(number, summary, p), p, skipped=is_skipped(p, number))
 
 
 # The plan's fallback advice (its sections 7.2, 7.3 and 13.2) beside each gate.
@@ -112,12 +127,17 @@ def validate_checkpoint(run, number: int) -> dict:
 
 
 def training_gates(run) -> dict:
-    """Every phase criterion and gate 1/2 from the saved checkpoints: {gate: {decision, checks, advice}}."""
+    """Every phase criterion and gate 1/2 from the saved checkpoints: {gate: {decision, checks, advice}} (SKIPPED for
+    a phase the curriculum skips)."""
+    from .train import is_skipped
     out = {}
     for number, gate in GATE_OF_PHASE.items():
         summary = validate_checkpoint(run, number)
-        res = judge_checks(phase_checks(number, summary, run.params), run.params)
-        out[gate] = {**res, "phase": number, "advice": ADVICE[gate]}
+        skipped = is_skipped(run.params, number)
+        res = judge_checks(phase_checks(number, summary, run.params), run.params, skipped=skipped)
+        advice = (f"Phase {number} is skipped (training.phase{number}_epochs gives it no epoch): its checkpoint is the "
+                  f"model it starts from, so this gate judges nothing." if skipped else ADVICE[gate])
+        out[gate] = {**res, "phase": number, "advice": advice}
     return out
 
 

@@ -101,7 +101,8 @@ SCHEMA = {
         "known_future": bool,              # decoder and prior see each future day's return and RV features
     },
     "training": {
-        "phase1_epochs": int,              # cumulative epoch marks, as in the plan
+        "phase1_epochs": int,              # cumulative epoch marks, as in the plan; a phase whose mark equals the
+                                           # one before (phase 1: 0) trains no epoch and is skipped
         "phase2_epochs": int,
         "phase3_epochs": int,
         "phase4_epochs": int,
@@ -332,11 +333,15 @@ def validate(p: dict) -> dict:
         _fail("model.device", f"must be 'auto', 'cpu' or 'cuda', got {m['device']!r}")
 
     marks = [t["phase1_epochs"], t["phase2_epochs"], t["phase3_epochs"], t["phase4_epochs"]]
-    if marks[0] < 1:
-        _fail("training.phase1_epochs", f"must be >= 1, got {marks[0]}")
+    if marks[0] < 0:
+        _fail("training.phase1_epochs", f"must be >= 0 (0 skips phase 1), got {marks[0]}")
     for i in range(1, 4):
         if marks[i] < marks[i - 1]:
             _fail(f"training.phase{i + 1}_epochs", f"phase epoch marks must be cumulative, got {marks}")
+    if marks[3] < 1:
+        _fail("training.phase4_epochs", f"must be >= 1: the marks are cumulative, so it is the curriculum's total "
+                                        f"number of epochs (a phase whose mark equals the one before is skipped, not "
+                                        f"all four), got {marks}")
     if t["learning_rate"] <= 0:
         _fail("training.learning_rate", f"must be > 0, got {t['learning_rate']}")
     hs = t["phase2_horizons"]

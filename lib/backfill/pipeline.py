@@ -220,13 +220,13 @@ def _clear_superseded(name: str, run_dir: Path) -> None:
 def build_book(run_dir, log=print, compare=(), sweep=None) -> Path:
     """Stage the book pages and config beside the run's executed notebooks and build the HTML. With `compare`
     (other run directories), the book gets a comparison page: this run against each of them (`compare.table`);
-    with `sweep` (a sweep directory), the sweep's executed chapter (10_sweep) as its last part. Given a sweep
-    directory itself, the book is that chapter alone."""
+    with `sweep` (a sweep directory), the sweep's executed chapter (10_sweep, or 11_plan_claims for a sweep with
+    claims) as its last part. Given a sweep directory itself, the book is that chapter alone."""
     run_dir = Path(run_dir).resolve()
     if (run_dir / "sweep.json").exists() and not (run_dir / "metrics.json").exists():
-        _sweep_chapter(run_dir)              # the trials are run directories with books of their own
+        chapter = _sweep_chapter(run_dir)    # the trials are run directories with books of their own
         title = f"Sweep {json.loads((run_dir / 'sweep.json').read_text()).get('name', run_dir.name)}"
-        return _build(run_dir, {"format": "jb-book", "root": "10_sweep"}, log, title=title, exclude=["*/**"])
+        return _build(run_dir, {"format": "jb-book", "root": chapter.stem}, log, title=title, exclude=["*/**"])
     chapter = _sweep_chapter(sweep) if sweep else None     # checked before anything of the old book is removed
     compare_md = _compare_page(run_dir, compare) if compare else None
     m = read_metrics(run_dir)
@@ -271,15 +271,26 @@ def build_book(run_dir, log=print, compare=(), sweep=None) -> Path:
     if chapter:
         (run_dir / "sweep").mkdir(exist_ok=True)
         shutil.copy2(chapter, run_dir / "sweep" / chapter.name)
-        toc["parts"].append({"caption": "Sweep", "chapters": [{"file": f"sweep/{chapter.stem}"}]})
+        toc["parts"].append({"caption": SWEEP_PARTS.get(chapter.stem, "Sweep"),
+                             "chapters": [{"file": f"sweep/{chapter.stem}"}]})
     return _build(run_dir, toc, log)
 
 
+SWEEP_PARTS = {"10_sweep": "Sweep", "11_plan_claims": "Does the plan's reasoning hold?"}   # chapter: its book part
+
+
 def _sweep_chapter(sweep_dir) -> Path:
-    """The executed sweep chapter of a sweep directory (what `backfill sweep` writes at its end)."""
-    chapter = Path(sweep_dir) / "10_sweep.ipynb"
+    """The executed sweep chapter of a sweep directory (what `backfill sweep` writes at its end): the one its
+    sweep.json names (11_plan_claims for a sweep with claims, else 10_sweep)."""
+    sweep_dir = Path(sweep_dir)
+    info = sweep_dir / "sweep.json"
+    try:
+        name = json.loads(info.read_text()).get("chapter") if info.is_file() else None
+    except ValueError:
+        name = None
+    chapter = sweep_dir / (name or "10_sweep.ipynb")
     if not chapter.exists():
-        raise SystemExit(f"backfill: {sweep_dir} has no executed sweep chapter (10_sweep.ipynb); run "
+        raise SystemExit(f"backfill: {sweep_dir} has no executed sweep chapter ({chapter.name}); run "
                          f"`python -m backfill sweep SWEEP.yaml` first")
     return chapter
 

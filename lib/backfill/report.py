@@ -308,7 +308,8 @@ def key_points(maturities, moneyness) -> dict:
 
 VERDICT_COLOURS = {"pass": "#cdebd0", "PASS": "#cdebd0", "stretch": "#b5e0ba", "target": "#cdebd0",
                    "near": "#fbeec1", "between": "#fbeec1", "MARGINAL": "#fbeec1",
-                   "fail": "#f6c9c9", "red flag": "#f6c9c9", "FAIL": "#f6c9c9"}
+                   "fail": "#f6c9c9", "red flag": "#f6c9c9", "FAIL": "#f6c9c9",
+                   "skipped": "#e4e4e4", "SKIPPED": "#e4e4e4"}
 
 
 def verdict_of(cell) -> str | None:
@@ -322,8 +323,8 @@ def verdict_of(cell) -> str | None:
 
 
 def style_verdicts(df: pd.DataFrame, fmt: dict | None = None):
-    """A Styler that colours verdict cells (green pass/target/stretch, amber near/between, red fail/red flag)
-    while keeping the word in the cell, so the table reads without colour and without an emoji font."""
+    """A Styler that colours verdict cells (green pass/target/stretch, amber near/between, red fail/red flag, grey
+    skipped) while keeping the word in the cell, so the table reads without colour and without an emoji font."""
     def colour(cell):
         word = verdict_of(cell)
         return f"background-color: {VERDICT_COLOURS[word]}; color: #111" if word else ""

@@ -159,7 +159,8 @@ LIB = Path(__file__).resolve().parent
 TRAINING_CODE = ("data.py", "embedded_data.py", "model.py", "rollout.py", "phases.py", "checkpoint.py", "train.py")   # what a checkpoint depends on
 
 
-ORCHESTRATION = ("__main__.py", "pipeline.py", "sweep.py", "compare.py", "bench.py")   # run notebooks; none runs in one
+ORCHESTRATION = ("__main__.py", "pipeline.py", "sweep.py", "claims.py", "compare.py",
+                 "bench.py")   # run notebooks or read what they wrote; none runs in one
 
 
 def code_fingerprint(files=None) -> str:

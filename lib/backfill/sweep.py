@@ -6,16 +6,21 @@ before anything runs, and a trial's name (its run directory) is a readable slug 
 sweep finds the same directories. `run` executes the trials with Ray Tune, locally (an embedded Ray) or on a
 cluster (`address`); each trial is `pipeline.run(base, run_dir=<sweep dir>/<trial>, overrides=...)`, which skips
 finished notebooks and resumes training from checkpoints/last.pt, and reports every phase's validation RMSE to
-Tune (time attribute `phase`) so that ASHA or the seed's gates can stop hopeless trials before the expensive
+Tune (time attribute `phase`) so that ASHA or the plan's gates can stop hopeless trials before the expensive
 phases. `table` reads the trial run directories (compare.py's readers) into one row per trial, written as
 results.parquet and results.md; the analysis functions below (mean +- sd across seeds, paired comparisons across
 seeds, Diebold-Mariano and MCS on seed-averaged daily losses) feed notebooks/10_sweep.ipynb.
+
+A sweep file with `claims:` instead of `arms:` is a one-factor-at-a-time design: one shared reference configuration
+(the base params with `set`) and, per claim, levels that each change one factor of it; the trials are the reference
+and every level of every claim, crossed with the space (the seeds), never the claims with each other. Its chapter is
+notebooks/11_plan_claims.ipynb (the analysis in `claims`).
 
 Sweep directory (runs/sweeps/<name>/):
     <trial>/          a run directory (params.yaml, notebooks/, checkpoints/, metrics.json) plus trial.json
     ray/              Ray Tune's experiment directory (scratch: rebuilt on every launch)
     sweep.json        the expanded sweep: trials, their overrides and axis values, wall time
-    results.parquet, results.md, 10_sweep.ipynb
+    results.parquet, results.md, 10_sweep.ipynb (11_plan_claims.ipynb for a sweep with claims)
 """
 from __future__ import annotations
 
@@ -44,8 +49,8 @@ class SweepError(ValueError):
     """An invalid sweep file; the message names the file and the offending key in one line."""
 
 
-KEYS = ("name", "description", "base", "set", "arms", "space", "num_samples", "search_seed", "metric", "mode",
-        "resources", "max_concurrent", "scheduler")
+KEYS = ("name", "description", "base", "set", "arms", "claims", "space", "num_samples", "search_seed", "metric",
+        "mode", "resources", "max_concurrent", "scheduler")
 DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice")
 HEADLINE = [*_compare.SCORES, *(f"cal {s}" for s in _compare.SCORES), *(f"{b} rmse" for b in _compare.BASELINES),
             "dm vs econometric", "dm p", *(f"dm{x} vs {b}" for b in _compare.DM_AGAINST for x in ("", " p"))]
@@ -58,6 +63,11 @@ SCHEDULERS = {"none": {}, "asha": {"metric": "val_rmse", "grace_period": 1, "red
 FINAL = ("ok", "failed", "stopped")                           # trial.json states after which a trial is done
 SWEEPS_DIR = ROOT / "runs" / "sweeps"
 CHAPTER = ROOT / "notebooks" / "10_sweep.ipynb"
+CLAIMS_CHAPTER = ROOT / "notebooks" / "11_plan_claims.ipynb"       # the chapter of a sweep with claims
+REFERENCE = "reference"         # the claims' shared configuration (the base with `set`): its claim and level
+CLAIM_KEYS = ("says", "plan", "offsets", "reference")   # a claim's own keys; every other key of a claim is a level
+OFFSET_ROLES = {"fast": "offset_fast", "ensemble": "offset_ensemble"}   # a claim's `offsets`: generation keys
+PLAIN = re.compile(r"[A-Za-z0-9_.+-]+")                  # a claim or level name (it goes into trial names)
 
 
 @dataclass
@@ -66,6 +76,7 @@ class Trial:
     config: dict            # axis -> value: arm axes (level names) and space keys (params values)
     overrides: list         # 'KEY=VALUE' strings for pipeline.run: the sweep's `set`, then the arms', then the space's
     group: str              # the configuration without the seed: trials of one group differ only in their seed
+                            # (claims: `reference` or `<claim>=<level>`)
 
 
 @dataclass
@@ -75,6 +86,8 @@ class Sweep:
     base: Path              # the params file every trial starts from
     description: str = ""
     arms: dict = field(default_factory=dict)      # axis -> {level: {dotted key: value}}
+    claims: dict = field(default_factory=dict)    # claim -> {says, plan, offsets, reference (label), levels:
+                                                  #           {level: {dotted key: value}}}, see `_read_claims`
     space: dict = field(default_factory=dict)     # dotted key -> list (grid) or {distribution: args}
     num_samples: int = 1
     search_seed: int = 0
@@ -87,7 +100,12 @@ class Sweep:
 
     @property
     def axes(self) -> list[str]:
-        return [*self.arms, *self.space]
+        return ["claim", "level", *self.space] if self.claims else [*self.arms, *self.space]
+
+    @property
+    def chapter(self) -> Path:
+        """The notebook the sweep's chapter is executed from."""
+        return CLAIMS_CHAPTER if self.claims else CHAPTER
 
 
 # --- the sweep file ------------------------------------------------------------------------------
@@ -144,8 +162,13 @@ def _text(v) -> str:
     return str(v)
 
 
-def _slug(config: dict, short: dict) -> str:
-    s = ",".join(f"{short[k]}={_text(v)}" for k, v in config.items())
+def _slug(config: dict, short: dict, claims: bool = False) -> str:
+    """`short=value,...` of a configuration; a claims trial starts with `reference` or `<claim>=<level>`."""
+    head = []
+    if claims:
+        head = [REFERENCE if config["claim"] == REFERENCE else f"{config['claim']}={config['level']}"]
+        config = {k: v for k, v in config.items() if k not in ("claim", "level")}
+    s = ",".join([*head, *(f"{short[k]}={_text(v)}" for k, v in config.items())])
     return re.sub(r"[^A-Za-z0-9._=,+-]", "_", s)
 
 
@@ -155,12 +178,14 @@ def _short_names(axes: list[str]) -> dict:
     return {a: s if last.count(s) == 1 else a for a, s in zip(axes, last)}
 
 
-def _name_trials(configs: list[dict], overrides: list[list[str]], axes: list[str]) -> list[tuple[str, str]]:
+def _name_trials(configs: list[dict], overrides: list[list[str]], axes: list[str],
+                 claims: bool = False) -> list[tuple[str, str]]:
     """(name, group) per trial: readable slugs, cut and suffixed by a hash of the overrides when long or not
-    unique, so a name always maps to one set of overrides."""
+    unique, so a name always maps to one set of overrides. Claims trials: `reference,seed=0`,
+    `curriculum=phase4_only,seed=0`."""
     short = _short_names(axes)
-    names = [_slug(c, short) for c in configs]
-    groups = [_slug({k: v for k, v in c.items() if k != "seed"}, short) or "all" for c in configs]
+    names = [_slug(c, short, claims) for c in configs]
+    groups = [_slug({k: v for k, v in c.items() if k != "seed"}, short, claims) or "all" for c in configs]
     digest = [hashlib.sha1("\n".join(o).encode()).hexdigest()[:8] for o in overrides]
     out = []
     for i, n in enumerate(names):
@@ -170,9 +195,10 @@ def _name_trials(configs: list[dict], overrides: list[list[str]], axes: list[str
     return out
 
 
-def load(path) -> Sweep:
+def load(path, check_data: bool = True) -> Sweep:
     """Read and validate a sweep file and expand its trials; SweepError (one line) on any problem. Every trial's
-    overrides are validated by `params.load(base, overrides)` here, before anything is launched."""
+    overrides are validated by `params.load(base, overrides)` here, before anything is launched, and (`check_data`)
+    every configuration against its data (`data.load_for`: its splits hold its longest training window, ...)."""
     path = Path(path).resolve()
     where = str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
     raw = _params.read_mapping(path, SweepError, prefix="sweep: ")
@@ -206,8 +232,17 @@ def load(path) -> Sweep:
                              f"{{dotted params key: value}}")
     sw.space = raw.get("space") or {}
     need("space", isinstance(sw.space, dict), "a mapping dotted params key -> list (grid) or distribution")
-    if not sw.space and not sw.arms:
-        raise SweepError(f"{where}: 'space' (or 'arms') must name at least one axis")
+    if raw.get("claims") is not None:
+        if sw.arms:
+            raise SweepError(f"{where}: 'claims' and 'arms' do not combine: a claims sweep varies one factor at a time "
+                             f"against one reference; make each arm's level a level of a claim")
+        other = [k for k in sw.space if k != "seed"]
+        if other:
+            raise SweepError(f"{where}: space '{other[0]}': the space of a claims sweep holds only `seed` (the "
+                             f"replicates); a factor to compare is a level of a claim, one at a time")
+        sw.claims = _read_claims(raw["claims"], where, sw.space)
+    if not sw.space and not sw.arms and not sw.claims:
+        raise SweepError(f"{where}: 'space' (or 'arms' or 'claims') must name at least one axis")
     for key, spec in sw.space.items():
         w = f"{where}: space '{key}'"
         if isinstance(spec, dict) and len(spec) == 1 and next(iter(spec)) in DISTRIBUTIONS:
@@ -254,34 +289,145 @@ def load(path) -> Sweep:
         need("scheduler", isinstance(stop_on, list) and stop_on and set(stop_on) <= {"FAIL", "MARGINAL"},
              "gates with stop_on: a list of FAIL and/or MARGINAL")
     sw.trials = expand(sw, fixed, where)
+    if check_data:
+        _check_data(sw, where)
     return sw
 
 
+def _read_claims(raw, where: str, space: dict) -> dict:
+    """The `claims:` of a sweep file, validated: claim -> {says, plan, offsets, reference, levels}. Each claim maps
+    level names to {dotted params key: value} (what the level changes in the reference) and may give
+      says:      the claim in words (the chapter shows it),
+      plan:      the level that is the plan's choice (default `reference`; another level only in a claim with one
+                 level: it is compared with the reference),
+      offsets:   the generation offsets it is scored at: [fast] (generation.offset_fast, the default) and/or
+                 ensemble (generation.offset_ensemble),
+      reference: null or a label for the reference in this claim (it takes no overrides: it is shared)."""
+    if not isinstance(raw, dict) or not raw:
+        raise SweepError(f"{where}: 'claims' must map each claim name to {{level: {{dotted params key: value}}}}, "
+                         f"got {raw!r}")
+    out = {}
+    for claim, body in raw.items():
+        w = f"{where}: claims.{claim}"
+        if not isinstance(claim, str) or not PLAIN.fullmatch(claim) or claim == REFERENCE:
+            raise SweepError(f"{where}: claims: {claim!r} must be a plain name (letters, digits, '_', '.', '+', '-') "
+                             f"other than '{REFERENCE}' (the shared configuration's rows)")
+        if not isinstance(body, dict):
+            raise SweepError(f"{w} must map level names to {{dotted params key: value}}, got {body!r}")
+        levels = {k: v for k, v in body.items() if k not in CLAIM_KEYS}
+        if not levels:
+            raise SweepError(f"{w} has no level besides the reference: give at least one level "
+                             f"{{level: {{dotted params key: value}}}}")
+        for level, ov in levels.items():
+            if not isinstance(level, str) or not PLAIN.fullmatch(level):
+                raise SweepError(f"{w}: level {level!r} must be a plain name (letters, digits, '_', '.', '+', '-')")
+            if not (isinstance(ov, dict) and ov and all(isinstance(k, str) for k in ov)):
+                raise SweepError(f"{w}.{level} must be a non-empty mapping {{dotted params key: value}} (what the "
+                                 f"level changes in the reference), got {ov!r}")
+            clash = sorted(set(ov) & set(space))
+            if clash:
+                raise SweepError(f"{w}.{level}: '{clash[0]}' is also in space, which would override it in every "
+                                 f"trial; a key is either a claim's factor or a space axis")
+        says = body.get("says") or ""
+        if not isinstance(says, str):
+            raise SweepError(f"{w}.says must be text (the claim in words), got {says!r}")
+        ref = body.get(REFERENCE)
+        if ref is not None and not isinstance(ref, str):
+            raise SweepError(f"{w}.{REFERENCE}: the reference is shared by every claim and takes no overrides (it is "
+                             f"the base with `set`); give null or a label, got {ref!r}")
+        plan = body.get("plan", REFERENCE)
+        if plan != REFERENCE and plan not in levels:
+            raise SweepError(f"{w}.plan must be '{REFERENCE}' or one of its levels ({', '.join(levels)}), got {plan!r}")
+        if plan != REFERENCE and len(levels) > 1:
+            raise SweepError(f"{w}.plan: a plan's choice other than the reference is compared with the reference "
+                             f"alone, so the claim must have one level; got {len(levels)} ({', '.join(levels)})")
+        offsets = body.get("offsets", ["fast"])
+        if not (isinstance(offsets, list) and offsets and len(set(map(str, offsets))) == len(offsets)
+                and set(offsets) <= set(OFFSET_ROLES)):
+            raise SweepError(f"{w}.offsets must be a non-empty list of {' and/or '.join(OFFSET_ROLES)} (generation."
+                             f"offset_fast, generation.offset_ensemble), got {offsets!r}")
+        out[claim] = {"says": says.strip(), "plan": plan, "offsets": offsets, "reference": ref or "",
+                      "levels": levels}
+    return out
+
+
+def _check_data(sw: Sweep, where: str) -> None:
+    """Every distinct configuration's params against its data (`data.load_for`: the splits hold the longest training
+    window, the test split a 1-year backfill, the named windows their context): a SweepError naming the trial, before
+    anything runs. The dataset is built once per data section (then cached)."""
+    from . import data as _data
+    seen = set()
+    for t in sw.trials:
+        p = _params.load(sw.base, t.overrides)
+        key = json.dumps({k: p[k] for k in ("data", "model", "training", "generation")}, sort_keys=True, default=str)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            _data.load_for(p)
+        except _data.DataError as e:
+            raise SweepError(f"{where}: trial {t.name}: {str(e).splitlines()[0]}") from None
+
+
+def _cells(sw: Sweep) -> list[tuple[dict, dict]]:
+    """(config part, {dotted key: value}) of each configuration before the space: every combination of the arms;
+    for claims, the reference (no override) and then every level of every claim, one factor at a time."""
+    if sw.claims:
+        out = [({"claim": REFERENCE, "level": REFERENCE}, {})]
+        return out + [({"claim": c, "level": lv}, ov)
+                      for c, spec in sw.claims.items() for lv, ov in spec["levels"].items()]
+    return [(dict(zip(sw.arms, levels)), {k: v for a, lv in zip(sw.arms, levels) for k, v in sw.arms[a][lv].items()})
+            for levels in itertools.product(*(list(lv) for lv in sw.arms.values()))]
+
+
 def expand(sw: Sweep, fixed: dict, where: str = "") -> list[Trial]:
-    """The trials: every combination of the arms and the space's grid lists, `num_samples` times, each time with
-    fresh draws of its distributions from one generator seeded by `search_seed` (the same trials on every load).
-    Each trial's overrides are checked by params.load."""
+    """The trials: every combination of the arms (or, for claims, the reference and each claim's levels) and the
+    space's grid lists, `num_samples` times, each time with fresh draws of its distributions from one generator
+    seeded by `search_seed` (the same trials on every load). Each trial's overrides (`set`, then the arm's or
+    level's, then the space's) are checked by params.load; a claim's level must change the reference's params, and
+    no two levels may be the same configuration."""
     grid = {k: v for k, v in sw.space.items() if isinstance(v, list)}
     rng = np.random.default_rng(sw.search_seed)
     configs, overrides = [], []
     for _ in range(sw.num_samples):
-        for levels in itertools.product(*(list(lv) for lv in sw.arms.values())):
+        for cell, cell_ov in _cells(sw):
             for values in itertools.product(*grid.values()):
-                arm = dict(zip(sw.arms, levels))
                 point = dict(zip(grid, values))
-                config = {**arm, **{k: point[k] if k in point else _draw(s, rng) for k, s in sw.space.items()}}
+                config = {**cell, **{k: point[k] if k in point else _draw(s, rng) for k, s in sw.space.items()}}
                 ov = [_override(k, v) for k, v in fixed.items()]
-                ov += [_override(k, v) for a, lv in arm.items() for k, v in sw.arms[a][lv].items()]
+                ov += [_override(k, v) for k, v in cell_ov.items()]
                 ov += [_override(k, config[k]) for k in sw.space]
                 configs.append(config)
                 overrides.append(ov)
-    trials = [Trial(n, c, o, g) for (n, g), c, o in zip(_name_trials(configs, overrides, sw.axes), configs, overrides)]
+    named = _name_trials(configs, overrides, sw.axes, claims=bool(sw.claims))
+    trials = [Trial(n, c, o, g) for (n, g), c, o in zip(named, configs, overrides)]
+    loaded = {}
     for t in trials:
         try:
-            _params.load(sw.base, t.overrides)
+            loaded[t.name] = _params.load(sw.base, t.overrides)
         except _params.ParamsError as e:
             raise SweepError(f"{where}: trial {t.name}: {e}") from None
+    if sw.claims:
+        _check_levels(trials, loaded, where)
     return trials
+
+
+def _check_levels(trials: list[Trial], loaded: dict, where: str) -> None:
+    """A claim's level that leaves the reference's params as they are, or two levels that are the same configuration,
+    would spend trials on a comparison of nothing: a SweepError naming them."""
+    def key(p):
+        return json.dumps({k: v for k, v in p.items() if k not in ("profile", "description", "provenance")},
+                          sort_keys=True, default=str)
+    by_config = {}
+    for t in trials:
+        c = key(loaded[t.name])
+        cell = (t.config["claim"], t.config["level"])
+        other = by_config.setdefault(c, cell)
+        if other != cell:
+            what = ("leaves the reference's params as they are" if other[0] == REFERENCE else
+                    f"is the same configuration as claims.{other[0]}.{other[1]}")
+            raise SweepError(f"{where}: claims.{cell[0]}.{cell[1]} {what}: a level must change the reference's params, "
+                             f"and no two levels may be the same configuration")
 
 
 # --- running a sweep with Ray Tune ------------------------------------------------------------------
@@ -311,10 +457,13 @@ def _num(v) -> float:
 
 def phase_result(metrics: dict, n: int) -> dict:
     """What a trial reports to Tune after phase n: its validation RMSE (phases 1-2: at the phase's longest
-    horizon; 3-4: of the autoregressive passes), validation KL and the phase's criteria decision."""
+    horizon; 3-4: of the autoregressive passes), validation KL and the phase's criteria decision (NaN, NaN and
+    SKIPPED for a phase that trained no epoch)."""
     ph = (metrics.get("phases") or {}).get(f"phase{n}") or {}
     by_h = ph.get("val_rmse_by_horizon")
     rmse = by_h[max(by_h, key=int)] if by_h else ph.get("val_rmse")
+    if ph.get("skipped"):             # no epoch: its numbers are the model it started from, not a result of it
+        return {"phase": n, "val_rmse": float("nan"), "val_kl": float("nan"), "gate": "SKIPPED"}
     return {"phase": n, "val_rmse": _num(rmse), "val_kl": _num(ph.get("val_kl")),
             "gate": (ph.get("criteria") or {}).get("decision") or "-"}
 
@@ -417,7 +566,7 @@ def _callback(sw: Sweep, out: Path, log):
 
 def _scheduler(sw: Sweep):
     """(scheduler, stopper) for Tune: ASHA on a phase metric with the phase as its clock (rungs at
-    grace_period * reduction_factor^k phases), or the seed's gates as a stopper (a phase whose criteria decide
+    grace_period * reduction_factor^k phases), or the plan's gates as a stopper (a phase whose criteria decide
     one of stop_on ends the trial), or neither."""
     s = sw.scheduler
     if s["type"] == "asha":
@@ -524,7 +673,7 @@ def run(sw: Sweep, out=None, address: str | None = None, chapter: bool = True, l
     log(f"sweep {sw.name}: {wall:.0f} s wall; results: {paths[1]}")
     done = df["state"].str.match(r"ok|stopped").all()
     if chapter and df["state"].map(lambda s: s.split()[0] in ("ok", "stopped", "failed:")).all():
-        log(f"sweep {sw.name}: chapter {execute_chapter(out, sw.base)}")
+        log(f"sweep {sw.name}: chapter {execute_chapter(out, sw.base, sw.chapter)}")
     elif not done:
         log(f"sweep {sw.name}: unfinished trials; rerun the same command to resume them")
     return 0 if done else 1
@@ -541,7 +690,10 @@ def write_info(sw: Sweep, out: Path, launch: dict | None = None) -> dict:
     old = json.loads(path.read_text()) if path.is_file() else {}
     launches = old.get("launches", []) + ([launch] if launch else [])
     info = {"name": sw.name, "description": sw.description, "sweep_file": str(sw.path), "base": str(sw.base),
-            "metric": sw.metric, "mode": sw.mode, "axes": sw.axes, "resources": sw.resources,
+            "metric": sw.metric, "mode": sw.mode, "axes": sw.axes, "chapter": sw.chapter.name,
+            "claims": {c: {**v, "levels": {lv: [_override(k, x) for k, x in ov.items()]     # KEY=VALUE, as --set
+                                           for lv, ov in v["levels"].items()}} for c, v in sw.claims.items()},
+            "resources": sw.resources,
             "scheduler": sw.scheduler, "trials": [asdict(t) for t in sw.trials], "launches": launches,
             "wall_seconds": round(sum(x["wall_seconds"] for x in launches), 1)}
     atomic_write_text(path, json.dumps(info, indent=2, default=str) + "\n")
@@ -741,18 +893,19 @@ def paired_by_seed(df: pd.DataFrame, axis: str, metric: str = "rmse", a=None, b=
     return pd.DataFrame(rows)
 
 
-def daily_losses(run_dir, loss: str = "squared") -> dict:
-    """{rolling window: (days,) daily loss} of a run's VAE (offset generation.offset_fast) on the rolling test
-    origins, from its backfill/rolling_*.npz (what notebook 08 wrote): 'squared', 'pinball' or 'interval'."""
+def daily_losses(run_dir, loss: str = "squared", offset: str = "offset_fast") -> dict:
+    """{rolling window: (days,) daily loss} of a run's VAE (at the offset of generation.`offset`: offset_fast or
+    offset_ensemble) on the rolling test origins, from its backfill/rolling_*.npz (what notebook 08 wrote):
+    'squared', 'pinball' or 'interval'."""
     from . import generate, metrics
     run_dir = Path(run_dir)
     p = yaml.safe_load((run_dir / "params.yaml").read_text())
-    o = p["generation"]["offset_fast"]
+    o = p["generation"][offset]
     out = {}
     for f in sorted((run_dir / "backfill").glob(f"rolling_*_o{o}.npz"), key=lambda f: int(f.stem.split("_")[1])):
         b = generate.load_backfill(f)
-        if b.truth is not None:
-            out[f.stem] = metrics.daily_loss(loss, b.p05, b.p50, b.p95, b.truth)
+        if b.truth is not None:        # keyed by origin (rolling_<day>): runs with other offsets share the windows
+            out[f.stem.rsplit("_o", 1)[0]] = metrics.daily_loss(loss, b.p05, b.p50, b.p95, b.truth)
     return out
 
 
@@ -770,31 +923,34 @@ def seed_averaged_dm(loss_a: np.ndarray, loss_b: np.ndarray, horizon: int) -> di
     return {**res, "seeds": len(la), "dm_per_seed": per_seed}
 
 
-def _stacked_losses(frames: list[pd.DataFrame], loss: str) -> tuple[list[np.ndarray], int]:
+def _stacked_losses(frames: list[pd.DataFrame], loss: str,
+                    offset: str = "offset_fast") -> tuple[list[np.ndarray], int]:
     """Daily losses of the trials of each frame (run_dir column) on the rolling windows all of them share, averaged
     per calendar day over the windows covering it (`metrics.by_calendar_day`: each day counted once):
-    [(trials, U)] in the frames' row order, and the pass length (generation.horizon: the span over which a path
-    forecast's errors stay correlated, the DM test's horizon)."""
+    [(trials, U)] in the frames' row order, and the pass length (generation.horizon, the longest of the frames':
+    the span over which a path forecast's errors stay correlated, the DM test's horizon)."""
     from . import metrics
-    per = [[daily_losses(r, loss) for r in f["run_dir"]] for f in frames]
+    per = [[daily_losses(r, loss, offset) for r in f["run_dir"]] for f in frames]
     common = set.intersection(*(set(d) for ds in per for d in ds)) if per and per[0] else set()
     names = sorted(common, key=lambda w: int(w.split("_")[1]))
     if not names:
         return [], 0
-    run0 = Path(frames[0]["run_dir"].iloc[0])
-    horizon = int(yaml.safe_load((run0 / "params.yaml").read_text())["generation"]["horizon"])
+    horizon = max(int(yaml.safe_load((Path(f["run_dir"].iloc[0]) / "params.yaml").read_text())["generation"]["horizon"])
+                  for f in frames)
     starts = [int(w.split("_")[1]) for w in names]
     return [np.stack([metrics.by_calendar_day(starts, [d[w] for w in names])[1] for d in ds]) for ds in per], horizon
 
 
-def dm_by_seed(df: pd.DataFrame, axis: str, a=None, b=None, loss: str = "squared", axes=None) -> pd.DataFrame:
+def dm_by_seed(df: pd.DataFrame, axis: str, a=None, b=None, loss: str = "squared", axes=None,
+               offset: str = "offset_fast") -> pd.DataFrame:
     """Level b against level a of `axis`, per configuration of the other axes: DM on the seed-averaged per-calendar-
     day loss differential over the rolling test origins (seeds paired), and the DM of each seed alone, so the
-    reading shows both the day-to-day evidence and how much it moves with the seed."""
+    reading shows both the day-to-day evidence and how much it moves with the seed. `offset`: the backfills of
+    generation.offset_fast (the default) or generation.offset_ensemble."""
     axes, a, b = _compared(df, axis, a, b, axes)
     rows = []
     for others, da, db in _pairs(df, axis, a, b, axes):
-        stacks, horizon = _stacked_losses([da, db], loss)
+        stacks, horizon = _stacked_losses([da, db], loss, offset)
         if not horizon:
             continue
         la, lb = stacks
@@ -869,12 +1025,18 @@ def versus_figure(df: pd.DataFrame, x: str, metric: str = "rmse"):
 
 # --- the chapter ---------------------------------------------------------------------------------
 
-def execute_chapter(out, base=None) -> Path:
-    """Execute notebooks/10_sweep.ipynb with papermill for this sweep directory into out/10_sweep.ipynb."""
+def execute_chapter(out, base=None, chapter=None) -> Path:
+    """Execute the sweep's chapter with papermill for this sweep directory into out/<chapter>.ipynb: `chapter`, else
+    the one sweep.json names (notebooks/11_plan_claims.ipynb for a sweep with claims, 10_sweep.ipynb otherwise: the
+    crossed-grid readings of 10 come out empty on a one-factor-at-a-time design)."""
     out = Path(out).resolve()
-    dest = out / CHAPTER.name
-    tmp = out / f".{CHAPTER.stem}.running.ipynb"
+    if chapter is None:
+        info = json.loads((out / "sweep.json").read_text()) if (out / "sweep.json").is_file() else {}
+        chapter = CLAIMS_CHAPTER if info.get("claims") else CHAPTER
+    chapter = Path(chapter)
+    dest = out / chapter.name
+    tmp = out / f".{chapter.stem}.running.ipynb"
     os.environ["BACKFILL_BATCH"] = "1"
-    pipeline.execute_notebook(CHAPTER, tmp, {"params_path": str(base or ""), "run_dir": str(out), "sweep_dir": str(out)})
+    pipeline.execute_notebook(chapter, tmp, {"params_path": str(base or ""), "run_dir": str(out), "sweep_dir": str(out)})
     os.replace(tmp, dest)
     return dest

@@ -3,6 +3,8 @@
 `train_phase(run, n)` trains phase n, resuming from checkpoints/last.pt when it was interrupted and
 skipping when checkpoints/phase{n}.pt already exists for the same params. Every epoch logs train and
 validation loss, validation RMSE by horizon and CI violations to logs/phase{n}.csv and TensorBoard.
+A phase given no epochs (its cumulative mark equals the one before; phase 1: 0) is skipped: its checkpoint is
+the model it starts from, under its own key, measured on the phase's windows, and its summary says `skipped`.
 """
 from __future__ import annotations
 
@@ -66,7 +68,9 @@ def train_phase(run, number: int, stop_after: int | None = None, progress: bool 
 
     Resumes from checkpoints/last.pt when it belongs to this phase and its key (params, data, training code);
     starts from checkpoints/phase{number-1}.pt otherwise, which must carry phase number-1's key. `stop_after` ends after that many epochs of the phase
-    (for tests of resuming), without writing the phase checkpoint."""
+    (for tests of resuming), without writing the phase checkpoint. A phase with no epochs (`is_skipped`) trains
+    nothing: its checkpoint is the model it starts from (phase 1: the seeded fresh model) with its own key, and
+    its summary (`skipped: True`, epochs 0) measures that model on the phase's windows."""
     from tqdm.auto import tqdm
     from torch.utils.tensorboard import SummaryWriter
 
@@ -117,8 +121,11 @@ def train_phase(run, number: int, stop_after: int | None = None, progress: bool 
         opt.load_state_dict(ck["optimizer"])
     base_epoch = [0, t["phase1_epochs"], t["phase2_epochs"], t["phase3_epochs"]][number - 1]
 
-    writer = SummaryWriter(str(log_dir / "tensorboard"))
     csv_path = log_dir / f"phase{number}.csv"
+    skipped = spec.epochs == 0
+    if skipped:                                        # an empty log, not an earlier configuration's
+        _write_csv(csv_path, [])
+    writer = SummaryWriter(str(log_dir / "tensorboard")) if not skipped else None
     progress = rundir.show_progress() if progress is None else progress
     bar = tqdm(range(start_epoch, spec.epochs), desc=f"phase {number} ({spec.name})", disable=not progress,
                initial=start_epoch, total=spec.epochs)
@@ -169,7 +176,8 @@ def train_phase(run, number: int, stop_after: int | None = None, progress: bool 
         if stop_after is not None and epoch + 1 - start_epoch >= stop_after:
             writer.close()
             return {"stopped_after": epoch + 1}
-    writer.close()
+    if writer is not None:
+        writer.close()
     seconds = time.time() - t_phase
 
     train_eval_st = eval_starts(run.splits["train"], spec.window, t["max_val_windows"])
@@ -178,7 +186,7 @@ def train_phase(run, number: int, stop_after: int | None = None, progress: bool 
     summary = {"name": spec.name, "epochs": spec.epochs, "seconds": round(seconds, 2), "device": str(device),
                "final_train_loss": history[-1]["train_loss"] if history else None,
                "final_val_loss": history[-1]["val_loss"] if history else None,
-               "train_eval": ev_train, "val_eval": ev_val}
+               "train_eval": ev_train, "val_eval": ev_val, "skipped": skipped}
     checkpoint.save(final, {"phase": number, "model": model.state_dict(), "optimizer": opt.state_dict(),
                   "params_hash": h, "model_config": model.cfg.to_dict(), "summary": summary,
                   "history": history})
@@ -205,6 +213,7 @@ def phase_record(summary: dict) -> dict:
     """The `phases` entry of metrics.json for one phase summary."""
     va, tr = summary["val_eval"], summary["train_eval"]
     rec = {k: summary[k] for k in ("name", "epochs", "seconds", "device", "final_train_loss", "final_val_loss")}
+    rec["skipped"] = bool(summary.get("skipped"))
     rec["val_kl"], rec["train_kl"] = va.get("kl"), tr.get("kl")
     rec["val_context_beta"] = va.get("context_beta")
     rec["val_context_beta_truth"] = va.get("context_beta_truth")
@@ -216,6 +225,24 @@ def phase_record(summary: dict) -> dict:
         rec.update(val_rmse=va["rmse"], val_ci_violation=va["ci_violation"], train_rmse=tr["rmse"],
                    val_by_offset={k: v for k, v in va.items() if k.startswith("offset_")})
     return rec
+
+
+def is_skipped(p: dict, number: int) -> bool:
+    """Whether curriculum phase `number` (1..4) trains no epoch: its cumulative mark equals the one before it (phase 1:
+    phase1_epochs is 0). Its checkpoint is then the model it starts from."""
+    return phase_specs(p)[number - 1].epochs == 0
+
+
+def skip_note(p: dict, number: int) -> str | None:
+    """A line saying that phase `number` is skipped and what stands in for it, or None when it trains."""
+    if not is_skipped(p, number):
+        return None
+    t = p["training"]
+    marks = ", ".join(str(t[f"phase{n}_epochs"]) for n in range(1, 5))
+    start = "the freshly initialised model (seeded as phase 1 would be)" if number == 1 else \
+        f"the model phase {number - 1} ended with"
+    return (f"Phase {number} is skipped: the epoch marks ({marks}, cumulative) give it no epoch. Its checkpoint is "
+            f"{start}, measured below on this phase's windows; its criteria read SKIPPED.")
 
 
 def is_full_plan(p: dict) -> bool:
