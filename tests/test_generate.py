@@ -109,3 +109,22 @@ def test_calibration_starts_spread_evenly_and_stop_at_the_split_end(test_params)
     assert [s for s, _ in out.values()] == [100, 130, 160, 190]
     assert [k for _, k in out.values()] == [25, 25, 25, 10]                  # truth stops at the split's end
     assert list(out) == ["calib_100", "calib_130", "calib_160", "calib_190"]
+
+
+def test_one_origin_rule_for_test_calibration_and_gate3_backfills():
+    import numpy as np
+    from backfill import generate
+    # every 10 days from the first with 5 context days (max(3, 5) = 5) to the last whose 20 days fit in [3, 60)
+    assert generate.origins((3, 60), 5, 20, 10) == [5, 15, 25, 35]
+    assert generate.origins((3, 60), 5, 20, 10, max_n=2) == [5, 15]                   # the first ones
+    assert generate.origins((3, 60), 5, 20, 10, max_n=2, spread=True) == [5, 35]      # spread over all
+    assert generate.origins((3, 20), 5, 20, 10) == []
+    p = {"model": {"context_len": 5},
+         "generation": {"days_6month": 20, "rolling_every": 10, "max_rolling": 3}}
+    crisis = np.zeros(100, bool)
+    crisis[18:22] = True                                       # touches the backfills from 5 and 15 only
+    starts, regime = generate.gate3_starts(None, p, (3, 80), crisis)
+    assert starts == [25, 35, 45] and regime == "normal"
+    crisis[:] = True
+    starts, regime = generate.gate3_starts(None, p, (3, 80), crisis)
+    assert starts == [5, 15, 25] and regime.startswith("all")

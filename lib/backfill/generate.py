@@ -162,25 +162,27 @@ def backfill_for(model, ds, p: dict, start: int, days: int, offset: int, name: s
                     repair=g["repair_arbitrage"])
 
 
-def backfill_starts(ds, p: dict, split_span, days: int) -> dict[str, int]:
-    """The first backfilled day of every backfill: the named windows of the params (`generation.windows`) plus
-    rolling origins every `rolling_every` days over a split, {name: day index}. (data.window_starts gives the
-    training windows' start days instead.)"""
-    g, C = p["generation"], p["model"]["context_len"]
-    out = {}
-    for name, when in g["windows"].items():
-        i = ds.index_of(when)
-        if i >= C and i + days <= ds.n_days:
-            out[name] = i
-    a, b = split_span
-    origins = [t for t in range(max(a, C), b - days + 1, g["rolling_every"])]
-    if g["max_rolling"] is not None:
-        origins = origins[:g["max_rolling"]]
-    for t in origins:
-        out[f"rolling_{t}"] = t
+def origins(span, context_len: int, days: int, every: int, max_n: int | None = None, spread: bool = False) -> list[int]:
+    """The one rule for backfill origins in a split: every `every` days from the first day with a whole context
+    before it to the last whose first `days` days lie inside the span (half-open); at most `max_n` of them, the first
+    ones, or (`spread`) spread evenly over all of them."""
+    a, b = span
+    out = list(range(max(a, context_len), b - days + 1, every))
+    if max_n is not None and len(out) > max_n:
+        out = [out[i] for i in np.unique(np.round(np.linspace(0, len(out) - 1, max_n)).astype(int))] if spread \
+            else out[:max_n]
     return out
 
 
+def backfill_starts(ds, p: dict, split_span, days: int) -> dict[str, int]:
+    """The first backfilled day of every test backfill: the named windows of the params (`generation.windows`,
+    checked at load: each has its context and its whole backfill) plus rolling origins every `rolling_every` days over
+    the split, {name: day index}. (data.window_starts gives the training windows' start days instead.)"""
+    g, C = p["generation"], p["model"]["context_len"]
+    out = {name: ds.index_of(when) for name, when in g["windows"].items()}
+    for t in origins(split_span, C, days, g["rolling_every"], g["max_rolling"]):
+        out[f"rolling_{t}"] = t
+    return out
 
 
 def calibration_starts(ds, p: dict, split_span, days: int) -> dict[str, tuple[int, int]]:
@@ -190,14 +192,22 @@ def calibration_starts(ds, p: dict, split_span, days: int) -> dict[str, tuple[in
     backfills min(days, the days left in the split): the truth beyond the split is never used, and a validation
     span shorter than a backfill still fills the lead bins its origins reach."""
     g, C = p["generation"], p["model"]["context_len"]
-    a, b = split_span
     bins = g["calibration_lead_bins"]
     first = bins[1] - 1 if len(bins) > 1 else 1                 # days of the first lead bin
-    origins = list(range(max(a, C), b - first + 1, g["calibration_every"]))
-    k = g["max_calibration"]
-    if k is not None and len(origins) > k:
-        origins = [origins[i] for i in np.unique(np.round(np.linspace(0, len(origins) - 1, k)).astype(int))]
-    return {f"calib_{t}": (t, min(days, b - t)) for t in origins}
+    b = split_span[1]
+    return {f"calib_{t}": (t, min(days, b - t))
+            for t in origins(split_span, C, first, g["calibration_every"], g["max_calibration"], spread=True)}
+
+
+def gate3_starts(ds, p: dict, split_span, crisis) -> tuple[list[int], str]:
+    """Origins of gate 3's 6-month backfills over the validation split: the rolling rule (every `rolling_every` days,
+    at most `max_rolling`), keeping the normal-regime ones (no crisis day, `crisis` (N,) bool) where there are any.
+    Returns (origins, the regime they come from)."""
+    g, C, days = p["generation"], p["model"]["context_len"], p["generation"]["days_6month"]
+    every = origins(split_span, C, days, g["rolling_every"])
+    normal = [t for t in every if not crisis[t:t + days].any()]
+    regime = "normal" if normal else "all (the validation split has no normal-regime window)"
+    return (normal or every)[: g["max_rolling"] or None], regime
 
 
 def bench(p: dict, ds, device, n_samples: int = 1000, days: int = 252) -> dict:

@@ -43,6 +43,84 @@ def glue(key: str, value, fmt: str | None = None):
     return value
 
 
+def open_chapter(params_path, run_dir=None):
+    """The setup every chapter shares: open the run (`rundir.open_run`: params validated, data loaded, the run
+    directory made) and say which profile, data and run directory it reads. Returns (run, data, params)."""
+    from . import rundir
+    run = rundir.open_run(params_path, run_dir)
+    ds, p = run.data, run.params
+    print(f"profile {p['profile']!r}: {ds.n_days} days on a {ds.grid[0]}x{ds.grid[1]} grid from {ds.source}; "
+          f"run in {run.run_dir}")
+    return run, ds, p
+
+
+def phase_chapter(run, number: int) -> tuple[dict, dict]:
+    """The body of the phase chapters (notebooks 02-05), each of which keeps its own introduction: train curriculum
+    phase `number` (or find its checkpoint), show its loss curves, its validation forecasts (by horizon for phases
+    1-2, by pass at each offset for the autoregressive phases 3-4, beside persistence), the context sanity check and
+    the KL (read them with the method page's "Does a forecast keep its context?"), judge the plan's criteria for the
+    phase and record everything in metrics.json and the book's numbers (`publish_phase`). Returns (summary,
+    criteria)."""
+    from IPython.display import Markdown, display
+    from . import gates, phases, train
+    p = run.params
+    spec = phases.phase_specs(p)[number - 1]
+    display(Markdown(f"**Phase {number}** ({spec.name}): {spec.epochs} epochs, windows of {spec.window} days"
+                     + (f", offsets {', '.join(map(str, spec.offsets))}" if number > 2 else "")
+                     + (f". {train.skip_note(p, number)}" if train.is_skipped(p, number) else ".")))
+    display(Markdown(f"Training resumes from `checkpoints/last.pt` when an earlier run was interrupted and returns at once "
+                     f"when `checkpoints/phase{number}.pt` exists for these params; per-epoch numbers go to "
+                     f"`logs/phase{number}.csv` and TensorBoard. A phase whose cumulative epoch mark equals the one before "
+                     f"trains no epoch and is skipped: its checkpoint is the model it starts from."))
+    summary = train.train_phase(run, number)
+    history = train.read_history(run.run_dir, number)
+    display(history[["global_epoch", "train_loss", "val_loss", "val_kl", "val_rmse", "val_ci_violation", "seconds"]])
+    if len(history):
+        show(loss_curves(history, f"phase {number}: {spec.name}"),
+             f"Training and validation loss by epoch of phase {number} ({spec.name}); the loss is the weighted quantile "
+             f"loss plus the KL term, so it is comparable within a phase, not across phases.")
+    else:
+        print(f"phase {number} trained no epoch (skipped): no loss curves")
+    va, tr = summary["val_eval"], summary["train_eval"]
+    if number <= 2:
+        display(Markdown("Validation forecasts (median at the prior mean of the latent, p05-p95 interval) by horizon; "
+                         "the RMSE at horizon h is over the first h forecast days:"))
+        show(by_horizon_figure(va["rmse_by_horizon"], "validation RMSE by horizon", "RMSE (implied vol)"),
+             "Validation RMSE of the median forecast (in implied-vol units) over the first h days after the context, for "
+             "each horizon h the phase scores; the table below sets it beside persistence (the last context day).")
+        display(pd.DataFrame({"RMSE in-sample": tr["rmse_by_horizon"], "RMSE validation": va["rmse_by_horizon"],
+                              "persistence RMSE validation": va["persistence_rmse_by_horizon"],
+                              "CI violations validation": va["ci_by_horizon"]}).rename_axis("horizon (days)"))
+    else:
+        display(Markdown("Validation rollouts in generation mode (median at the prior mean of the latent) for each "
+                         "offset, RMSE by pass:"))
+        cols = {}
+        for o in spec.offsets:
+            cols[f"offset {o}"] = va[f"offset_{o}"]["rmse_by_pass"]
+            cols[f"persistence, offset {o}"] = va[f"offset_{o}"]["persistence_rmse_by_pass"]
+        by_pass = pd.DataFrame(cols, index=pd.Index(range(1, spec.steps + 1), name="pass"))
+        for o in spec.offsets:
+            show(by_horizon_figure(dict(zip(by_pass.index, by_pass[f"offset {o}"])), f"offset {o}: validation RMSE by pass",
+                                   "RMSE (implied vol)"),
+                 f"Validation RMSE of each autoregressive pass at offset {o}: pass 1 forecasts from real context, later "
+                 f"passes from context that is partly generated; a flat line means errors do not accumulate (the pass "
+                 f"ratio of the criteria below).")
+        display(by_pass)
+    display(Markdown("**A sanity check before the criteria** (the method page's *Does a forecast keep its context?* "
+                     "says how to read it): the slope, across validation windows, of the forecast's mean vol level on the "
+                     "last context day's, beside the truth's, and the KL of the posterior to the model's prior."))
+    print(f"context kept over the horizon (slope): forecast {va['context_beta']:.3f}, truth {va['context_beta_truth']:.3f}")
+    print(f"KL to the prior per day (validation): {va['kl']:.4g} (the plan's table 6.1: < {p['gates']['kl_max']:g}); "
+          f"prior: {p['model']['prior']}, target: {p['model']['target']}")
+    result = gates.phase_criteria(number, summary, p)                   # SKIPPED for a phase with no epoch
+    display(Markdown(f"The plan's criteria for this phase, measured (*near* = within the marginal band of the "
+                     f"threshold, either side): **{result['decision']}**"))
+    display(style_verdicts(pd.DataFrame(result["checks"])[["criterion", "value", "op", "threshold", "mark"]],
+                           {"value": "{:.4g}"}))
+    publish_phase(run, number, summary, result)
+    return summary, result
+
+
 def publish_phase(run, number: int, summary: dict, criteria: dict) -> None:
     """What notebooks 02-05 share: record phase `number`'s summary and criteria in metrics.json (`phases.phaseN`)
     and glue its headline numbers for the book (epochs, seconds, decision, validation loss, KL, context slopes)."""
