@@ -1,7 +1,7 @@
 """The plan's claims (backfill.sweep.claims): the `claims:` key of sweep files (backfill.sweep.spec: validation,
 one-factor-at-a-time expansion), a skipped phase's report, the verdict rule and the per-claim analysis on hand-made run
 directories. The test profile's claims sweep (params/sweeps/test_claims.yaml) runs end to end in
-tests/test_sweep.py (it reuses that module's test sweep)."""
+tests/test_sweep_runner.py (it reuses that module's test sweep)."""
 import json
 from pathlib import Path
 
