@@ -55,13 +55,3 @@ def ssvi():
     arbitrage checks (test_metrics) and the repair (test_arbitrage)."""
     return _ssvi
 
-
-# tests/test_sweep.py is edited on another branch, which is to mark its slow tests itself; until then its tests that
-# run a sweep (the `swept` fixture) or start a Ray are marked slow here, so that `make test-fast` stays fast.
-_SLOW_SWEEP_TESTS = {"test_a_local_ray_leaves_no_session_folder_behind"}
-
-
-def pytest_collection_modifyitems(items):
-    for item in items:
-        if item.path.name == "test_sweep.py" and ("swept" in item.fixturenames or item.name in _SLOW_SWEEP_TESTS):
-            item.add_marker(pytest.mark.slow)

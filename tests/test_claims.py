@@ -1,6 +1,7 @@
-"""The plan's claims: the `claims:` key of sweep files (validation, one-factor-at-a-time expansion), the verdict rule
-and the per-claim analysis on hand-made run directories. The test profile's claims sweep
-(params/sweeps/test_claims.yaml) runs end to end in tests/test_sweep.py (it reuses that module's test sweep)."""
+"""The plan's claims (backfill.sweep.claims): the `claims:` key of sweep files (backfill.sweep.spec: validation,
+one-factor-at-a-time expansion), a skipped phase's report, the verdict rule and the per-claim analysis on hand-made run
+directories. The test profile's claims sweep (params/sweeps/test_claims.yaml) runs end to end in
+tests/test_sweep_runner.py (it reuses that module's test sweep)."""
 import json
 from pathlib import Path
 
@@ -9,7 +10,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from backfill import claims, params, sweep
+from backfill import params
+from backfill.sweep import claims, results, spec
 from backfill.generate import Backfill
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +35,7 @@ def test_a_skipped_phase_reports_no_validation_numbers():
     started from."""
     m = {"phases": {"phase1": {"skipped": True, "val_rmse_by_horizon": {"1": 0.5}, "val_kl": 0.1,
                                "criteria": {"decision": "SKIPPED"}}}}
-    r = sweep.phase_result(m, 1)
+    r = results.phase_result(m, 1)
     assert r["gate"] == "SKIPPED" and np.isnan(r["val_rmse"]) and np.isnan(r["val_kl"])
 
 
@@ -41,7 +43,7 @@ def test_a_skipped_phase_reports_no_validation_numbers():
 
 def test_the_committed_claims_sweeps_expand_one_factor_at_a_time():
     for name, base in (("plan_claims", "smoke"), ("plan_claims_regime_shift", "regime_shift")):
-        sw = sweep.load(SWEEPS / f"{name}.yaml")               # also checks every configuration against its data
+        sw = spec.load(SWEEPS / f"{name}.yaml")               # also checks every configuration against its data
         assert sw.base == ROOT / "params" / f"{base}.yaml" and sw.axes == ["claim", "level", "seed"]
         assert len(sw.trials) == 24 and len({t.name for t in sw.trials}) == 24
         assert [t.name for t in sw.trials[:4]] == ["reference,seed=0", "reference,seed=1", "reference,seed=2",
@@ -49,7 +51,7 @@ def test_the_committed_claims_sweeps_expand_one_factor_at_a_time():
         assert {t.group for t in sw.trials} == {
             "reference", "curriculum=phase4_only", "curriculum=phase1_only", "multi_offset=single_offset",
             "horizon_context=C20_H30", "horizon_context=C30_H60", "horizon_context=C60_H120", "prior=standard"}
-        assert sw.chapter == sweep.CLAIMS_CHAPTER and sw.claims["prior"]["plan"] == "standard"
+        assert sw.chapter == spec.CLAIMS_CHAPTER and sw.claims["prior"]["plan"] == "standard"
         assert sw.claims["multi_offset"]["offsets"] == ["fast", "ensemble"]
         ref = params.load(sw.base, sw.trials[0].overrides)
         for t in sw.trials:
@@ -69,14 +71,14 @@ def test_the_committed_claims_sweeps_expand_one_factor_at_a_time():
                 assert tr["phase4_horizon"] == H and tr["phase4_offsets"] == [H // 2, H]
                 assert tr["phase3_horizon"] == 2 * H // 3 and tr["phase3_offsets"] == [H // 3, 2 * H // 3]
                 assert max(tr["phase2_horizons"]) == H and len(tr["phase2_horizons"]) == 6
-    test = sweep.load(SWEEPS / "test_claims.yaml")
+    test = spec.load(SWEEPS / "test_claims.yaml")
     assert [t.name for t in test.trials] == ["reference,seed=0", "curriculum=phase4_only,seed=0",
                                              "multi_offset=single_offset,seed=0", "horizon_context=C5_H6,seed=0",
                                              "prior=standard,seed=0"]
 
 
 def test_expansion_order_overrides_and_groups(tmp_path):
-    sw = sweep.load(write_sweep(tmp_path, set={"generation.max_calibration": 2},
+    sw = spec.load(write_sweep(tmp_path, set={"generation.max_calibration": 2},
                                 claims={"prior": {"plan": "standard", **PRIOR}, "offsets": SINGLE},
                                 space={"seed": [0, 1]}))
     assert [(t.config["claim"], t.config["level"], t.config["seed"]) for t in sw.trials] == [
@@ -88,7 +90,7 @@ def test_expansion_order_overrides_and_groups(tmp_path):
     assert [t.group for t in sw.trials[::2]] == ["reference", "prior=standard", "offsets=single"]
     assert sw.claims["offsets"] == {"says": "", "plan": "reference", "offsets": ["fast"], "reference": "",
                                     "levels": SINGLE}
-    alone = sweep.load(write_sweep(tmp_path, claims={"prior": PRIOR}))      # no space: one trial per configuration
+    alone = spec.load(write_sweep(tmp_path, claims={"prior": PRIOR}))      # no space: one trial per configuration
     assert [t.name for t in alone.trials] == ["reference", "prior=standard"] and alone.axes == ["claim", "level"]
 
 
@@ -115,8 +117,8 @@ def test_expansion_order_overrides_and_groups(tmp_path):
      "trial long=h200: data.val_fraction: the validation split has"),
 ])
 def test_a_bad_claims_file_is_one_line_naming_the_key(tmp_path, body, words):
-    with pytest.raises(sweep.SweepError) as e:
-        sweep.load(write_sweep(tmp_path, **body))
+    with pytest.raises(spec.SweepError) as e:
+        spec.load(write_sweep(tmp_path, **body))
     msg = str(e.value)
     assert words in msg and "\n" not in msg and "s.yaml" in msg, msg
 
@@ -252,6 +254,6 @@ def test_verdicts_on_hand_made_claims(hand_made):
 
 def test_the_chapter_reads_an_empty_sweep(tmp_path):
     """nbval runs notebooks/11_plan_claims.ipynb with no sweep: every section says so instead of failing."""
-    df = sweep.load_results(tmp_path)
+    df = results.load_results(tmp_path)
     assert claims.spec(df) == {} and claims.summary(df).empty and claims.design_table(df).empty
     assert claims.cost_table(df).empty and claims.show(df, "curriculum") is None

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from backfill.pipeline import NOTEBOOKS
-from backfill.sweep import CHAPTER, CLAIMS_CHAPTER
+from backfill.sweep.spec import CHAPTER, CLAIMS_CHAPTER
 
 NB_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 FILES = sorted(NB_DIR.glob("*.ipynb"))

@@ -786,12 +786,12 @@ def test_plain_profile_names_load():
 
 
 def test_a_sweep_set_with_nan_is_one_line(tmp_path):
-    from backfill import sweep
+    from backfill.sweep import spec
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump({"base": str(params.profile_path("test")), "set": {"model.kl_weight": float("nan")},
                                     "space": {"seed": [0]}}))
-    with pytest.raises(sweep.SweepError) as ei:
-        sweep.load(path)
+    with pytest.raises(spec.SweepError) as ei:
+        spec.load(path)
     assert "'model.kl_weight' must be finite, got nan" in str(ei.value) and "\n" not in str(ei.value)
 
 

@@ -67,12 +67,15 @@ def test_section_writers_forget_and_stale(tmp_path, monkeypatch):
 
 
 def test_the_code_key_leaves_out_only_modules_no_notebook_reaches():
-    """rundir.ORCHESTRATION is left out of every notebook's key: that is only sound while no notebook of a run
-    (01-09) and no other module imports them."""
+    """rundir.ORCHESTRATION (modules, and packages: sweep/) is left out of every notebook's key: that is only sound
+    while no notebook of a run (01-09) and no other module imports them or any module of theirs
+    (`from backfill.sweep import analysis`, `from .sweep.spec import ...`, `import backfill.sweep.runner`); and the key
+    hashes the same modules as before the sweep package: every other top-level module, in sorted order, nothing of
+    sweep/."""
     import re
     lib = ROOT / "lib" / "backfill"
     orch = {m.removesuffix(".py") for m in rundir.ORCHESTRATION}
-    pattern = re.compile(r"(?:from\s+(?:backfill|\.)\s+import\s+([\w, ]+)|from\s+(?:backfill)?\.(\w+)\s+import|"
+    pattern = re.compile(r"(?:from\s+(?:backfill|\.)\s+import\s+\(?([\w, ]+)|from\s+(?:backfill)?\.(\w+)(?:\.\w+)*\s+import|"
                          r"import\s+backfill\.(\w+))")
 
     def imported(text):
@@ -80,9 +83,15 @@ def test_the_code_key_leaves_out_only_modules_no_notebook_reaches():
         for a, b, c in pattern.findall(text):
             out |= {x.strip().split(" as ")[0] for x in a.split(",") if x.strip()} | {b, c}
         return out - {""}
-    for f in lib.glob("*.py"):
-        if f.name not in rundir.ORCHESTRATION:
-            assert not imported(f.read_text()) & orch, f"{f.name} imports {imported(f.read_text()) & orch}"
+    assert imported("from backfill.sweep import analysis\nfrom .sweep.spec import X\nimport backfill.sweep.runner\n"
+                    "from backfill import report, sweep\nfrom . import claims") == {"sweep", "report", "claims"}
+    key = rundir.key_modules()
+    for f in key:
+        assert f.relative_to(lib).parts[0] not in rundir.ORCHESTRATION, f
+        assert not imported(f.read_text()) & orch, f"{f.name} imports {imported(f.read_text()) & orch}"
+    assert [f.relative_to(lib).as_posix() for f in key] == sorted(
+        f.name for f in lib.glob("*.py") if f.name not in rundir.ORCHESTRATION)      # top-level modules only
+    assert (lib / "sweep" / "runner.py").is_file() and "sweep" in rundir.ORCHESTRATION
     for name in pipeline.NOTEBOOKS:
         cells = [c.source for c in nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4).cells
                  if c.cell_type == "code"]

@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     from .params import ParamsError
     from .compare import CompareError
     from .rundir import RunDirError, RunLocked
-    from .sweep import SweepError
+    from .sweep.spec import SweepError
     try:
         if a.cmd == "run":
             from . import pipeline
@@ -61,8 +61,8 @@ def main(argv=None) -> int:
                 print(path)
             return 0
         if a.cmd == "sweep":
-            from . import sweep
-            return sweep.run(sweep.load(a.sweep), out=a.out, address=a.address)
+            from .sweep import runner, spec
+            return runner.run(spec.load(a.sweep), out=a.out, address=a.address)
     except (ParamsError, DataError, CompareError, RunDirError, RunLocked, SweepError) as e:
         print(f"backfill: {e}", file=sys.stderr)
         return 2

@@ -108,7 +108,7 @@ def _state(run_dir: Path, m: dict) -> str:
 
 def number(v) -> float:
     """A value read from metrics.json as a float: a number as it is, anything else (None, a string, a bool) NaN.
-    The one such helper (sweep.py still has a private twin, `_num`, to be replaced by this)."""
+    The one such helper (the sweep's results table and what a trial reports to Tune use it too)."""
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else np.nan
 
 

@@ -159,19 +159,24 @@ LIB = Path(__file__).resolve().parent
 TRAINING_CODE = ("data.py", "embedded_data.py", "model.py", "rollout.py", "phases.py", "checkpoint.py", "train.py")   # what a checkpoint depends on
 
 
-ORCHESTRATION = ("__main__.py", "pipeline.py", "sweep.py", "claims.py", "compare.py",
-                 "bench.py")   # run notebooks or read what they wrote; none runs in one
+ORCHESTRATION = ("__main__.py", "pipeline.py", "compare.py", "bench.py",
+                 "sweep")   # modules and packages (sweep/) that run notebooks or read what they wrote; none runs in one
+
+
+def key_modules() -> list[Path]:
+    """The source files of the notebooks' code key, sorted: every .py file under lib/backfill/ but the modules and
+    packages of ORCHESTRATION."""
+    return [f for f in sorted(LIB.rglob("*.py")) if f.relative_to(LIB).parts[0] not in ORCHESTRATION]
 
 
 def code_fingerprint(files=None) -> str:
-    """Hash of the package's source that the notebooks run (every module but ORCHESTRATION), or of the named files:
-    editing it changes every notebook's key, editing the training code (TRAINING_CODE) changes the checkpoints' keys
-    too. The orchestration modules are left out so that, e.g., editing the sweep code does not re-run finished
-    trials; tests check that no notebook or other module imports them."""
+    """Hash of the package's source that the notebooks run (`key_modules`), or of the named files: editing it changes
+    every notebook's key, editing the training code (TRAINING_CODE) changes the checkpoints' keys too. The
+    orchestration modules are left out so that, e.g., editing the sweep code does not re-run finished trials; tests
+    check that no notebook or other module imports them."""
     h = hashlib.sha256()
-    mods = [f for f in sorted(LIB.glob("*.py")) if f.name not in ORCHESTRATION]
-    for f in mods if files is None else [LIB / f for f in files]:
-        h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    for f in key_modules() if files is None else [LIB / f for f in files]:
+        h.update(f.relative_to(LIB).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
     return h.hexdigest()[:16]
 
 

@@ -1,6 +1,7 @@
-"""Sweeps: the sweep file's validation and expansion, the analysis functions, and a 2-trial Ray Tune sweep on the
-test profile that is interrupted after phase 2, resumed from its checkpoints, and rerun without re-executing; then the
-claims sweep of the test profile (params/sweeps/test_claims.yaml, reusing two of those trials) into its chapter."""
+"""Running sweeps (backfill.sweep.runner): the schedulers as Tune sees them; a 2-trial Ray Tune sweep on the test
+profile that is interrupted after phase 2, resumed from its checkpoints, and rerun without re-executing, with its
+results table and chapter; then the claims sweep of the test profile (params/sweeps/test_claims.yaml, reusing two of
+those trials) into its chapter. Every test that runs a sweep or starts a Ray is marked slow."""
 import json
 import os
 import shutil
@@ -15,7 +16,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from backfill import claims, pipeline, sweep
+from backfill import pipeline
+from backfill.sweep import analysis, claims, results, runner, spec
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = ROOT / "params" / "sweeps"
@@ -28,150 +30,13 @@ def write_sweep(tmp_path, **body) -> Path:
     return path
 
 
-# --- the sweep file ----------------------------------------------------------------------------------
-
-def test_committed_sweep_files_expand_to_valid_trials():
-    sw = sweep.load(SWEEPS / "smoke_ablation.yaml")
-    assert sw.base == ROOT / "params" / "smoke.yaml" and sw.metric == "rmse" and sw.axes == ["prior", "seed"]
-    assert [t.name for t in sw.trials] == [f"prior={p},seed={s}" for p in ("standard", "conditional") for s in (0, 1, 2)]
-    assert sw.trials[0].overrides == ["model.prior=standard", "model.kl_weight=1.0e-05", "seed=0"]
-    assert {t.group for t in sw.trials} == {"prior=standard", "prior=conditional"}
-    full = sweep.load(SWEEPS / "full_ablation.yaml")
-    assert len(full.trials) == 18 and full.resources == {"cpu": 2, "gpu": 0.25}
-    assert "prior=conditional,context_len=40,seed=2" in [t.name for t in full.trials]
-    assert len({t.name for t in full.trials}) == 18
-    test = sweep.load(SWEEPS / "test.yaml")
-    assert [t.name for t in test.trials] == ["prior=standard", "prior=conditional"]
-
-
-@pytest.mark.parametrize("body, words", [
-    ({"trials": 3, "space": {"seed": [0]}}, "unknown key 'trials'"),
-    ({"space": {"model.priorr": ["standard"]}}, "unknown key 'model.priorr'"),
-    ({"space": {"model.prior": ["standard", "gaussian"]}}, "'model.prior' must be 'standard' or 'conditional'"),
-    ({"space": {"model.kl_weight": {"uniform": [1.0]}}}, "uniform needs [low, high]"),
-    ({"space": {"model.kl_weight": {"loguniform": [0.0, 1.0]}}}, "loguniform needs low > 0"),
-    ({"space": {"model.kl_weight": {"normal": [0, 1]}}}, "space 'model.kl_weight': must be a non-empty list"),
-    ({"space": {"seed": []}}, "space 'seed': must be a non-empty list"),
-    ({"space": {"seed": [0]}, "metric": "accuracy"}, "'metric' must be one of"),
-    ({"space": {"seed": [0]}, "mode": "up"}, "'mode' must be min or max"),
-    ({"space": {"seed": [0, 1]}, "num_samples": 2}, "repeats identical trials"),
-    ({"arms": {"model.prior": {"a": {"model.prior": "standard"}}}}, "must be a plain name"),
-    ({"arms": {"prior": {"a": {"model.kl_weightt": 1.0}}}}, "unknown key 'model.kl_weightt'"),
-    ({"space": {"seed": [0]}, "scheduler": {"type": "hyperband"}}, "'scheduler' must be"),
-    ({"space": {"seed": [0]}, "scheduler": {"type": "asha", "patience": 2}}, "unknown key 'patience' for type asha"),
-    ({"space": {"seed": [0]}, "resources": {"cpu": 0}}, "'resources' must be"),
-    ({"space": {"seed": [0]}, "base": "no_such_profile"}, "'base' 'no_such_profile' not found"),
-    ({}, "'space' (or 'arms' or 'claims') must name at least one axis"),
-])
-def test_a_bad_sweep_file_is_one_line_naming_the_key(tmp_path, body, words):
-    with pytest.raises(sweep.SweepError) as e:
-        sweep.load(write_sweep(tmp_path, **body))
-    msg = str(e.value)
-    assert words in msg and "\n" not in msg and "s.yaml" in msg
-
-
-def test_random_draws_are_reproducible_and_in_bounds(tmp_path):
-    space = {"model.kl_weight": {"loguniform": [1.0e-4, 1.0]}, "training.learning_rate": {"uniform": [1.0e-3, 2.0e-3]},
-             "model.latent_dim": {"randint": [2, 5]}, "model.target": {"choice": ["level", "change"]},
-             "seed": [0, 1]}
-    a = sweep.load(write_sweep(tmp_path, space=space, num_samples=3, search_seed=7))
-    b = sweep.load(write_sweep(tmp_path, space=space, num_samples=3, search_seed=7))
-    c = sweep.load(write_sweep(tmp_path, space=space, num_samples=3, search_seed=8))
-    assert len(a.trials) == 6 and [t.overrides for t in a.trials] == [t.overrides for t in b.trials]
-    assert [t.overrides for t in a.trials] != [t.overrides for t in c.trials]
-    for t in a.trials:
-        cfg = t.config
-        assert 1e-4 <= cfg["model.kl_weight"] <= 1 and 1e-3 <= cfg["training.learning_rate"] <= 2e-3
-        assert cfg["model.latent_dim"] in (2, 3, 4) and cfg["model.target"] in ("level", "change")
-    assert len({t.name for t in a.trials}) == 6
-
-
-def test_long_or_clashing_names_get_a_hash(tmp_path):
-    # two draws that print alike at 4 significant digits, and a long list value
-    sw = sweep.load(write_sweep(tmp_path, space={"model.rv_halflives": [[5, 21], list(range(1, 40))]}))
-    names = [t.name for t in sw.trials]
-    assert names[0] == "rv_halflives=5-21" and len(names[1]) <= 96 and len(set(names)) == 2
-    pairs = sweep._name_trials([{"x": 0.123451}, {"x": 0.123452}], [["x=0.123451"], ["x=0.123452"]], ["x"])
-    assert pairs[0][0] != pairs[1][0] and pairs[0][0].startswith("x=0.1235-")
-
-
 def test_schedulers_map_to_tune(tmp_path):
-    sw = sweep.load(write_sweep(tmp_path, space={"seed": [0]}, scheduler={"type": "asha", "reduction_factor": 3}))
-    sched, stop = sweep._scheduler(sw)
+    sw = spec.load(write_sweep(tmp_path, space={"seed": [0]}, scheduler={"type": "asha", "reduction_factor": 3}))
+    sched, stop = runner._scheduler(sw)
     assert stop is None and sched._time_attr == "phase" and sched.metric == "val_rmse" and sched._max_t == 4
-    sw = sweep.load(write_sweep(tmp_path, space={"seed": [0]}, scheduler={"type": "gates"}))
-    sched, stop = sweep._scheduler(sw)
+    sw = spec.load(write_sweep(tmp_path, space={"seed": [0]}, scheduler={"type": "gates"}))
+    sched, stop = runner._scheduler(sw)
     assert sched is None and stop("t", {"phase": 1, "gate": "FAIL"}) and not stop("t", {"phase": 1, "gate": "MARGINAL"})
-
-
-def test_phase_results_and_states():
-    m = {"phases": {"phase1": {"val_rmse_by_horizon": {"1": 0.01}, "val_kl": 0.5, "criteria": {"decision": "PASS"}},
-                    "phase2": {"val_rmse_by_horizon": {"1": 0.01, "9": 0.03}, "val_kl": 0.4},
-                    "phase3": {"val_rmse": 0.05, "val_kl": 0.3, "criteria": {"decision": "FAIL"}}}}
-    assert sweep.phase_result(m, 1) == {"phase": 1, "val_rmse": 0.01, "val_kl": 0.5, "gate": "PASS"}
-    assert sweep.phase_result(m, 2)["val_rmse"] == 0.03 and sweep.phase_result(m, 3)["gate"] == "FAIL"
-    assert np.isnan(sweep.phase_result(m, 4)["val_rmse"])
-    assert sweep.state_text({"state": "stopped", "phase": 2, "stopped_by": "asha"}) == "stopped early at phase 2 (asha)"
-    assert sweep.state_text({"state": "failed", "error": "boom"}) == "failed: boom"
-    assert sweep.state_text({"state": "running"}) == "interrupted" and sweep.state_text({}) == "pending"
-
-
-# --- analysis on a hand-made results table ---------------------------------------------------------------
-
-def hand_made() -> pd.DataFrame:
-    rmse = {("standard", 0): 0.030, ("standard", 1): 0.034, ("standard", 2): 0.032,
-            ("conditional", 0): 0.020, ("conditional", 1): 0.023, ("conditional", 2): 0.020}
-    df = pd.DataFrame([{"trial": f"prior={p},seed={s}", "group": f"prior={p}", "prior": p, "seed": s, "state": "ok",
-                        "rmse": v, "ci_violation": 0.1} for (p, s), v in rmse.items()])
-    extra = {"trial": "prior=conditional,seed=3", "group": "prior=conditional", "prior": "conditional", "seed": 3,
-             "state": "stopped early at phase 2 (asha)", "rmse": np.nan, "ci_violation": np.nan}
-    df = pd.concat([df, pd.DataFrame([extra])], ignore_index=True)
-    df.attrs["sweep"] = {"axes": ["prior", "seed"], "metric": "rmse"}
-    return df
-
-
-def test_mean_and_sd_across_seeds_per_configuration():
-    s = sweep.seed_summary(hand_made(), ["rmse"]).set_index("group")
-    assert list(s.index) == ["prior=conditional", "prior=standard"]          # best first
-    assert s.loc["prior=standard", "seeds"] == 3                             # the stopped trial is left out
-    assert s.loc["prior=standard", "rmse mean"] == pytest.approx(0.032)
-    assert s.loc["prior=standard", "rmse sd"] == pytest.approx(0.002)
-    assert s.loc["prior=conditional", "rmse mean +- sd"] == "0.021 +- 0.0017"
-
-
-def test_paired_comparison_across_seeds():
-    from scipy import stats
-    r = sweep.paired_by_seed(hand_made(), "prior", "rmse", "standard", "conditional").iloc[0]
-    d = np.array([0.020 - 0.030, 0.023 - 0.034, 0.020 - 0.032])
-    assert r["seeds"] == 3 and r["diff b - a"] == pytest.approx(d.mean()) and r["b better in"] == 3
-    t = stats.ttest_rel([0.020, 0.023, 0.020], [0.030, 0.034, 0.032])
-    assert r["t"] == pytest.approx(t.statistic) and r["p"] == pytest.approx(t.pvalue)
-
-
-def test_seed_averaged_diebold_mariano():
-    rng = np.random.default_rng(0)
-    common = rng.normal(0, 1, 200) ** 2                  # (T,) what every configuration finds hard
-    a = common + rng.normal(0, 0.1, (3, 200)) ** 2       # (seeds, T) daily losses
-    b = 0.8 * common + rng.normal(0, 0.1, (3, 200)) ** 2
-    r = sweep.seed_averaged_dm(a, b, horizon=10)
-    assert r["seeds"] == 3 and r["days"] == 200 and len(r["dm_per_seed"]) == 3
-    assert r["dm"] < -2 and r["p_value"] < 0.05 and all(x < 0 for x in r["dm_per_seed"])
-    assert sweep.seed_averaged_dm(a, a, 10)["mean_loss_diff"] == 0
-
-
-def test_the_chapter_runs_without_a_sweep(tmp_path):
-    """nbval runs notebooks/10_sweep.ipynb with no sweep; the sections show an explanation, not an error."""
-    df = sweep.load_results(tmp_path)
-    assert df.empty and sweep.seed_summary(df).empty and sweep.config_mcs(df).empty
-    assert sweep.numeric_axes(df) == [] and sweep.axis_levels(df, "prior") == []
-    sweep.by_group_figure(df, "rmse")
-
-
-def test_the_cli_gives_one_line_for_a_bad_sweep(tmp_path):
-    bad = write_sweep(tmp_path, space={"model.priorr": ["standard"]})
-    res = subprocess.run([sys.executable, "-m", "backfill", "sweep", str(bad)],
-                         capture_output=True, text=True, timeout=120)
-    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "unknown key 'model.priorr'" in res.stderr
 
 
 # --- a real sweep with a local Ray: interrupted after phase 2, resumed, rerun ---------------------------------
@@ -189,7 +54,7 @@ def launch(out: Path, log: Path) -> subprocess.Popen:
 def swept(tmp_path_factory):
     """The test sweep interrupted (SIGINT, as Ctrl-C) once both trials finished phase 2, then run again to the end."""
     out = tmp_path_factory.mktemp("sweep") / "test"
-    sw = sweep.load(SWEEPS / "test.yaml")
+    sw = spec.load(SWEEPS / "test.yaml")
     dirs = [out / t.name for t in sw.trials]
     t0 = time.time()
     proc = launch(out, out.parent / "first.log")
@@ -205,7 +70,7 @@ def swept(tmp_path_factory):
     first_rc = proc.wait(timeout=300)
     interrupted = {"rc": first_rc, "chapter": (out / "10_sweep.ipynb").exists(),
                    "status": {d.name: statuses(d) for d in dirs},
-                   "trial": {d.name: sweep.read_trial(d) for d in dirs},
+                   "trial": {d.name: results.read_trial(d) for d in dirs},
                    "table": pd.read_parquet(out / "results.parquet"),
                    "mtimes": {d.name: {f.name: f.stat().st_mtime for f in (d / "checkpoints").glob("phase*.pt")}
                               for d in dirs}}
@@ -216,6 +81,7 @@ def swept(tmp_path_factory):
             "log": (out.parent / "second.log").read_text(), "seconds": (t1 - t0, time.time() - t1)}
 
 
+@pytest.mark.slow
 def test_an_interrupted_sweep_leaves_interrupted_trials(swept):
     it = swept["interrupted"]
     assert it["rc"] == 1
@@ -226,6 +92,7 @@ def test_an_interrupted_sweep_leaves_interrupted_trials(swept):
     assert set(it["table"]["state"]) == {"interrupted"} and not it["chapter"]     # no chapter for an unfinished sweep
 
 
+@pytest.mark.slow
 def test_the_rerun_resumes_and_finishes_every_trial(swept):
     assert swept["rc"] == 0, swept["log"][-3000:]
     it = swept["interrupted"]
@@ -247,13 +114,14 @@ def test_the_rerun_resumes_and_finishes_every_trial(swept):
         assert rec["model"]["prior"] == t.config["prior"] and rec["generation"]["max_calibration"] == 2
         for n in (1, 2, 3, 4):
             assert (d / "checkpoints" / f"phase{n}.pt").exists()
-        assert (d / "notebooks" / "09_evaluation.ipynb").exists() and sweep.read_trial(d)["state"] == "ok"
+        assert (d / "notebooks" / "09_evaluation.ipynb").exists() and results.read_trial(d)["state"] == "ok"
     assert "[2/2]" in swept["log"] and "prior=conditional: ok, rmse" in swept["log"]
 
 
+@pytest.mark.slow
 def test_the_results_table_and_the_chapter(swept):
     out = swept["out"]
-    df = sweep.load_results(out)
+    df = results.load_results(out)
     assert list(df["trial"]) == ["prior=standard", "prior=conditional"] and set(df["state"]) == {"ok"}
     assert list(df["prior"]) == ["standard", "conditional"] and list(df["model.kl_weight"]) == [1e-5, 1.0]
     assert df["rmse"].gt(0).all() and df["cal rmse"].gt(0).all() and df["phase4.val_rmse"].gt(0).all()
@@ -263,9 +131,9 @@ def test_the_results_table_and_the_chapter(swept):
     md = (out / "results.md").read_text()
     assert "## Mean +- sd across seeds per configuration" in md and "| prior=conditional |" in md
     # the seed-aware readings on the real backfills (one seed here: DM and MCS, no paired t)
-    dm = sweep.dm_by_seed(df, "prior", "standard", "conditional")
+    dm = analysis.dm_by_seed(df, "prior", "standard", "conditional")
     assert len(dm) == 1 and np.isfinite(dm["dm"].iloc[0]) and dm["seeds"].iloc[0] == 1
-    mcs = sweep.config_mcs(df)
+    mcs = analysis.config_mcs(df)
     assert set(mcs["group"]) == {"prior=standard", "prior=conditional"} and mcs["in set"].any()
     nb = json.loads((out / "10_sweep.ipynb").read_text())
     outputs = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c["outputs"]]
@@ -274,6 +142,7 @@ def test_the_results_table_and_the_chapter(swept):
     assert "2 trials of test.yaml (2 finished)" in text and "Model Confidence Set" in text
 
 
+@pytest.mark.slow
 def test_a_finished_sweep_reruns_nothing(swept):
     before = {d.name: statuses(d) for d in swept["dirs"]}
     t0 = time.time()
@@ -288,6 +157,7 @@ def test_a_finished_sweep_reruns_nothing(swept):
           f"no-op rerun {time.time() - t0:.0f} s")
 
 
+@pytest.mark.slow
 def test_the_sweep_chapter_builds_as_a_book(swept):
     """`backfill book runs/sweeps/<sweep>`: the executed chapter alone (the trials' own files are not pages)."""
     res = subprocess.run([sys.executable, "-m", "backfill", "book", str(swept["out"])], cwd=ROOT, capture_output=True,
@@ -300,6 +170,7 @@ def test_the_sweep_chapter_builds_as_a_book(swept):
     assert "WARNING" not in (swept["out"] / "logs" / "book_build.log").read_text()
 
 
+@pytest.mark.slow
 def test_any_grid_runs_the_whole_pipeline_without_arbitrage_the_truth_lacks(swept):
     """The test sweep's trials run on the embedded data built on a dense 6x7 grid (params/sweeps/test.yaml `set`),
     through every notebook: generated days carry no more arbitrage than the truth, for either prior."""
@@ -315,15 +186,16 @@ def test_any_grid_runs_the_whole_pipeline_without_arbitrage_the_truth_lacks(swep
                 assert methods[name]["arbitrage_share_raw"] >= methods[name]["arbitrage_share"]
 
 
+@pytest.mark.slow
 def test_a_local_ray_leaves_no_session_folder_behind(tmp_path):
     """Each launch of an embedded Ray left a /tmp/ray/session_* folder; it goes at shutdown, its logs kept in the
     sweep's scratch folder."""
-    sw = sweep.load(SWEEPS / "test.yaml")
-    session = sweep._init_ray(sw, None)
+    sw = spec.load(SWEEPS / "test.yaml")
+    session = runner._init_ray(sw, None)
     try:
         assert session is not None and session.is_dir() and session.name.startswith("session_")
     finally:
-        sweep._shutdown_ray(session, tmp_path)
+        runner._shutdown_ray(session, tmp_path)
     assert not session.exists() and (tmp_path / "ray" / "logs").is_dir()
     latest = session.parent / "session_latest"
     assert not (latest.is_symlink() and Path(os.readlink(latest)).name == session.name)
@@ -333,14 +205,14 @@ def test_a_sweep_directory_over_the_sources_is_refused(tmp_path):
     """`--out notebooks` would have the sweep chapter executed over notebooks/10_sweep.ipynb; a name of '..' made
     runs/ the sweep directory."""
     from backfill.rundir import RunDirError
-    sw = sweep.load(SWEEPS / "test.yaml")
+    sw = spec.load(SWEEPS / "test.yaml")
     before = (ROOT / "notebooks" / "10_sweep.ipynb").read_bytes()
     for out in (ROOT / "notebooks", ROOT):
         with pytest.raises(RunDirError, match="is or contains the repository's notebooks/"):
-            sweep.run(sw, out=out)
+            runner.run(sw, out=out)
     assert (ROOT / "notebooks" / "10_sweep.ipynb").read_bytes() == before and not (ROOT / "sweep.json").exists()
-    with pytest.raises(sweep.SweepError, match="'name' must be a name of letters"):
-        sweep.load(write_sweep(tmp_path, name="..", space={"seed": [0]}))
+    with pytest.raises(spec.SweepError, match="'name' must be a name of letters"):
+        spec.load(write_sweep(tmp_path, name="..", space={"seed": [0]}))
 
 
 # --- the claims sweep of the test profile ----------------------------------------------------------------------
@@ -364,7 +236,7 @@ def claims_swept(swept):
 def test_the_claims_sweep_runs_every_kind_of_level(claims_swept):
     out, res = claims_swept["out"], claims_swept["res"]
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    df = sweep.load_results(out)
+    df = results.load_results(out)
     assert list(df["claim"]) == ["reference", "curriculum", "multi_offset", "horizon_context", "prior"]
     assert list(df["level"]) == ["reference", "phase4_only", "single_offset", "C5_H6", "standard"]
     assert set(df["state"]) == {"ok"} and df["rmse"].gt(0).all() and df["cal ci_violation"].notna().all()

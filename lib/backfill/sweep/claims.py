@@ -8,9 +8,9 @@ Per claim this module gives, from the trials' run directories:
 - `level_table`: mean +- sd over seeds per level of RMSE, calibrated CI violation (`cal ci_violation`), CRPS and the
   pass-3 / pass-1 RMSE ratio of the 1-year backfills from the rolling test origins, at each generation offset the
   claim is scored at (`offsets`: fast = generation.offset_fast, ensemble = generation.offset_ensemble);
-- `paired`: each level minus the reference, paired by seed, with its t over seeds (`sweep.paired_by_seed`);
+- `paired`: each level minus the reference, paired by seed, with its t over seeds (`analysis.paired_by_seed`);
 - `dm`: Diebold-Mariano of each level against the reference on the seed-averaged per-calendar-day loss
-  (`sweep.dm_by_seed`: each calendar day's loss averaged over the rolling origins covering it);
+  (`analysis.dm_by_seed`: each calendar day's loss averaged over the rolling origins covering it);
 - `comparisons` and `claim_verdict`: the verdict in words, by `verdict`'s rule (below), with its reason.
 
 The verdict rule (one comparison: the plan's choice against one alternative, at one generation offset, on RMSE):
@@ -36,11 +36,12 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from . import sweep as _sweep
-from .report import fmt_p
-from .rundir import read_metrics
+from ..compare import number
+from ..report import fmt_p
+from ..rundir import read_metrics
+from . import analysis
+from .spec import OFFSET_ROLES, REFERENCE, override
 
-REFERENCE = _sweep.REFERENCE
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive at this scale"
 ALPHA = 0.05
 METRICS = ["rmse", "cal ci_violation", "crps", "pass3/pass1"]      # the per-level table's scores
@@ -51,7 +52,7 @@ VERDICT_COLOURS = {SUPPORTED: "#cdebd0", NOT_SUPPORTED: "#f6c9c9", INCONCLUSIVE:
 # --- the sweep's claims ------------------------------------------------------------------------------
 
 def spec(df: pd.DataFrame) -> dict:
-    """The claims of the sweep behind a results table (sweep.json, as `sweep.load_results` attaches it)."""
+    """The claims of the sweep behind a results table (sweep.json, as `results.load_results` attaches it)."""
     return df.attrs.get("sweep", {}).get("claims") or {}
 
 
@@ -65,7 +66,7 @@ def design_table(df: pd.DataFrame) -> pd.DataFrame:
             rows.append({"claim": claim, "level": ref if level == REFERENCE else level,
                          "plan's choice": "yes" if level == c["plan"] else "",
                          "changes": "; ".join(ov if isinstance(ov, list) else
-                                              (f"{k}={_sweep._yaml(v)}" for k, v in ov.items())) or "(the base profile)",
+                                              (override(k, v) for k, v in ov.items())) or "(the base profile)",
                          "scored at": ", ".join(c["offsets"])})
     return pd.DataFrame(rows, columns=["claim", "level", "plan's choice", "changes", "scored at"])
 
@@ -94,12 +95,14 @@ def trial_scores(run_dir, offset: str = "offset_fast") -> dict:
 
 
 def _num(v) -> float:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else np.nan
+    """`compare.number`, and NaN for an infinite value too."""
+    x = number(v)
+    return x if math.isfinite(x) else np.nan
 
 
 def claim_frame(df: pd.DataFrame, claim: str, offset: str = "offset_fast") -> pd.DataFrame:
     """The trials of one claim: the reference's and the claim's levels', in the sweep's order, each finished trial
-    with its `trial_scores` at generation.`offset`; `group` is the level (what `sweep.seed_summary` groups by)."""
+    with its `trial_scores` at generation.`offset`; `group` is the level (what `analysis.seed_summary` groups by)."""
     if df.empty or "claim" not in df.columns:
         return pd.DataFrame(columns=["trial", "group", "claim", "level", "state", "run_dir", *METRICS])
     d = df[(df["claim"] == REFERENCE) | (df["claim"] == claim)].copy()
@@ -154,7 +157,7 @@ def level_table(df: pd.DataFrame, claim: str, offset: str = "offset_fast") -> pd
     cols = ["level", "offset", "seeds", "not finished", *(f"{m} mean +- sd" for m in METRICS)]
     if d.empty:
         return pd.DataFrame(columns=cols)
-    s = _sweep.seed_summary(d, METRICS).set_index("group")
+    s = analysis.seed_summary(d, METRICS).set_index("group")
     rows = []
     for lv in levels(df, claim):
         mine = d[d["level"] == lv]
@@ -170,13 +173,13 @@ def level_table(df: pd.DataFrame, claim: str, offset: str = "offset_fast") -> pd
 
 
 def paired(df: pd.DataFrame, claim: str, offset: str = "offset_fast", metrics=None) -> pd.DataFrame:
-    """Each level of the claim minus the reference, trials paired by seed (`sweep.paired_by_seed`), per metric:
+    """Each level of the claim minus the reference, trials paired by seed (`analysis.paired_by_seed`), per metric:
     mean of each, mean and sd of the per-seed differences, the t over seeds and its p-value."""
     d = claim_frame(df, claim, offset)
     out = []
     for lv in levels(df, claim)[1:]:
         for m in metrics or METRICS:
-            r = _sweep.paired_by_seed(d, "level", m, REFERENCE, lv, axes=_axes(df))
+            r = analysis.paired_by_seed(d, "level", m, REFERENCE, lv, axes=_axes(df))
             if not r.empty:
                 out.append(r.rename(columns={f"{m} a": "reference", f"{m} b": "at the level"}).assign(metric=m))
     cols = ["b", "metric", "seeds", "reference", "at the level", "diff b - a", "sd of diff", "t", "p"]
@@ -187,11 +190,11 @@ def paired(df: pd.DataFrame, claim: str, offset: str = "offset_fast", metrics=No
 
 def dm(df: pd.DataFrame, claim: str, offset: str = "offset_fast", loss: str = "squared") -> pd.DataFrame:
     """Each level of the claim against the reference: Diebold-Mariano on the seed-averaged per-calendar-day loss
-    of the backfills at generation.`offset` (`sweep.dm_by_seed`), with each seed's DM beside it. Positive: the level's
+    of the backfills at generation.`offset` (`analysis.dm_by_seed`), with each seed's DM beside it. Positive: the level's
     loss is higher than the reference's."""
     d = claim_frame(df, claim, offset)
     out = [r for lv in levels(df, claim)[1:]
-           if not (r := _sweep.dm_by_seed(d, "level", REFERENCE, lv, loss=loss, axes=_axes(df), offset=offset)).empty]
+           if not (r := analysis.dm_by_seed(d, "level", REFERENCE, lv, loss=loss, axes=_axes(df), offset=offset)).empty]
     cols = ["b", "seeds", "days", "mean loss diff b - a", "dm", "p", "dm per seed"]
     names = {"b": "level", "mean loss diff b - a": "mean loss diff (level - reference)"}
     if not out:
@@ -268,7 +271,7 @@ def comparisons(df: pd.DataFrame, claim: str) -> pd.DataFrame:
         return pd.DataFrame(columns=cols)
     rows = []
     for role in c["offsets"]:
-        offset = _sweep.OFFSET_ROLES[role]
+        offset = OFFSET_ROLES[role]
         pr = paired(df, claim, offset, ["rmse"]).set_index("level")
         dmt = dm(df, claim, offset).set_index("level")
         lt = level_table(df, claim, offset).set_index("level")
@@ -357,7 +360,7 @@ def show(df: pd.DataFrame, claim: str, heading: bool = False) -> tuple[str, str]
     its reason (`heading`: under a heading of its name). Returns (verdict, reason), or None (with a line saying so)
     when the sweep has no such claim."""
     from IPython.display import Markdown, display
-    from . import report
+    from .. import report
     c = spec(df).get(claim)
     if c is None:
         print(f"this sweep has no claim {claim!r} (its claims: {', '.join(spec(df)) or 'none'})")
@@ -367,7 +370,7 @@ def show(df: pd.DataFrame, claim: str, heading: bool = False) -> tuple[str, str]
     if c.get("says"):
         display(Markdown(f"*The claim, as the sweep file states it:* {c['says']}"))
     for role in c["offsets"]:
-        offset = _sweep.OFFSET_ROLES[role]
+        offset = OFFSET_ROLES[role]
         display(Markdown(f"**Scored at the {role} offset** (`{ROLE_NAMES[role]}` of each level).")) \
             if len(c["offsets"]) > 1 else None
         lt = level_table(df, claim, offset)
