@@ -255,5 +255,5 @@ def test_verdicts_on_hand_made_claims(hand_made):
 def test_the_chapter_reads_an_empty_sweep(tmp_path):
     """nbval runs notebooks/11_plan_claims.ipynb with no sweep: every section says so instead of failing."""
     df = results.load_results(tmp_path)
-    assert claims.spec(df) == {} and claims.summary(df).empty and claims.design_table(df).empty
+    assert claims.claims_of(df) == {} and claims.summary(df).empty and claims.design_table(df).empty
     assert claims.cost_table(df).empty and claims.show(df, "curriculum") is None

@@ -51,7 +51,7 @@ VERDICT_COLOURS = {SUPPORTED: "#cdebd0", NOT_SUPPORTED: "#f6c9c9", INCONCLUSIVE:
 
 # --- the sweep's claims ------------------------------------------------------------------------------
 
-def spec(df: pd.DataFrame) -> dict:
+def claims_of(df: pd.DataFrame) -> dict:
     """The claims of the sweep behind a results table (sweep.json, as `results.load_results` attaches it)."""
     return df.attrs.get("sweep", {}).get("claims") or {}
 
@@ -60,7 +60,7 @@ def design_table(df: pd.DataFrame) -> pd.DataFrame:
     """One row per claim and level: what the level changes in the reference (its overrides), the plan's choice
     marked, and the offsets it is scored at."""
     rows = []
-    for claim, c in spec(df).items():
+    for claim, c in claims_of(df).items():
         ref = f"{REFERENCE} ({c['reference']})" if c.get("reference") else REFERENCE
         for level, ov in [(REFERENCE, {}), *c["levels"].items()]:
             rows.append({"claim": claim, "level": ref if level == REFERENCE else level,
@@ -116,7 +116,7 @@ def claim_frame(df: pd.DataFrame, claim: str, offset: str = "offset_fast") -> pd
 
 def levels(df: pd.DataFrame, claim: str) -> list[str]:
     """The claim's levels, the reference first."""
-    c = spec(df).get(claim)
+    c = claims_of(df).get(claim)
     return [REFERENCE, *c["levels"]] if c else []
 
 
@@ -129,9 +129,9 @@ def cost_table(df: pd.DataFrame) -> pd.DataFrame:
     """Per configuration (the reference, then each claim's levels): its trials, how many finished, and the mean
     minutes per trial (the notebooks' seconds, finished trials)."""
     rows = []
-    if not spec(df):
+    if not claims_of(df):
         return pd.DataFrame(rows, columns=["claim", "level", "trials", "finished", "minutes per trial"])
-    for claim, level in [(REFERENCE, REFERENCE), *((c, lv) for c, s in spec(df).items() for lv in s["levels"])]:
+    for claim, level in [(REFERENCE, REFERENCE), *((c, lv) for c, s in claims_of(df).items() for lv in s["levels"])]:
         d = df[(df["claim"] == claim) & (df["level"] == level)] if "claim" in df.columns else df.iloc[:0]
         sec = pd.to_numeric(d.loc[d["state"] == "ok", "seconds"], errors="coerce") if "seconds" in d else pd.Series()
         rows.append({"claim": claim, "level": level, "trials": len(d), "finished": int((d["state"] == "ok").sum()),
@@ -264,7 +264,7 @@ def claim_verdict(verdicts: list[tuple[str, str]]) -> tuple[str, str]:
 def comparisons(df: pd.DataFrame, claim: str) -> pd.DataFrame:
     """One row per comparison of the claim (each alternative level, at each offset the claim is scored at): the
     plan's choice and the alternative, their mean RMSE, the paired t over seeds and DM, the verdict and its reason."""
-    c = spec(df).get(claim)
+    c = claims_of(df).get(claim)
     cols = ["plan's choice", "alternative", "offset", "seeds", "rmse plan", "rmse alternative", "t", "p", "dm", "dm p",
             "dm per seed", "verdict", "reason"]
     if not c:
@@ -299,7 +299,7 @@ def judge(df: pd.DataFrame, claim: str, comp: pd.DataFrame | None = None) -> tup
     comp = comparisons(df, claim) if comp is None else comp
     if comp.empty:
         return claim_verdict([])
-    c = spec(df)[claim]
+    c = claims_of(df)[claim]
     many = len(c["offsets"]) > 1
     labels = [f"vs {lv}" + (f" at the {role} offset" if many else "")
               for lv, role in zip(comp["alternative"], comp["_role"])]
@@ -310,7 +310,7 @@ def judge(df: pd.DataFrame, claim: str, comp: pd.DataFrame | None = None) -> tup
 def summary(df: pd.DataFrame) -> pd.DataFrame:
     """One row per claim: what it says, its verdict and the reason."""
     rows = []
-    for claim, c in spec(df).items():
+    for claim, c in claims_of(df).items():
         word, why = judge(df, claim)
         rows.append({"claim": claim, "says": c.get("says", ""), "plan's choice": c["plan"],
                      "alternatives": ", ".join(c["levels"]) if c["plan"] == REFERENCE else REFERENCE,
@@ -335,7 +335,7 @@ def figure(df: pd.DataFrame, claim: str, metric: str = "rmse", offset: str = "of
     d = claim_frame(df, claim, offset)
     fig = go.Figure()
     ok = d[d["state"] == "ok"]
-    plan = (spec(df).get(claim) or {}).get("plan", REFERENCE)
+    plan = (claims_of(df).get(claim) or {}).get("plan", REFERENCE)
     order = levels(df, claim)
     if not ok.empty:
         fig.add_trace(go.Scatter(x=ok["level"], y=ok[metric], mode="markers", name="one seed", marker={"size": 8},
@@ -361,9 +361,9 @@ def show(df: pd.DataFrame, claim: str, heading: bool = False) -> tuple[str, str]
     when the sweep has no such claim."""
     from IPython.display import Markdown, display
     from .. import report
-    c = spec(df).get(claim)
+    c = claims_of(df).get(claim)
     if c is None:
-        print(f"this sweep has no claim {claim!r} (its claims: {', '.join(spec(df)) or 'none'})")
+        print(f"this sweep has no claim {claim!r} (its claims: {', '.join(claims_of(df)) or 'none'})")
         return None
     if heading:
         display(Markdown(f"### {claim}"))
