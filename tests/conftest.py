@@ -15,6 +15,15 @@ ROOT = Path(__file__).resolve().parents[1]
 TEST_PARAMS = ROOT / "params" / "test.yaml"
 
 
+def write_sweep(tmp_path, **body) -> Path:
+    """A sweep file at tmp_path/s.yaml with `body` (its base the test profile unless given), for the sweep tests."""
+    import yaml
+    body.setdefault("base", str(TEST_PARAMS))
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(body, sort_keys=False))
+    return path
+
+
 @pytest.fixture(scope="session")
 def test_params() -> dict:
     """params/test.yaml, merged and validated. Shared: a test that changes it works on a copy.deepcopy."""

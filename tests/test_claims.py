@@ -14,16 +14,13 @@ from backfill import params
 from backfill.sweep import claims, results, spec
 from backfill.generate import Backfill
 
+from conftest import write_sweep
+
 ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = ROOT / "params" / "sweeps"
 TEST = str(ROOT / "params" / "test.yaml")
 
 
-def write_sweep(tmp_path, **body) -> Path:
-    body.setdefault("base", TEST)
-    path = tmp_path / "s.yaml"
-    path.write_text(yaml.safe_dump(body, sort_keys=False))
-    return path
 
 
 PRIOR = {"standard": {"model.prior": "standard", "model.kl_weight": 1.0e-5}}

@@ -253,10 +253,8 @@ def _assert_same(a: Dataset, b: Dataset):
     np.testing.assert_allclose(a.moneyness, b.moneyness, rtol=1e-12)
 
 
-@pytest.mark.parametrize("fmt", ["csv", "parquet"])
-def test_long_table_equals_npz(tmp_path, fmt):
-    s, ret, dates, long, rets = _long_tables()
-    ref = data.load(str(_npz(tmp_path, surface=s, ret=ret, dates=dates, maturities=MAT6, moneyness=MON7)))
+def _write_long(tmp_path, fmt, long, rets):
+    """The long surface table and the returns table as iv.<fmt> and ret.<fmt> (csv or parquet): their paths."""
     surf_path, ret_path = tmp_path / f"iv.{fmt}", tmp_path / f"ret.{fmt}"
     if fmt == "csv":
         long.to_csv(surf_path, index=False)
@@ -264,6 +262,14 @@ def test_long_table_equals_npz(tmp_path, fmt):
     else:
         long.assign(date=pd.to_datetime(long["date"])).to_parquet(surf_path, index=False)
         rets.assign(date=pd.to_datetime(rets["date"])).to_parquet(ret_path, index=False)
+    return surf_path, ret_path
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_long_table_equals_npz(tmp_path, fmt):
+    s, ret, dates, long, rets = _long_tables()
+    ref = data.load(str(_npz(tmp_path, surface=s, ret=ret, dates=dates, maturities=MAT6, moneyness=MON7)))
+    surf_path, ret_path = _write_long(tmp_path, fmt, long, rets)
     ds = data.load(str(surf_path), returns_path=str(ret_path))
     _assert_same(ds, ref)
     np.testing.assert_allclose(ds.features(), ref.features(), rtol=1e-6)
@@ -292,13 +298,7 @@ def test_long_table_gaps_name_what_is_missing_and_where(tmp_path, fmt):
     _, _, dates, long, rets = _long_tables()
 
     def load(lg, rt):
-        surf, ret = tmp_path / f"iv.{fmt}", tmp_path / f"ret.{fmt}"
-        if fmt == "csv":
-            lg.to_csv(surf, index=False)
-            rt.to_csv(ret, index=False)
-        else:
-            lg.assign(date=pd.to_datetime(lg["date"])).to_parquet(surf, index=False)
-            rt.assign(date=pd.to_datetime(rt["date"])).to_parquet(ret, index=False)
+        surf, ret = _write_long(tmp_path, fmt, lg, rt)
         return lambda *words: _load_bad(surf, *words, returns_path=str(ret))
 
     gone = (long["date"] == dates[3]) & (long["maturity"] == MAT6[2]) & (long["moneyness"] == MON7[4])

@@ -19,15 +19,12 @@ import yaml
 from backfill import pipeline
 from backfill.sweep import analysis, claims, results, runner, spec
 
+from conftest import write_sweep
+
 ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = ROOT / "params" / "sweeps"
 
 
-def write_sweep(tmp_path, **body) -> Path:
-    body.setdefault("base", str(ROOT / "params" / "test.yaml"))
-    path = tmp_path / "s.yaml"
-    path.write_text(yaml.safe_dump(body, sort_keys=False))
-    return path
 
 
 def test_schedulers_map_to_tune(tmp_path):

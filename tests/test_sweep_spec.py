@@ -9,15 +9,12 @@ import yaml
 
 from backfill.sweep import spec
 
+from conftest import write_sweep
+
 ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = ROOT / "params" / "sweeps"
 
 
-def write_sweep(tmp_path, **body) -> Path:
-    body.setdefault("base", str(ROOT / "params" / "test.yaml"))
-    path = tmp_path / "s.yaml"
-    path.write_text(yaml.safe_dump(body, sort_keys=False))
-    return path
 
 
 def test_committed_sweep_files_expand_to_valid_trials():
