@@ -220,3 +220,48 @@ def test_a_skipped_phase_is_the_model_it_starts_from_and_its_criteria_read_skipp
     assert gates.phase_criteria(2, s2, p)["decision"] in ("PASS", "MARGINAL", "FAIL")
     assert "Phase 1 is skipped" in train.skip_note(p, 1) and train.skip_note(p, 2) is None
     assert train.phase_record(s3)["skipped"] and not train.phase_record(s2)["skipped"]
+
+
+def test_a_sync_free_epoch_takes_the_steps_a_step_by_step_loop_takes(base):
+    """train.train_epoch keeps every step's loss on the device until the epoch ends and gathers its batches there by
+    index (no host sync inside the epoch, for a GPU); on the CPU it must take exactly the steps of the plain loop
+    (loss checked and read after every step), with the same weights after them."""
+    from backfill import phases
+    from backfill.model import LossWeights
+    p, ds = base
+    spec = phases.phase_specs(p)[3]                            # autoregressive: offsets drawn per batch
+    series = phases.Series.from_dataset(ds, torch.device("cpu"), p["model"]["rv_halflives"])
+    starts = data.window_starts(data.splits(ds, p)["train"], spec.window)[:40]
+    C, w, grid, t = p["model"]["context_len"], LossWeights.from_params(p), (ds.maturities, ds.moneyness), p["training"]
+
+    def fresh():
+        rundir.seed_everything(7)
+        m = train.build_model(p, ds, data.splits(ds, p)["train"])
+        return m, torch.optim.Adam(m.parameters(), lr=t["learning_rate"])
+    m1, o1 = fresh()
+    got = train.train_epoch(m1, o1, spec, series, starts, np.random.default_rng(3), C, w, grid, t, False)
+    m2, o2 = fresh()
+    g, want = np.random.default_rng(3), []
+    for b0 in range(0, len(starts), t["batch_size"]):
+        x, a = series.windows(starts[b0:b0 + t["batch_size"]], spec.window)
+        offset = int(g.choice(spec.offsets))
+        loss = phases.batch_loss(m2, spec, x, a, C, w, offset, grid, t["returns"])
+        assert torch.isfinite(loss)
+        o2.zero_grad(set_to_none=True)
+        loss.backward()
+        gn = torch.nn.utils.clip_grad_norm_(m2.parameters(), t["grad_clip"])
+        o2.step()
+        want.append((loss.item(), gn.item()))
+    np.testing.assert_array_equal(got, np.array(want))
+    for (k, a), b in zip(m1.state_dict().items(), m2.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+@pytest.mark.slow
+def test_validation_every_k_epochs_and_after_the_last(base, tmp_path):
+    run = _run(base, tmp_path, "every", validate_every=2)          # phase 1: 3 epochs -> validated after 2 and 3
+    summary = train.train_phase(run, 1, progress=False)
+    hist = train.read_history(run.run_dir, 1)
+    assert list(hist["epoch"]) == [1, 2, 3]
+    assert np.isnan(hist["val_rmse"][0]) and np.isfinite(hist["val_rmse"][1]) and np.isfinite(hist["val_rmse"][2])
+    assert np.isfinite(hist["train_loss"]).all() and summary["val_eval"]["rmse_by_horizon"]

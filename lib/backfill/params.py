@@ -121,6 +121,7 @@ SCHEMA = {
         "bf16": bool,
         "max_train_windows": (int, None),  # subsample windows per epoch (null: all)
         "max_val_windows": (int, None),
+        "validate_every": int,             # validation every k epochs (and after the last): fewer host syncs on a GPU
     },
     "gates": {
         "phase1_h1_rmse_train": float,
@@ -368,6 +369,8 @@ def validate(p: dict) -> dict:
         _fail("training.returns", f"must be 'realized' or 'predicted', got {t['returns']!r}")
     if t["grad_clip"] <= 0:
         _fail("training.grad_clip", f"must be > 0, got {t['grad_clip']}")
+    if t["validate_every"] < 1:
+        _fail("training.validate_every", f"must be >= 1, got {t['validate_every']}")
     for key in ("max_train_windows", "max_val_windows"):
         if t[key] is not None and t[key] < 1:
             _fail(f"training.{key}", f"must be >= 1 or null, got {t[key]}")

@@ -63,7 +63,11 @@ class Series:
                    ds.maturities, ds.moneyness)
 
     def windows(self, starts, length: int):
-        idx = torch.as_tensor(np.asarray(starts)[:, None] + np.arange(length), device=self.surface.device)
+        """Windows of `length` days from each start (B,): day indices or a tensor of them already on the device (the
+        training loop's, gathered there without a host transfer)."""
+        dev = self.surface.device
+        st = starts if torch.is_tensor(starts) else torch.as_tensor(np.asarray(starts), device=dev)
+        idx = st.to(dev)[:, None] + torch.arange(length, device=dev)
         return self.surface[idx], self.feats[idx]            # (B, L, n_mat, n_mon), (B, L, F)
 
 

@@ -131,6 +131,7 @@ def train_phase(run, number: int, stop_after: int | None = None, progress: bool 
                initial=start_epoch, total=spec.epochs)
     use_bf16 = t["bf16"] and device.type == "cuda"
     t_phase = time.time() - sum(r["seconds"] for r in history)
+    every = t["validate_every"]
     for epoch in bar:
         t0 = time.time()
         model.train()
@@ -138,35 +139,29 @@ def train_phase(run, number: int, stop_after: int | None = None, progress: bool 
         starts = g.permutation(train_st)
         if t["max_train_windows"] is not None:
             starts = starts[:t["max_train_windows"]]
-        losses = []
-        for bi, b0 in enumerate(range(0, len(starts), t["batch_size"])):
-            x, a = series.windows(starts[b0:b0 + t["batch_size"]], spec.window)
-            offset = int(g.choice(spec.offsets)) if spec.offsets else None
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
-                loss = batch_loss(model, spec, x, a, C, w, offset, grid, t["returns"])
-            if not torch.isfinite(loss):
-                raise TrainingError(f"phase {number}, epoch {epoch + 1}, batch {bi + 1}: loss is {loss.item()}; "
-                                    f"stopped, last good checkpoint kept at {last}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), t["grad_clip"])
-            if not torch.isfinite(gnorm):
-                raise TrainingError(f"phase {number}, epoch {epoch + 1}, batch {bi + 1}: gradient norm is "
-                                    f"{gnorm.item()}; stopped, last good checkpoint kept at {last}")
-            opt.step()
-            losses.append(loss.item())
-        ev = validate(model, spec, series, val_st, p)
+        losses = train_epoch(model, opt, spec, series, starts, g, C, w, grid, t, use_bf16)    # (batches, 2)
+        bad = np.flatnonzero(~np.isfinite(losses).all(1))
+        if bad.size:
+            what = "loss" if not np.isfinite(losses[bad[0], 0]) else "gradient norm"
+            raise TrainingError(f"phase {number}, epoch {epoch + 1}, batch {bad[0] + 1}: {what} is "
+                                f"{losses[bad[0], 0 if what == 'loss' else 1]}; stopped, last good checkpoint kept at {last}")
         row = {"phase": number, "epoch": epoch + 1, "global_epoch": base_epoch + epoch + 1,
-               "train_loss": float(np.mean(losses)), "val_loss": ev["loss"], "val_kl": ev["kl"],
-               "val_rmse": ev["rmse_by_horizon"][spec.horizons[-1]] if spec.kind != "ar" else ev["rmse"],
-               "val_ci_violation": (ev["ci_by_horizon"][spec.horizons[-1]] if spec.kind != "ar"
-                                    else ev["ci_violation"]),
-               "seconds": time.time() - t0,
-               "rmse_by": ev["rmse_by_horizon"] if spec.kind != "ar" else
-               {o: ev[f"offset_{o}"]["rmse_by_pass"] for o in spec.offsets}}
+               "train_loss": float(np.mean(losses[:, 0]))}
+        if (epoch + 1) % every == 0 or epoch + 1 == spec.epochs:      # validation every k epochs, and the last
+            ev = validate(model, spec, series, val_st, p)
+            row.update({"val_loss": ev["loss"], "val_kl": ev["kl"],
+                        "val_rmse": ev["rmse_by_horizon"][spec.horizons[-1]] if spec.kind != "ar" else ev["rmse"],
+                        "val_ci_violation": (ev["ci_by_horizon"][spec.horizons[-1]] if spec.kind != "ar"
+                                             else ev["ci_violation"]),
+                        "rmse_by": ev["rmse_by_horizon"] if spec.kind != "ar" else
+                        {o: ev[f"offset_{o}"]["rmse_by_pass"] for o in spec.offsets}})
+        else:
+            row.update({k: float("nan") for k in ("val_loss", "val_kl", "val_rmse", "val_ci_violation")}, rmse_by={})
+        row["seconds"] = time.time() - t0
         history.append(row)
         for k in ("train_loss", "val_loss", "val_kl", "val_rmse", "val_ci_violation"):
-            writer.add_scalar(f"phase{number}/{k}", row[k], row["global_epoch"])
+            if np.isfinite(row[k]):
+                writer.add_scalar(f"phase{number}/{k}", row[k], row["global_epoch"])
         _write_csv(csv_path, history)
         checkpoint.save(last, {"phase": number, "epoch": epoch + 1, "model": model.state_dict(),
                      "optimizer": opt.state_dict(), "rng": checkpoint.rng_state(), "history": history,
@@ -191,6 +186,29 @@ def train_phase(run, number: int, stop_after: int | None = None, progress: bool 
                   "params_hash": h, "model_config": model.cfg.to_dict(), "summary": summary,
                   "history": history})
     return summary
+
+
+def train_epoch(model, opt, spec, series, starts, g, C: int, w, grid, t: dict, use_bf16: bool) -> np.ndarray:
+    """One epoch of optimiser steps over the windows starting at `starts` (batches of the params' size), without a
+    host sync inside it: the start days go to the device once and each batch is gathered there by index, and each
+    step's loss and gradient norm stay on the device until the epoch ends (a GPU step at this model size is bound by
+    launches and syncs, not by arithmetic). `g` draws each batch's offset, as a step-by-step loop would, so the steps
+    and their results are the same. Returns (batches, 2): loss and gradient norm per step, float64; a non-finite
+    value there means the epoch's later steps must not be trusted (the caller stops and keeps the last checkpoint)."""
+    dev = series.surface.device
+    idx = torch.as_tensor(np.asarray(starts), device=dev)
+    out = []
+    for b0 in range(0, len(starts), t["batch_size"]):
+        x, a = series.windows(idx[b0:b0 + t["batch_size"]], spec.window)
+        offset = int(g.choice(spec.offsets)) if spec.offsets else None
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
+            loss = batch_loss(model, spec, x, a, C, w, offset, grid, t["returns"])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), t["grad_clip"])
+        opt.step()
+        out.append(torch.stack([loss.detach().float(), gnorm.detach().float()]))
+    return torch.stack(out).double().cpu().numpy() if out else np.zeros((0, 2))
 
 
 def _write_csv(path: Path, history: list[dict]) -> None:
