@@ -358,6 +358,7 @@ def versus(rolling: dict, dm: dict, ref: str, other: str, level: float = 0.05) -
     if r is None or o is None or d is None:
         return f"{ref} vs {other}: not scored in this run"
     sig = np.isfinite(d["p_value"]) and d["p_value"] < level
-    verdict = ("beats" if d["dm"] < 0 else "is beaten by") if sig else "does not beat (no significant difference from)"
-    return (f"{ref} {verdict} {other}: RMSE {r:.4f} against {o:.4f} ({r / o - 1:+.1%}), Diebold-Mariano on the "
+    verdict = ("beats" if d["dm"] < 0 else "is beaten by") if sig else "does not beat"
+    tie = "" if sig else f" (no significant difference at {level:.0%})"
+    return (f"{ref} {verdict} {other}{tie}: RMSE {r:.4f} against {o:.4f} ({r / o - 1:+.1%}), Diebold-Mariano on the "
             f"per-day loss {d['dm']:.2f} (p {fmt_p(d['p_value'])}, {d['days']} days)")
