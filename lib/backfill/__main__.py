@@ -28,6 +28,9 @@ def main(argv=None) -> int:
     be.add_argument("--out", default="runs/bench.json")
     be.add_argument("--steps", type=int, default=5, help="timed batches per phase")
     be.add_argument("--epochs", type=int, default=0, help="also time this many real epochs of phase 1")
+    be.add_argument("--full-run", action="store_true",
+                    help="train the whole curriculum (notebooks 01-05) on this device and write record.json")
+    be.add_argument("--run-dir", help="with --full-run: where the run goes (default runs/full_run/<profile>)")
     c = sub.add_parser("compare", help="one table of runs: params delta, gates, scores -> compare.md/.html")
     c.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories; the first is the reference")
     c.add_argument("--out", default="runs/compare", metavar="DIR", help="where compare.md and compare.html go")
@@ -53,6 +56,8 @@ def main(argv=None) -> int:
             return 0
         if a.cmd == "bench":
             from . import bench
+            if a.full_run:
+                return bench.full_run(a.params, a.run_dir)
             bench.main(a.params, a.out, a.steps, a.epochs)
             return 0
         if a.cmd == "compare":

@@ -1,8 +1,13 @@
-"""`python -m backfill bench`: training throughput per phase at the full model size, to JSON.
+"""`python -m backfill bench`: training throughput per phase at the full model size, to JSON; and
+`python -m backfill bench --full-run`: the whole curriculum trained on this machine's device, with a record of it.
 
 Times forward + backward + optimiser step on batches of real windows of the default data (the
 params' batch size, 32 in full.yaml) after warm-up batches, projects the whole curriculum's
 training time from the full plan's epochs and window counts, and times a 1000-sample 1-year backfill.
+`full_run` executes notebooks 01-05 (data and the four phases) into a run directory on the device (a GPU box) and
+writes record.json beside them (commit, device, torch and CUDA versions, wall time per phase); the generation and
+evaluation notebooks then run anywhere, a CPU included, from those checkpoints:
+`python -m backfill run PARAMS --run-dir DIR --from 06`.
 """
 from __future__ import annotations
 
@@ -106,3 +111,43 @@ def main(params_path="params/full_working.yaml", out="runs/bench.json", steps: i
     print(f"projected full curriculum: {result['projected_training_minutes']:.1f} min on {result['device']}; "
           f"written to {out}")
     return result
+
+
+TRAINING_NOTEBOOKS = ("01", "02", "03", "04", "05")      # the data chapter and the four curriculum phases
+
+
+def full_run(params_path="params/full_working.yaml", run_dir=None, overrides=(), log=print) -> int:
+    """Train the whole curriculum of `params_path` (notebooks 01-05) into `run_dir` (default
+    runs/full_run/<profile>) on this machine's device, then write run_dir/record.json: the commit, the device's name,
+    the torch and CUDA versions, the wall time of each phase and of the whole run. 0 on success, else the failed
+    run's status (its notebooks say why)."""
+    from . import pipeline
+    p = params.load(params_path, overrides)
+    run_dir = Path(run_dir or Path("runs") / "full_run" / p["profile"])
+    t0 = time.time()
+    for nb in TRAINING_NOTEBOOKS:
+        rc = pipeline.run(params_path, only=nb, run_dir=run_dir, overrides=overrides, log=log)
+        if rc:
+            return rc
+    record = write_record(run_dir, params_path, wall_seconds=time.time() - t0)
+    log(f"full run: {record['training_seconds'] / 60:.1f} min of training on {record['device_name']}; record in "
+        f"{run_dir / 'record.json'}; next, on any machine: python -m backfill run {params_path} --run-dir {run_dir} "
+        f"--from 06")
+    return 0
+
+
+def write_record(run_dir, params_path, wall_seconds: float) -> dict:
+    """run_dir/record.json: what a full run of the curriculum ran on and how long each phase took (from its
+    metrics.json), so that its results can be traced and its speed compared (the plan quotes 12 h on an A100)."""
+    m = rundir.read_metrics(run_dir)
+    cuda = torch.cuda.is_available()
+    ph = {name: {"epochs": r.get("epochs"), "seconds": r.get("seconds"), "device": r.get("device"),
+                 "decision": (r.get("criteria") or {}).get("decision")} for name, r in sorted(m.get("phases", {}).items())}
+    record = {"params": str(params_path), "profile": m.get("profile"), **rundir.provenance(),
+              "device_name": torch.cuda.get_device_name(0) if cuda else platform.processor() or platform.machine(),
+              "torch": torch.__version__, "cuda": torch.version.cuda if cuda else None,
+              "cudnn": torch.backends.cudnn.version() if cuda else None, "phases": ph,
+              "training_seconds": float(sum(r["seconds"] or 0 for r in ph.values())),
+              "wall_seconds": round(float(wall_seconds), 1)}
+    rundir.atomic_write_text(Path(run_dir) / "record.json", json.dumps(rundir.jsonable(record), indent=2) + "\n")
+    return record
