@@ -66,8 +66,9 @@ def phase_chapter(run, number: int) -> tuple[dict, dict]:
     p = run.params
     spec = phases.phase_specs(p)[number - 1]
     display(Markdown(f"**Phase {number}** ({spec.name}): {spec.epochs} epochs, windows of {spec.window} days"
-                     + (f", offsets {', '.join(map(str, spec.offsets))}" if number > 2 else "")
-                     + (f". {train.skip_note(p, number)}" if train.is_skipped(p, number) else ".")))
+                     + (f", offsets {', '.join(map(str, spec.offsets))}." if number > 2 else ".")))
+    if train.is_skipped(p, number):
+        print(train.skip_note(p, number))
     display(Markdown(f"Training resumes from `checkpoints/last.pt` when an earlier run was interrupted and returns at once "
                      f"when `checkpoints/phase{number}.pt` exists for these params; per-epoch numbers go to "
                      f"`logs/phase{number}.csv` and TensorBoard. A phase whose cumulative epoch mark equals the one before "
@@ -113,8 +114,9 @@ def phase_chapter(run, number: int) -> tuple[dict, dict]:
     print(f"KL to the prior per day (validation): {va['kl']:.4g} (the plan's table 6.1: < {p['gates']['kl_max']:g}); "
           f"prior: {p['model']['prior']}, target: {p['model']['target']}")
     result = gates.phase_criteria(number, summary, p)                   # SKIPPED for a phase with no epoch
-    display(Markdown(f"The plan's criteria for this phase, measured (*near* = within the marginal band of the "
-                     f"threshold, either side): **{result['decision']}**"))
+    display(Markdown("The plan's criteria for this phase, measured (*near* = within the marginal band of the "
+                     "threshold, either side):"))
+    print("decision:", result["decision"])
     display(style_verdicts(pd.DataFrame(result["checks"])[["criterion", "value", "op", "threshold", "mark"]],
                            {"value": "{:.4g}"}))
     publish_phase(run, number, summary, result)
