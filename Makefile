@@ -43,7 +43,7 @@ browser:
 test: $(STAMP) browser
 	rm -rf runs/nbval
 	BACKFILL_PARAMS=$(CURDIR)/params/test.yaml BACKFILL_RUN_DIR=$(CURDIR)/runs/nbval \
-	  $(BIN)/python -m pytest tests --nbval-lax --nbval-current-env notebooks
+	  $(BIN)/python -m pytest tests --nbval-lax --nbval-current-env --durations=15 notebooks
 
 # The quick lane: every test but those marked slow (the whole pipeline, sweeps, executed notebooks, training).
 test-fast: $(STAMP)
