@@ -1,5 +1,5 @@
-"""Command line: python -m backfill run PARAMS [--from NN] [--only NN] [--force] [--set KEY=VALUE ...]
-| book RUN_DIR|SWEEP_DIR [--compare RUN_DIR...] [--sweep SWEEP_DIR] | bench | compare RUN_DIR... | sweep SWEEP.yaml [--address ADDR]"""
+"""Command line: python -m backfill run PARAMS [--from NN] [--only NN] [--force] [--set KEY=VALUE ...] [--checkpoint RECORD]
+| record RUN_DIR [--out DIR] | book RUN_DIR|SWEEP_DIR [--compare RUN_DIR...] [--sweep SWEEP_DIR] | bench | compare RUN_DIR... | sweep SWEEP.yaml [--address ADDR]"""
 from __future__ import annotations
 
 import argparse
@@ -18,6 +18,11 @@ def main(argv=None) -> int:
     r.add_argument("--run-dir", help="where the run goes (default runs/<profile>)")
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a param (dotted key, YAML value), e.g. --set model.kl_weight=0.5; repeatable")
+    r.add_argument("--checkpoint", metavar="RECORD", help="generate and evaluate (notebooks 06 on) from a record's "
+                   "checkpoints (results/<profile>, made by `record`) instead of training")
+    rc = sub.add_parser("record", help="keep a finished full run (bench --full-run) as results of record")
+    rc.add_argument("run_dir", help="the run directory, e.g. runs/full_run/full_working")
+    rc.add_argument("--out", help="where the record goes (default results/<profile>)")
     b = sub.add_parser("book", help="build the Jupyter Book of a run")
     b.add_argument("run_dir")
     b.add_argument("--compare", nargs="+", default=[], metavar="RUN_DIR",
@@ -45,11 +50,17 @@ def main(argv=None) -> int:
     from .compare import CompareError
     from .rundir import RunDirError, RunLocked
     from .sweep.spec import SweepError
+    from .record import RecordError
+    from .checkpoint import CheckpointError
     try:
         if a.cmd == "run":
             from . import pipeline
             return pipeline.run(a.params, start=a.start, only=a.only, force=a.force, run_dir=a.run_dir,
-                                overrides=a.overrides)
+                                overrides=a.overrides, checkpoint=a.checkpoint)
+        if a.cmd == "record":
+            from . import record
+            print(record.keep(a.run_dir, a.out))
+            return 0
         if a.cmd == "book":
             from . import pipeline
             pipeline.build_book(a.run_dir, compare=a.compare, sweep=a.sweep)
@@ -68,7 +79,8 @@ def main(argv=None) -> int:
         if a.cmd == "sweep":
             from .sweep import runner, spec
             return runner.run(spec.load(a.sweep), out=a.out, address=a.address)
-    except (ParamsError, DataError, CompareError, RunDirError, RunLocked, SweepError) as e:
+    except (ParamsError, DataError, CompareError, RunDirError, RunLocked, SweepError, RecordError,
+            CheckpointError) as e:
         print(f"backfill: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:          # Ctrl-C: one line, not a traceback; a run reads `interrupted`

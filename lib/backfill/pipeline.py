@@ -62,7 +62,7 @@ def select(names: list[str], start: str | None = None, only: str | None = None) 
 
 
 def run(params_path, start=None, only=None, force=False, run_dir=None, overrides=(), log=print,
-        on_notebook=None) -> int:
+        on_notebook=None, checkpoint=None) -> int:
     """Execute the notebooks in order with papermill; 0 on success, 1 when a notebook failed.
 
     `overrides` are `--set` 'KEY=VALUE' strings applied on top of the params file. The notebooks get
@@ -71,13 +71,25 @@ def run(params_path, start=None, only=None, force=False, run_dir=None, overrides
     key of the notebook before it) are skipped unless `force`. The run directory is locked while it runs. A
     failing notebook stops the run, is saved as NN.failed.ipynb and is marked failed (with its cell) in
     metrics.json. `on_notebook(name, metrics)` is called after each notebook that is done (run or skipped), with
-    the run's metrics.json as it then stands: how a sweep reports each phase to its scheduler."""
+    the run's metrics.json as it then stands: how a sweep reports each phase to its scheduler. `checkpoint` (a
+    record directory, `record.keep`) puts the record's phase checkpoints in the run and starts at notebook 06
+    (`start` may be later); a record whose model does not fit the params is refused before anything is written."""
     params_path = Path(params_path).resolve()
     p = _params.load(params_path, overrides)   # bad params or --set fail here, before anything is written
     os.environ["BACKFILL_BATCH"] = "1"     # inherited by the kernels papermill starts
     ds = _data.load_for(p)                 # so does bad data
+    if checkpoint is not None:
+        from . import record
+        first = NOTEBOOKS.index(FROM_RECORD)
+        if only is not None or (start is not None and NOTEBOOKS.index(select(NOTEBOOKS, start)[0]) < first):
+            raise record.RecordError(f"--checkpoint replaces training: start at notebook {FROM_RECORD[:2]} or later "
+                                     f"(--from {FROM_RECORD[:2]}), not {only or start}")
+        start = start or FROM_RECORD
+        record.check(checkpoint, p, ds.grid)
     run_dir = make_run_dir(run_dir or default_run_dir(p))   # not the sources' folder, not a file
     with locked(run_dir):
+        if checkpoint is not None and record.seed_run(checkpoint, p, ds, run_dir, force, log):
+            force = True                  # other checkpoints: what ran from the old ones runs again
         try:
             return _run_locked(p, ds, params_path, run_dir, start, only, force, overrides, log, on_notebook)
         except KeyboardInterrupt:          # Ctrl-C: interrupted, not failed; the same command resumes the run
@@ -152,6 +164,9 @@ def _run_locked(p, ds, params_path, run_dir, start, only, force, overrides, log,
         not stale_sections(read_metrics(run_dir), keys)
     update_metrics(run_dir, status=status, run_state="ok" if current else "partial")
     return 0
+
+
+FROM_RECORD = "06_gates"      # the first notebook of a run seeded from a record: everything before it is training
 
 
 KERNEL_START_TRIES = 3
@@ -265,6 +280,12 @@ def build_book(run_dir, log=print, compare=(), sweep=None) -> Path:
         part["chapters"] = [c for c in part["chapters"]
                             if not c["file"].startswith("notebooks/") or Path(c["file"]).name in done]
     toc["parts"] = [pt for pt in toc.get("parts", []) if pt["chapters"]]
+    from . import record
+    record_md = record.page(run_dir)
+    if record_md:                    # a run seeded from a record: what the record ran on opens the run's part
+        atomic_write_text(run_dir / "book" / "record.md", record_md)
+        run_part = next(pt for pt in toc["parts"] if pt["chapters"][0]["file"].startswith("notebooks/"))
+        run_part["chapters"].insert(0, {"file": "book/record"})
     if compare_md:
         atomic_write_text(run_dir / "book" / "compare.md", compare_md)
         toc["parts"][0]["chapters"].append({"file": "book/compare"})

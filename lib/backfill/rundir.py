@@ -159,7 +159,7 @@ LIB = Path(__file__).resolve().parent
 TRAINING_CODE = ("data.py", "embedded_data.py", "model.py", "rollout.py", "phases.py", "checkpoint.py", "train.py")   # what a checkpoint depends on
 
 
-ORCHESTRATION = ("__main__.py", "pipeline.py", "compare.py", "bench.py",
+ORCHESTRATION = ("__main__.py", "pipeline.py", "compare.py", "bench.py", "record.py",
                  "sweep")   # modules and packages (sweep/) that run notebooks or read what they wrote; none runs in one
 
 
