@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 
-from backfill import bench, checkpoint, record, rundir
+from backfill import bench, checkpoint, gates, pipeline, record, rundir
 from backfill.__main__ import main as cli_main
 from backfill.model import CVAE, ModelConfig
 from conftest import TEST_PARAMS
@@ -90,7 +90,7 @@ def test_keep_refuses_an_unfinished_run_and_a_folder_that_is_not_a_record(tmp_pa
 
 
 @pytest.mark.slow
-def test_a_kept_record_backfills_as_the_run_it_came_from(finished_run, tmp_path, capsys):
+def test_a_kept_record_backfills_as_the_run_it_came_from(finished_run, tmp_path, capsys, monkeypatch):
     rd = tmp_path / "full"
     shutil.copytree(finished_run, rd)
     with pytest.raises(record.RecordError, match="no record.json"):
@@ -109,18 +109,25 @@ def test_a_kept_record_backfills_as_the_run_it_came_from(finished_run, tmp_path,
     assert json.loads((out / "record.json").read_text())["training_code"] == rundir.code_fingerprint(rundir.TRAINING_CODE)
     assert record.keep(rd, out) == out and not list(out.parent.glob(".*"))       # replaced whole, nothing left over
 
-    seeded = tmp_path / "seeded"
-    assert cli_main(["run", str(TEST_PARAMS), "--checkpoint", str(out), "--run-dir", str(seeded)]) == 0
-    status = rundir.read_metrics(seeded)["status"]
-    assert [n for n, s in status.items() if s["state"] == "ok"] == [
-        "06_gates", "07_generate_6month", "08_generate_1year", "09_evaluation"]
-    assert not (seeded / "notebooks" / "02_phase1_teacher_forcing.ipynb").exists()
+    seeded = tmp_path / "seeded"           # the finished run without its checkpoints: 09 alone runs from the record
+    shutil.copytree(finished_run, seeded, ignore=shutil.ignore_patterns("checkpoints", "_build"))
+    assert cli_main(["run", str(TEST_PARAMS), "--checkpoint", str(out), "--run-dir", str(seeded), "--from", "09"]) == 0
+    assert "checkpoints of the record" in capsys.readouterr().out
     ran, orig = rundir.read_metrics(seeded), rundir.read_metrics(finished_run)
-    assert {g: r["decision"] for g, r in ran["gates"].items()} == {g: r["decision"] for g, r in orig["gates"].items()}
-    assert ran["rolling"] == orig["rolling"] and ran["deployment"] == orig["deployment"]   # the same model, the same numbers
+    assert ran["status"]["09_evaluation"]["state"] == "ok" and ran["run_state"] == "ok"
+    assert ran["status"]["09_evaluation"]["seconds"] != orig["status"]["09_evaluation"]["seconds"]   # it ran again
+    assert ran["rolling"] == orig["rolling"]                # the recorded weights: the same numbers
+    judged = gates.training_gates(rundir.open_run(seeded / "params.yaml", seeded))      # notebook 06's judgement
+    assert {g: r["decision"] for g, r in judged.items()} == {g: orig["gates"][g]["decision"] for g in judged}
     md = record.page(seeded)
     assert "# The full plan (results of record)" in md and "The training code is the record's" in md
     assert "| phase4 |" in md and "other data" not in md
+    tocs = []
+    monkeypatch.setattr(pipeline, "_build", lambda run_dir, toc, log, **kw: tocs.append(toc))
+    pipeline.build_book(seeded)
+    run_part = [pt["chapters"] for pt in tocs[0]["parts"] if pt["caption"] == "The run"][0]
+    assert [c["file"] for c in run_part][:2] == ["book/record", "notebooks/01_data_autocorrelation"]
+    assert (seeded / "book" / "record.md").read_text() == md
     rec = json.loads((seeded / "record.json").read_text())
     rec["training_code"] = "older"
     (seeded / "record.json").write_text(json.dumps(rec))
