@@ -140,21 +140,6 @@ def test_the_results_table_and_the_chapter(swept):
 
 
 @pytest.mark.slow
-def test_a_finished_sweep_reruns_nothing(swept):
-    before = {d.name: statuses(d) for d in swept["dirs"]}
-    t0 = time.time()
-    res = subprocess.run([sys.executable, "-m", "backfill", "sweep", str(SWEEPS / "test.yaml"), "--out",
-                          str(swept["out"])], cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
-    for d in swept["dirs"]:
-        assert statuses(d) == before[d.name]          # no notebook executed: same states, keys and seconds
-        tail = (d / "sweep.log").read_text().splitlines()[-9:]
-        assert all("done before, skipped" in ln for ln in tail), tail
-    print(f"interrupted run {swept['seconds'][0]:.0f} s, resumed run {swept['seconds'][1]:.0f} s, "
-          f"no-op rerun {time.time() - t0:.0f} s")
-
-
-@pytest.mark.slow
 def test_the_sweep_chapter_builds_as_a_book(swept):
     """`backfill book runs/sweeps/<sweep>`: the executed chapter alone (the trials' own files are not pages)."""
     res = subprocess.run([sys.executable, "-m", "backfill", "book", str(swept["out"])], cwd=ROOT, capture_output=True,
@@ -219,14 +204,17 @@ def claims_swept(swept):
     """params/sweeps/test_claims.yaml: the reference and one level of each kind of claim, one seed. Its reference and
     prior=standard trials have the params of the test sweep's prior=conditional and prior=standard trials (the same
     `set`): copied in under their claims names they are found finished and not executed again, as in any rerun of a
-    sweep, so three trials train (phase 4 alone, a single training offset, (C, H) = (5, 6))."""
+    sweep, so three trials train (phase 4 alone, a single training offset, (C, H) = (5, 6)). (This is also the test
+    that a finished trial reruns nothing: the same states, keys and seconds.)"""
     out = swept["out"].parent / "test_claims"
+    before = {}
     for src, dst in (("prior=conditional", "reference,seed=0"), ("prior=standard", "prior=standard,seed=0")):
         shutil.copytree(swept["out"] / src, out / dst, ignore=shutil.ignore_patterns("_build", "sweep.log"))
+        before[dst] = statuses(out / dst)
     t0 = time.time()
     res = subprocess.run([sys.executable, "-m", "backfill", "sweep", str(SWEEPS / "test_claims.yaml"), "--out",
                           str(out)], cwd=ROOT, capture_output=True, text=True, timeout=900)
-    return {"out": out, "res": res, "seconds": time.time() - t0}
+    return {"out": out, "res": res, "seconds": time.time() - t0, "before": before}
 
 
 @pytest.mark.slow
@@ -240,6 +228,7 @@ def test_the_claims_sweep_runs_every_kind_of_level(claims_swept):
     for reused in ("reference,seed=0", "prior=standard,seed=0"):
         log = (out / reused / "sweep.log").read_text().splitlines()
         assert len(log) == 9 and all("done before, skipped" in ln for ln in log), reused
+        assert statuses(out / reused) == claims_swept["before"][reused]      # nothing executed, nothing rewritten
     p4 = df.set_index("level").loc["phase4_only"]
     assert (p4["phase1"], p4["gate1"], p4["gate2"]) == ("SKIPPED", "SKIPPED", "SKIPPED")
     assert np.isnan(p4["phase1.val_rmse"]) and p4["phase4"] in ("PASS", "MARGINAL", "FAIL")
