@@ -368,20 +368,18 @@ def test_ctrl_c_during_a_notebook_leaves_an_interrupted_run_that_resumes(tmp_pat
     import signal
     import time
     rd = tmp_path / "run"
-    sets = ["seed=1", "training.phase1_epochs=40", "training.phase2_epochs=41", "training.phase3_epochs=42",
-            "training.phase4_epochs=43"]        # phase 1 long enough to be caught mid-training on a loaded machine
     args = [sys.executable, "-m", "backfill", "run", ROOT / "params" / "test.yaml", "--run-dir", rd, "--only", "02",
-            *[a for s in sets for a in ("--set", s)]]
+            "--set", "seed=1"]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     t0 = time.time()
-    log = rd / "logs" / "phase1.csv"          # an epoch is logged: the kernel is inside the training cell
-    while time.time() - t0 < 180 and proc.poll() is None:
-        time.sleep(0.1)
+    while time.time() - t0 < 60 and proc.poll() is None:
+        time.sleep(0.2)
         try:
-            if len(log.read_text().splitlines()) >= 2:
+            if json.loads((rd / "metrics.json").read_text())["status"]["02_phase1_teacher_forcing"]["state"] == "running":
                 break
-        except OSError:
+        except (OSError, ValueError, KeyError):
             pass
+    time.sleep(3)                                                 # inside the notebook: its kernel runs cells
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, out + err
@@ -396,8 +394,7 @@ def test_ctrl_c_during_a_notebook_leaves_an_interrupted_run_that_resumes(tmp_pat
         pipeline.build_book(rd)
     msg = str(ei.value)
     assert "is interrupted; re-run it to resume" in msg and "\n" not in msg
-    assert msg.endswith(f"python -m backfill run params/test.yaml --run-dir {rd.resolve()} " +
-                        " ".join(f"--set {s}" for s in sets))
+    assert msg.endswith(f"python -m backfill run params/test.yaml --run-dir {rd.resolve()} --set seed=1")
     res = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0 and json.loads((rd / "metrics.json").read_text())["status"][
         "02_phase1_teacher_forcing"]["state"] == "ok", res.stdout + res.stderr
