@@ -50,8 +50,7 @@ def main(argv=None) -> int:
     from .compare import CompareError
     from .rundir import RunDirError, RunLocked
     from .sweep.spec import SweepError
-    from .record import RecordError
-    from .checkpoint import CheckpointError
+    from .record import RecordError      # (torch-free: the CLI imports torch only where it trains or loads)
     try:
         if a.cmd == "run":
             from . import pipeline
@@ -79,8 +78,7 @@ def main(argv=None) -> int:
         if a.cmd == "sweep":
             from .sweep import runner, spec
             return runner.run(spec.load(a.sweep), out=a.out, address=a.address)
-    except (ParamsError, DataError, CompareError, RunDirError, RunLocked, SweepError, RecordError,
-            CheckpointError) as e:
+    except (ParamsError, DataError, CompareError, RunDirError, RunLocked, SweepError, RecordError) as e:
         print(f"backfill: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:          # Ctrl-C: one line, not a traceback; a run reads `interrupted`

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from . import checkpoint, rundir
-from .model import ModelConfig
+from . import rundir
 
 PHASES = (1, 2, 3, 4)
 KEPT = ("phase", "model", "model_config", "params_hash", "summary", "history")   # of a phase checkpoint: not the optimiser
@@ -35,6 +34,7 @@ def keep(run_dir, out=None) -> Path:
     results/<profile>): params.yaml, metrics.json, record.json (with the training code's fingerprint added) and the
     phase checkpoints without optimiser state. Staged beside `out` and renamed into place: an existing record is
     replaced whole or not at all; a folder that is not a record is refused, never overwritten."""
+    from . import checkpoint
     run_dir = Path(run_dir)
     m = rundir.read_metrics(run_dir)
     if not m:
@@ -79,6 +79,8 @@ def _plain(cfg: dict) -> dict:
 def check(record_dir, p: dict, grid: tuple[int, int]) -> dict:
     """The record's record.json after checking that each of its phase checkpoints holds the model these params
     build on this grid; RecordError (one line, the first field that differs) otherwise."""
+    from . import checkpoint
+    from .model import ModelConfig
     rec = Path(record_dir)
     if not (rec / "record.json").is_file():
         raise RecordError(f"{rec} is not a record (no record.json); make one with `python -m backfill record RUN_DIR`")
