@@ -113,9 +113,6 @@ def main(params_path="params/full_working.yaml", out="runs/bench.json", steps: i
     return result
 
 
-TRAINING_NOTEBOOKS = ("01", "02", "03", "04", "05")      # the data chapter and the four curriculum phases
-
-
 def full_run(params_path="params/full_working.yaml", run_dir=None, overrides=(), log=print) -> int:
     """Train the whole curriculum of `params_path` (notebooks 01-05) into `run_dir` (default
     runs/full_run/<profile>) on this machine's device, then write run_dir/record.json: the commit, the device's name,
@@ -125,8 +122,8 @@ def full_run(params_path="params/full_working.yaml", run_dir=None, overrides=(),
     p = params.load(params_path, overrides)
     run_dir = Path(run_dir or Path("runs") / "full_run" / p["profile"])
     t0 = time.time()
-    for nb in TRAINING_NOTEBOOKS:
-        rc = pipeline.run(params_path, only=nb, run_dir=run_dir, overrides=overrides, log=log)
+    for nb in pipeline.TRAINING_NOTEBOOKS:
+        rc = pipeline.run(params_path, only=nb[:2], run_dir=run_dir, overrides=overrides, log=log)
         if rc:
             return rc
     record = write_record(run_dir, params_path, wall_seconds=time.time() - t0)

@@ -85,10 +85,10 @@ def run(params_path, start=None, only=None, force=False, run_dir=None, overrides
             raise record.RecordError(f"--checkpoint replaces training: start at notebook {FROM_RECORD[:2]} or later "
                                      f"(--from {FROM_RECORD[:2]}), not {only or start}")
         start = start or FROM_RECORD
-        record.check(checkpoint, p, ds.grid)
+        checked = record.check(checkpoint, p, ds.grid)
     run_dir = make_run_dir(run_dir or default_run_dir(p))   # not the sources' folder, not a file
     with locked(run_dir):
-        if checkpoint is not None and record.seed_run(checkpoint, p, ds, run_dir, force, log):
+        if checkpoint is not None and record.seed_run(checkpoint, p, ds, run_dir, force, log, checked):
             force = True                  # other checkpoints: what ran from the old ones runs again
         try:
             return _run_locked(p, ds, params_path, run_dir, start, only, force, overrides, log, on_notebook)
@@ -167,6 +167,7 @@ def _run_locked(p, ds, params_path, run_dir, start, only, force, overrides, log,
 
 
 FROM_RECORD = "06_gates"      # the first notebook of a run seeded from a record: everything before it is training
+TRAINING_NOTEBOOKS = tuple(NOTEBOOKS[:NOTEBOOKS.index(FROM_RECORD)])   # the data chapter and the four phases
 
 
 KERNEL_START_TRIES = 3

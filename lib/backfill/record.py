@@ -19,10 +19,10 @@ from pathlib import Path
 import yaml
 
 from . import rundir
+from .pipeline import TRAINING_NOTEBOOKS
 
 PHASES = (1, 2, 3, 4)
 KEPT = ("phase", "model", "model_config", "params_hash", "summary", "history")   # of a phase checkpoint: not the optimiser
-TRAINING = ("01", "02", "03", "04", "05")      # the notebooks a record is made of (bench.TRAINING_NOTEBOOKS)
 
 
 class RecordError(ValueError):
@@ -40,8 +40,7 @@ def keep(run_dir, out=None) -> Path:
     if not m:
         raise RecordError(f"{run_dir} is not a run directory (no metrics.json)")
     status = m.get("status", {})
-    names = {n[:2]: n for n in status}
-    unfinished = [t for t in TRAINING if status.get(names.get(t, t), {}).get("state") != "ok"]
+    unfinished = [n[:2] for n in TRAINING_NOTEBOOKS if status.get(n, {}).get("state") != "ok"]
     if unfinished:
         raise RecordError(f"{run_dir} has not finished training (notebooks {', '.join(unfinished)} not ok); train it "
                           f"with `python -m backfill bench --full-run` first")
@@ -101,14 +100,14 @@ def check(record_dir, p: dict, grid: tuple[int, int]) -> dict:
     return json.loads((rec / "record.json").read_text())
 
 
-def seed_run(record_dir, p: dict, ds, run_dir, force: bool = False, log=print) -> bool:
+def seed_run(record_dir, p: dict, ds, run_dir, force: bool = False, log=print, checked: dict | None = None) -> bool:
     """Put a record's phase checkpoints into run_dir/checkpoints (after `check`) and its record.json, with where it
     came from and whether its data is this run's, into run_dir/record.json, so that notebooks 06 on generate and
     evaluate from the recorded model. A run directory holding other phase checkpoints (its own training, another
     record) is refused unless `force`; then its training notebooks are marked superseded. True when a checkpoint
-    changed (the notebooks from 06 on must then run again)."""
+    changed (the notebooks from 06 on must then run again). `checked`: what `check` returned, if the caller ran it."""
     from .data import fingerprint
-    rec = check(record_dir, p, ds.grid)
+    rec = dict(checked) if checked is not None else check(record_dir, p, ds.grid)
     run_dir = Path(run_dir)
     new = {n: (Path(record_dir) / "checkpoints" / f"phase{n}.pt").read_bytes() for n in PHASES}
     dest = {n: run_dir / "checkpoints" / f"phase{n}.pt" for n in PHASES}
@@ -128,7 +127,7 @@ def seed_run(record_dir, p: dict, ds, run_dir, force: bool = False, log=print) -
         rundir.atomic_write_bytes(dest[n], new[n])
     if other:
         status = rundir.read_metrics(run_dir).get("status", {})
-        for name in [n for n in status if n[:2] in TRAINING]:
+        for name in [n for n in status if n in TRAINING_NOTEBOOKS]:
             status[name] = {"state": "superseded", "by": str(record_dir)}
         rundir.update_metrics(run_dir, status=status)
     rec["record_dir"] = str(Path(record_dir).resolve())
