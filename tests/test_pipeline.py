@@ -370,7 +370,10 @@ def test_ctrl_c_during_a_notebook_leaves_an_interrupted_run_that_resumes(tmp_pat
     rd = tmp_path / "run"
     args = [sys.executable, "-m", "backfill", "run", ROOT / "params" / "test.yaml", "--run-dir", rd, "--only", "02",
             "--set", "seed=1"]
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C as at a terminal: a shell without job control starts background jobs (make, pytest) with SIGINT
+    # ignored, and a child inherits that, so the run would never see the signal
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     t0 = time.time()
     while time.time() - t0 < 60 and proc.poll() is None:
         time.sleep(0.2)
@@ -379,7 +382,7 @@ def test_ctrl_c_during_a_notebook_leaves_an_interrupted_run_that_resumes(tmp_pat
                 break
         except (OSError, ValueError, KeyError):
             pass
-    time.sleep(0.3)      # before nbclient installs its own SIGINT handler: a known gap, that handler can swallow it
+    time.sleep(3)                                                 # inside the notebook: its kernel runs cells
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, out + err
