@@ -244,3 +244,21 @@ def test_width_vs_rv_and_the_versus_sentence():
     dm["rolling_by_day"]["vae vs har"]["p_value"] = 0.2
     assert "does not beat" in evaluate.versus(rolling, dm, "vae", "har")
     assert "not scored" in evaluate.versus(rolling, dm, "vae", "backbone")
+
+
+def test_median_bias_on_calibration_and_test_days():
+    """A median unbiased on the validation days and 0.01 too high on the test days: the table shows both, and the
+    calibrated band, fitted where there was no bias, misses the test truths on the low side only."""
+    flat = np.full((40, *GRID), 0.2)
+    signs = np.where(np.arange(40) % 2 == 0, 1.0, -1.0)[:, None, None]
+    calib = {f"calib_{i}": {"m": _bf(f"calib_{i}", i, flat, flat + 0.005 * signs)} for i in range(4)}
+    test = {"rolling_0": {"m": _bf("rolling_0", 500, flat, flat - 0.01)},
+            "crisis": {"m": _bf("crisis", 700, flat, flat + 0.3)}}                # a named window: not a rolling origin
+    row = evaluate.median_bias(calib, test, ["m"]).iloc[0]
+    assert row["calibration: truth - p50"] == pytest.approx(0.0) and row["calibration: share below p50"] == 0.5
+    assert row["test: truth - p50"] == pytest.approx(-0.01) and row["test: share below p50"] == 1.0
+    out, _ = evaluate.calibrate(calib, test)
+    cal = out["rolling_0"]["m_cal"]
+    assert (cal.truth < cal.p05).mean() == 1.0 and (cal.truth > cal.p95).mean() == 0.0
+    none = evaluate.median_bias({}, {"crisis": test["crisis"]}, ["m"]).iloc[0]    # no calibration; no rolling origin
+    assert none["calibration: truth - p50"] is None and none["test: truth - p50"] == pytest.approx(0.3)

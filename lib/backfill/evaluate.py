@@ -334,6 +334,27 @@ def coverage_frame(scores: dict, methods: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def median_bias(calib: dict, test: dict, methods: list[str]) -> pd.DataFrame:
+    """What conformal calibration cannot carry: per method, the median's mean error (truth - p50, vol units, over
+    days x grid points) and the share of truths below p50, on the calibration backfills (`calib`, validation split;
+    may be empty) beside the test backfills (`test`: the rolling origins, else every window). Calibration moves the
+    tails by what the validation years showed; a bias that appears only in the test years (a level the training and
+    validation years did not have) leaves the calibrated band short on that side."""
+    def pooled(wins: dict, m: str):
+        d = [w[m].truth - w[m].p50[:len(w[m].truth)] for w in wins.values() if m in w]
+        if not d:
+            return None, None
+        d = np.concatenate([x.reshape(-1) for x in d])
+        return float(d.mean()), float((d < 0).mean())
+    roll = {k: v for k, v in test.items() if k.startswith("rolling_")} or test
+    rows = []
+    for m in methods:
+        (cb, cs), (tb, ts) = pooled(calib, m), pooled(roll, m)
+        rows.append({"method": m, "calibration: truth - p50": cb, "calibration: share below p50": cs,
+                     "test: truth - p50": tb, "test: share below p50": ts})
+    return pd.DataFrame(rows)
+
+
 def calibration_table(cals: dict) -> pd.DataFrame:
     """What each method's calibration could fit: per method and lead bin, the scores behind it (validation days x
     grid points) and the normalised score quantile of each tail (in units of the method's own half-width: a lower
