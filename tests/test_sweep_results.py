@@ -49,3 +49,29 @@ def test_the_results_files_of_a_sweep_before_any_trial_ran(tmp_path):
     back = results.load_results(tmp_path)
     assert list(back.columns) == list(df.columns) and back.attrs["sweep"]["launches"] == [
         {"started": "now", "wall_seconds": 60.0}]
+
+
+def test_a_launch_is_rewritten_as_it_goes_and_a_killed_one_still_counts(tmp_path):
+    """The runner rewrites its launch's entry after every trial (same start): a launch killed outright keeps the
+    time up to its last finished trial, and the next launch is a new entry beside it."""
+    sw = spec.load(ROOT / "params" / "sweeps" / "test.yaml", check_data=False)
+    results.write_info(sw, tmp_path, {"started": "2026-01-01T10:00:00", "wall_seconds": 0.0, "ended": False})
+    results.write_info(sw, tmp_path, {"started": "2026-01-01T10:00:00", "wall_seconds": 300.0, "ended": False})
+    # ... killed here: no final entry
+    info = results.write_info(sw, tmp_path, {"started": "2026-01-01T11:00:00", "wall_seconds": 120.0, "ended": True})
+    assert [(x["wall_seconds"], x["ended"]) for x in info["launches"]] == [(300.0, False), (120.0, True)]
+    assert info["wall_seconds"] == 420.0
+    assert results.write_info(sw, tmp_path)["launches"] == info["launches"]            # no launch: kept as it is
+
+
+def test_the_runners_callback_rewrites_the_launch_after_each_trial(tmp_path):
+    from backfill.sweep import runner
+    sw = spec.load(ROOT / "params" / "sweeps" / "test.yaml", check_data=False)
+    lines, ends = [], []
+    cb = runner._callback(sw, tmp_path, lines.append, lambda: ends.append(len(lines)))
+
+    class Trial:
+        config = {"trial": {"name": "prior=standard"}}
+        last_result = {"rmse": 0.0123}
+    cb.on_trial_error(0, [], Trial())
+    assert lines == ["[1/2] prior=standard: pending, rmse 0.0123"] and ends == [1]

@@ -68,6 +68,7 @@ def swept(tmp_path_factory):
     interrupted = {"rc": first_rc, "chapter": (out / "10_sweep.ipynb").exists(),
                    "status": {d.name: statuses(d) for d in dirs},
                    "trial": {d.name: results.read_trial(d) for d in dirs},
+                   "launches": json.loads((out / "sweep.json").read_text())["launches"],
                    "table": pd.read_parquet(out / "results.parquet"),
                    "mtimes": {d.name: {f.name: f.stat().st_mtime for f in (d / "checkpoints").glob("phase*.pt")}
                               for d in dirs}}
@@ -87,6 +88,7 @@ def test_an_interrupted_sweep_leaves_interrupted_trials(swept):
         assert {"phase1.pt", "phase2.pt"} <= set(it["mtimes"][d.name])
         assert it["status"][d.name]["03_phase2_multihorizon"]["state"] == "ok"
     assert set(it["table"]["state"]) == {"interrupted"} and not it["chapter"]     # no chapter for an unfinished sweep
+    assert len(it["launches"]) == 1 and it["launches"][0]["ended"] and it["launches"][0]["wall_seconds"] > 0
 
 
 @pytest.mark.slow
@@ -113,6 +115,8 @@ def test_the_rerun_resumes_and_finishes_every_trial(swept):
             assert (d / "checkpoints" / f"phase{n}.pt").exists()
         assert (d / "notebooks" / "09_evaluation.ipynb").exists() and results.read_trial(d)["state"] == "ok"
     assert "[2/2]" in swept["log"] and "prior=conditional: ok, rmse" in swept["log"]
+    launches = json.loads((swept["out"] / "sweep.json").read_text())["launches"]
+    assert launches[0] == it["launches"][0] and len(launches) == 2 and launches[1]["ended"]   # one entry per launch
 
 
 @pytest.mark.slow

@@ -68,10 +68,15 @@ def trial_scores(run_dir) -> dict:
 
 def write_info(sw: Sweep, out: Path, launch: dict | None = None) -> dict:
     """out/sweep.json: the expanded sweep (what the chapter and `load_results` read besides the table), with one
-    entry per launch (its start and wall seconds) and their total."""
+    entry per launch (its start and wall seconds) and their total. A `launch` with the start of the last entry
+    replaces it: the runner rewrites its launch after every trial, so a launch killed outright (SIGKILL, a machine
+    restart) still counts up to its last finished trial."""
     path = out / "sweep.json"
     old = json.loads(path.read_text()) if path.is_file() else {}
-    launches = old.get("launches", []) + ([launch] if launch else [])
+    launches = old.get("launches", [])
+    if launch:
+        same = bool(launches) and launches[-1].get("started") == launch.get("started")
+        launches = launches[:-1] + [launch] if same else launches + [launch]
     info = {"name": sw.name, "description": sw.description, "sweep_file": str(sw.path), "base": str(sw.base),
             "metric": sw.metric, "mode": sw.mode, "axes": sw.axes, "chapter": sw.chapter.name,
             "claims": {c: {**v, "levels": {lv: [override(k, x) for k, x in ov.items()]     # KEY=VALUE, as --set

@@ -84,9 +84,9 @@ def trainable(config: dict) -> None:
     tune.report({**final, **phases, **trial_scores(run_dir)})
 
 
-def _callback(sw: Sweep, out: Path, log):
+def _callback(sw: Sweep, out: Path, log, on_trial_end=lambda: None):
     """A Tune callback on the driver: marks trials the scheduler stopped (trial.json state stopped, at the last
-    phase they reported) and prints one line per finished trial."""
+    phase they reported), prints one line per finished trial and calls `on_trial_end` after it."""
     from ray import tune
 
     class Progress(tune.Callback):
@@ -100,6 +100,7 @@ def _callback(sw: Sweep, out: Path, log):
             v = r.get(sw.metric)
             score = f", {sw.metric} {v:.4g}" if is_number(v) and np.isfinite(v) else ""
             log(f"[{self.done}/{len(sw.trials)}] {name}: {what}{score}")
+            on_trial_end()
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             run_dir = out / trial.config["trial"]["name"]
@@ -192,7 +193,10 @@ def run(sw: Sweep, out=None, address: str | None = None, chapter: bool = True, l
     from ray import tune
     out = make_run_dir(sweep_dir(sw, out), ())     # not the sources' folder (the chapter is executed into it)
     t0, started = time.time(), time.strftime("%Y-%m-%dT%H:%M:%S")
-    write_info(sw, out)
+
+    def launch(ended: bool) -> dict:           # this launch's entry of sweep.json, rewritten as it goes
+        return {"started": started, "wall_seconds": round(time.time() - t0, 1), "ended": ended}
+    write_info(sw, out, launch(False))
     session = _init_ray(sw, address)
     try:
         shutil.rmtree(out / "ray" / "tune", ignore_errors=True)
@@ -207,7 +211,7 @@ def run(sw: Sweep, out=None, address: str | None = None, chapter: bool = True, l
             tune_config=tune.TuneConfig(scheduler=scheduler, max_concurrent_trials=sw.max_concurrent,
                                         trial_dirname_creator=_trial_dirname, trial_name_creator=_trial_dirname),
             run_config=tune.RunConfig(name="tune", storage_path=str(out / "ray"), verbose=0, stop=stopper,
-                                      callbacks=[_callback(sw, out, log)],
+                                      callbacks=[_callback(sw, out, log, lambda: write_info(sw, out, launch(False)))],
                                       failure_config=tune.FailureConfig(max_failures=0)))
         tuner.fit()
     finally:
@@ -217,9 +221,9 @@ def run(sw: Sweep, out=None, address: str | None = None, chapter: bool = True, l
             if address or not is_locked(out / t.name):
                 break
             time.sleep(0.25)
-    wall = round(time.time() - t0, 1)
     df = table(sw, out)
-    info = write_info(sw, out, {"started": started, "wall_seconds": wall})
+    info = write_info(sw, out, launch(True))
+    wall = info["launches"][-1]["wall_seconds"]
     paths = write_results(df, out, sw, info)
     log(f"sweep {sw.name}: {wall:.0f} s wall; results: {paths[1]}")
     done = df["state"].str.match(r"ok|stopped").all()
