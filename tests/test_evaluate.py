@@ -1,7 +1,10 @@
 """evaluate: the evaluation helpers over every method's backfills (rolling summary, grading against the plan's
 tables, Diebold-Mariano per calendar day, the tables 6.2 / 6.3 / 13.2, the conformal rows, widths against realised
 vol). Small synthetic data, fixed seeds."""
+import dataclasses
+
 import numpy as np
+import pandas as pd
 import pytest
 
 from backfill import evaluate, metrics
@@ -177,7 +180,6 @@ def test_verdicts_are_words_with_colours():
 
 
 def test_calibrate_adds_conformal_rows_fitted_on_validation_windows_only():
-    import dataclasses
     rng = np.random.default_rng(3)
     flat = np.full((40, *GRID), 0.2)
 
@@ -261,4 +263,8 @@ def test_median_bias_on_calibration_and_test_days():
     cal = out["rolling_0"]["m_cal"]
     assert (cal.truth < cal.p05).mean() == 1.0 and (cal.truth > cal.p95).mean() == 0.0
     none = evaluate.median_bias({}, {"crisis": test["crisis"]}, ["m"]).iloc[0]    # no calibration; no rolling origin
-    assert none["calibration: truth - p50"] is None and none["test: truth - p50"] == pytest.approx(0.3)
+    assert pd.isna(none["calibration: truth - p50"]) and none["test: truth - p50"] == pytest.approx(0.3)
+    gap = test["rolling_0"]["m"].truth.copy()
+    gap[:20] = np.nan                                                          # unknown truths are not counted
+    gappy = {"rolling_0": {"m": dataclasses.replace(test["rolling_0"]["m"], truth=gap)}}
+    assert evaluate.median_bias(calib, gappy, ["m"]).iloc[0]["test: share below p50"] == 1.0

@@ -345,7 +345,8 @@ def median_bias(calib: dict, test: dict, methods: list[str]) -> pd.DataFrame:
         if not d:
             return None, None
         d = np.concatenate([x.reshape(-1) for x in d])
-        return float(d.mean()), float((d < 0).mean())
+        d = d[np.isfinite(d)]
+        return (float(d.mean()), float((d < 0).mean())) if d.size else (None, None)
     roll = {k: v for k, v in test.items() if k.startswith("rolling_")} or test
     rows = []
     for m in methods:

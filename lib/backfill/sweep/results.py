@@ -70,7 +70,8 @@ def write_info(sw: Sweep, out: Path, launch: dict | None = None) -> dict:
     """out/sweep.json: the expanded sweep (what the chapter and `load_results` read besides the table), with one
     entry per launch (its start and wall seconds) and their total. A `launch` with the start of the last entry
     replaces it: the runner rewrites its launch after every trial, so a launch killed outright (SIGKILL, a machine
-    restart) still counts up to its last finished trial."""
+    restart) still counts up to its last finished trial; its `ended` stays false (true once the runner reached
+    its final write, as after a Ctrl-C)."""
     path = out / "sweep.json"
     old = json.loads(path.read_text()) if path.is_file() else {}
     launches = old.get("launches", [])

@@ -196,6 +196,12 @@ def run(sw: Sweep, out=None, address: str | None = None, chapter: bool = True, l
 
     def launch(ended: bool) -> dict:           # this launch's entry of sweep.json, rewritten as it goes
         return {"started": started, "wall_seconds": round(time.time() - t0, 1), "ended": ended}
+
+    def keep_time() -> None:                   # bookkeeping: never worth stopping the trials over
+        try:
+            write_info(sw, out, launch(False))
+        except OSError as e:
+            log(f"sweep {sw.name}: could not update sweep.json ({e})")
     write_info(sw, out, launch(False))
     session = _init_ray(sw, address)
     try:
@@ -211,7 +217,7 @@ def run(sw: Sweep, out=None, address: str | None = None, chapter: bool = True, l
             tune_config=tune.TuneConfig(scheduler=scheduler, max_concurrent_trials=sw.max_concurrent,
                                         trial_dirname_creator=_trial_dirname, trial_name_creator=_trial_dirname),
             run_config=tune.RunConfig(name="tune", storage_path=str(out / "ray"), verbose=0, stop=stopper,
-                                      callbacks=[_callback(sw, out, log, lambda: write_info(sw, out, launch(False)))],
+                                      callbacks=[_callback(sw, out, log, keep_time)],
                                       failure_config=tune.FailureConfig(max_failures=0)))
         tuner.fit()
     finally:
