@@ -90,6 +90,22 @@ def test_keep_refuses_an_unfinished_run_and_a_folder_that_is_not_a_record(tmp_pa
         record.keep(tmp_path / "nothing", tmp_path / "out")
 
 
+def test_keep_gives_one_line_for_a_missing_or_refused_checkpoint(tmp_path, capsys):
+    rd = tmp_path / "run"
+    rundir.update_metrics(rd, profile="test", status={n: {"state": "ok"} for n in pipeline.TRAINING_NOTEBOOKS})
+    (rd / "record.json").write_text("{}")
+    (rd / "params.yaml").write_text("profile: test\n")
+    with pytest.raises(record.RecordError, match="phase1.pt is missing"):
+        record.keep(rd, tmp_path / "out")
+    (rd / "checkpoints").mkdir()
+    for n in record.PHASES:
+        torch.save({"phase": n, "model": object}, rd / "checkpoints" / f"phase{n}.pt")   # more than tensors
+    assert cli_main(["record", str(rd), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "refused checkpoint" in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.slow
 def test_a_kept_record_backfills_as_the_run_it_came_from(finished_run, tmp_path, capsys, monkeypatch):
     rd = tmp_path / "full"

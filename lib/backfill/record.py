@@ -56,7 +56,13 @@ def keep(run_dir, out=None) -> Path:
         for name in ("params.yaml", "metrics.json"):
             shutil.copy2(run_dir / name, stage / name)
         for n in PHASES:
-            ck = checkpoint.load(run_dir / "checkpoints" / f"phase{n}.pt")
+            path = run_dir / "checkpoints" / f"phase{n}.pt"
+            if not path.is_file():
+                raise RecordError(f"{path} is missing: the run's training is incomplete")
+            try:
+                ck = checkpoint.load(path)
+            except checkpoint.CheckpointError as e:          # the CLI catches RecordError only (it is torch-free)
+                raise RecordError(str(e)) from None
             checkpoint.save(stage / "checkpoints" / f"phase{n}.pt", {k: ck[k] for k in KEPT if k in ck})
         rec = json.loads((run_dir / "record.json").read_text())
         rec.update(training_code=rundir.code_fingerprint(rundir.TRAINING_CODE), kept_from=str(run_dir))
