@@ -341,10 +341,8 @@ def median_bias(calib: dict, test: dict, methods: list[str]) -> pd.DataFrame:
     tails by what the validation years showed; a bias that appears only in the test years (a level the training and
     validation years did not have) leaves the calibrated band short on that side."""
     def pooled(wins: dict, m: str):
-        d = [w[m].truth - w[m].p50[:len(w[m].truth)] for w in wins.values() if m in w]
-        if not d:
-            return None, None
-        d = np.concatenate([x.reshape(-1) for x in d])
+        d = np.concatenate([(w[m].truth - w[m].p50[:len(w[m].truth)]).reshape(-1) for w in wins.values() if m in w]
+                           or [np.empty(0)])
         d = d[np.isfinite(d)]
         return (float(d.mean()), float((d < 0).mean())) if d.size else (None, None)
     roll = {k: v for k, v in test.items() if k.startswith("rolling_")} or test
