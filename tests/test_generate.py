@@ -95,7 +95,9 @@ def test_backfill_starts_named_and_rolling(setup):
     w = generate.backfill_starts(ds, p, data.splits(ds, p)["test"], 25)
     assert w["crisis"] == ds.index_of("2008-06-02") and w["out_of_sample"] == ds.index_of("2016-03-01")
     rolling = sorted(v for k, v in w.items() if k.startswith("rolling_"))
-    assert len(rolling) == p["generation"]["max_rolling"] and rolling[1] - rolling[0] == 21
+    every = generate.origins(data.splits(ds, p)["test"], p["model"]["context_len"], 25, 21)
+    assert len(every) > len(rolling) == p["generation"]["max_rolling"]
+    assert rolling[0] == every[0] and rolling[-1] == every[-1] and set(rolling) <= set(every)   # spread over the split
 
 
 def test_calibration_starts_spread_evenly_and_stop_at_the_split_end(test_params):

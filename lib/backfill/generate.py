@@ -177,10 +177,12 @@ def origins(span, context_len: int, days: int, every: int, max_n: int | None = N
 def backfill_starts(ds, p: dict, split_span, days: int) -> dict[str, int]:
     """The first backfilled day of every test backfill: the named windows of the params (`generation.windows`,
     checked at load: each has its context and its whole backfill) plus rolling origins every `rolling_every` days over
-    the split, {name: day index}. (data.window_starts gives the training windows' start days instead.)"""
+    the split, at most `max_rolling` of them spread evenly over the whole split (the first few would be one regime:
+    the first 12 of smoke's test split all started in its first year), {name: day index}. (data.window_starts gives
+    the training windows' start days instead.)"""
     g, C = p["generation"], p["model"]["context_len"]
     out = {name: ds.index_of(when) for name, when in g["windows"].items()}
-    for t in origins(split_span, C, days, g["rolling_every"], g["max_rolling"]):
+    for t in origins(split_span, C, days, g["rolling_every"], g["max_rolling"], spread=True):
         out[f"rolling_{t}"] = t
     return out
 
