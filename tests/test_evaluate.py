@@ -268,3 +268,21 @@ def test_median_bias_on_calibration_and_test_days():
     gap[:20] = np.nan                                                          # unknown truths are not counted
     gappy = {"rolling_0": {"m": dataclasses.replace(test["rolling_0"]["m"], truth=gap)}}
     assert evaluate.median_bias(calib, gappy, ["m"]).iloc[0]["test: share below p50"] == 1.0
+
+
+def test_coverage_by_origin_one_row_per_rolling_origin():
+    """Each rolling origin's violation share and its mean realised vol, by hand; named windows are left out."""
+    flat = np.full((40, *GRID), 0.2)
+    rv = np.zeros(1000)
+    rv[500:540], rv[600:640] = 0.1, 0.3
+    bfs = {"rolling_500": {"m": _bf("rolling_500", 500, flat, flat)},
+           "rolling_600": {"m": _bf("rolling_600", 600, flat, flat - 0.01)},
+           "crisis": {"m": _bf("crisis", 700, flat, flat)}}
+    scores = {"rolling_500": {"m": {"ci_violation": 0.0}}, "rolling_600": {"m": {"ci_violation": 0.75}},
+              "crisis": {"m": {"ci_violation": 1.0}}}
+    t = evaluate.coverage_by_origin(bfs, scores, ["m", "absent"], rv)
+    assert list(t.columns) == ["origin", "mean RV", "m"] and len(t) == 2
+    assert t["mean RV"].tolist() == pytest.approx([0.1, 0.3]) and t["m"].tolist() == [0.0, 0.75]
+    assert t["origin"].tolist() == [str(bfs["rolling_500"]["m"].dates[0]), str(bfs["rolling_600"]["m"].dates[0])]
+    named = evaluate.coverage_by_origin(bfs, {"crisis": scores["crisis"]}, ["m"], rv)   # no rolling origin: every window
+    assert named["m"].tolist() == [1.0]

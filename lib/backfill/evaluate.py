@@ -354,6 +354,20 @@ def median_bias(calib: dict, test: dict, methods: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def coverage_by_origin(bfs: dict, scores: dict, methods: list[str], rv) -> pd.DataFrame:
+    """Where the band fails: one row per rolling origin (else per window), its first day, the mean realised vol
+    (`rv` (N,)) over its days with known truth, and each method's 5-95% violation share there. A rolling mean that
+    hides a regime (calm origins covered, stressed or unusually calm ones missed) shows here."""
+    wins = [w for w in scores if w.startswith("rolling_")] or [w for w in scores if w in bfs]
+    rows = []
+    for w in wins:
+        b = next(iter(bfs[w].values()))
+        n = len(b.truth)
+        rows.append({"origin": str(b.dates[0]), "mean RV": float(np.mean(np.asarray(rv)[b.start:b.start + n])),
+                     **{m: scores[w][m]["ci_violation"] for m in methods if m in scores[w]}})
+    return pd.DataFrame(rows)
+
+
 def calibration_table(cals: dict) -> pd.DataFrame:
     """What each method's calibration could fit: per method and lead bin, the scores behind it (validation days x
     grid points) and the normalised score quantile of each tail (in units of the method's own half-width: a lower
