@@ -32,6 +32,9 @@ def _full_metrics(profile="a"):
     return {"profile": profile, "run_state": "ok",
             "gates": {"gate3": {"decision": "FAIL"}, "phase1": {"decision": "PASS"}, "gate1": {"decision": "PASS"},
                       "gate2": {"decision": "MARGINAL"}, "phase4": {"decision": "PASS"}},
+            "phases": {"phase1": {"kernels": {"device": "cpu", "cpu_capability": "AVX2", "env": {}}},
+                       "phase4": {"kernels": {"device": "cpu", "cpu_capability": "AVX512", "threads": 2,
+                                              "env": {"MKL_CBWR": "AVX2"}}}},
             "rolling": {"vae_o90": _scores(0.01), "vae_o90_cal": {**_scores(0.011), "crps": None},
                         "econometric": _scores(0.024), "random_walk": _scores(0.027)},
             "dm_tests": {"rolling_by_day": {"vae_o90 vs econometric": {"dm": -13.7, "p_value": 2.6e-41},
@@ -56,6 +59,8 @@ def runs(tmp_path):
     p_b["provenance"]["git_commit"] = "def"
     m_b = _full_metrics("b")
     m_b["rolling"]["vae_o45"] = _scores(0.02)                      # b's method is vae_o45: no _cal row, no DM
+    m_b["phases"] = {"phase4": {"kernels": {"device": "cuda", "gpu": "NVIDIA H100", "cuda": "12.8"}},
+                     "phase3": {"kernels": None}}                     # a checkpoint from before kernels were recorded
     # c stopped after phase 1: no rolling, no dm_tests, one gate, a new key in its params
     c = _run(tmp_path, "c", {"profile": "c", "run_state": "failed", "gates": {"phase1": {"decision": "FAIL"}}},
              _params(extra_key=[1, 2]))
@@ -75,6 +80,8 @@ def test_table_rows_delta_gates_and_scores(runs):
     assert c["params delta"] == "extra_key: - -> [1, 2]"
     assert (a["gate2"], a["gate3"], c["phase1"], c["gate1"]) == ("MARGINAL", "FAIL", "FAIL", "-")
     assert (a["method"], b["method"]) == ("vae_o90", "vae_o45")
+    # the last phase's kernel path: runs trained on different ones differ as reseeding does
+    assert (a["trained on"], b["trained on"], c["trained on"]) == ("cpu AVX512 MKL_CBWR=AVX2", "cuda NVIDIA H100", "-")
     assert a["rmse"] == 0.01 and a["cal rmse"] == 0.011 and math.isnan(a["cal crps"])
     assert a["econometric rmse"] == 0.024 and a["random_walk rmse"] == 0.027
     assert a["dm vs econometric"] == -13.7 and a["dm p"] == 2.6e-41

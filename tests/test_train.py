@@ -82,6 +82,7 @@ def test_loss_decreases_and_phases_chain(base, tmp_path):
     rec = train.phase_record(s1)
     assert set(rec["val_rmse_by_horizon"]) == {1}
     assert rec["val_kl"] == s1["val_eval"]["kl"] and rec["val_kl"] >= 0       # the plan's table 6.1 KL
+    assert rec["kernels"] == train.kernels(torch.device("cpu"))                # the path it trained on
     # a finished phase returns its stored summary without training again
     again = train.train_phase(run, 1, progress=False)
     assert again["val_eval"] == s1["val_eval"]
@@ -92,6 +93,15 @@ def test_same_params_and_seed_give_identical_metrics(base, tmp_path):
     a = train.train_phase(_run(base, tmp_path, "a"), 1, progress=False)
     b = train.train_phase(_run(base, tmp_path, "b"), 1, progress=False)
     assert a["val_eval"] == b["val_eval"] and a["final_train_loss"] == b["final_train_loss"]
+
+
+def test_kernels_name_the_cpu_path_and_the_variables_that_pin_it(monkeypatch):
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    monkeypatch.setenv("MKL_CBWR", "AVX2")
+    k = train.kernels(torch.device("cpu"))
+    assert k["device"] == "cpu" and k["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert k["threads"] == torch.get_num_threads() and k["cpu"]
+    assert k["env"] == {"MKL_CBWR": "AVX2"}
 
 
 def test_full_plan_flag(base):

@@ -112,9 +112,30 @@ def number(v) -> float:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else np.nan
 
 
+def kernel_label(k: dict | None) -> str | None:
+    """'cpu AVX512' / 'cuda NVIDIA H100 80GB HBM3': the part of a phase's `kernels` (`train.kernels`) that decides
+    the bits, with any pinning environment variable (None: not recorded)."""
+    if not isinstance(k, dict):
+        return None
+    what = k.get("gpu") if k.get("device") == "cuda" else k.get("cpu_capability")
+    env = " ".join(f"{a}={b}" for a, b in sorted((k.get("env") or {}).items()))
+    return " ".join(x for x in (k.get("device"), what, env) if x)
+
+
+def trained_on(m: dict) -> str:
+    """The kernel path of the run's last trained phase (`kernel_label`), '-' when none recorded one. Runs
+    trained on different paths differ as reseeding does (docs/design.md §10)."""
+    phases = m.get("phases") or {}
+    for name in sorted(phases, reverse=True):
+        label = kernel_label(_get(phases, name, "kernels"))
+        if label:
+            return label
+    return MISSING
+
+
 def table(run_dirs) -> pd.DataFrame:
     """One row per run: run, profile, state, params delta against the first run, one column per gate (its
-    decision), the VAE method key and its rolling scores (`cal ...`: its conformal row), the baselines' RMSE, and
+    decision), `trained on` (the kernel path of its training), the VAE method key and its rolling scores (`cal ...`: its conformal row), the baselines' RMSE, and
     `dm vs econometric` / `dm p` (and `dm vs har`, `dm p vs har`, ... for the strong baselines) of the DM test on
     the per-calendar-day loss (negative: the VAE's squared loss is lower)."""
     run_dirs = [Path(r) for r in run_dirs]
@@ -133,6 +154,7 @@ def table(run_dirs) -> pd.DataFrame:
                "params delta": (MISSING if ref is None or p is None else
                                 "reference" if i == 0 else params_delta(ref, p) or "same")}
         row.update({g: _get(m, "gates", g, "decision") or MISSING for g in gate_cols})
+        row["trained on"] = trained_on(m)
         row["method"] = method or MISSING
         roll = m.get("rolling") or {}
         for prefix, key in (("", method), ("cal ", f"{method}_cal" if method else None)):

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import csv
 import io
+import os
+import platform
 import time
 from pathlib import Path
 
@@ -31,6 +33,26 @@ def pick_device(p: dict) -> torch.device:
     if want == "cuda" and not torch.cuda.is_available():
         raise TrainingError("model.device is 'cuda' but no CUDA device is available")
     return torch.device("cuda" if want in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+
+
+KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA")
+
+
+def kernels(device: torch.device) -> dict:
+    """The kernel path a phase trained on. Seeded training repeats to the bit on one machine, whatever the thread
+    count, but not across instruction sets: on test.yaml the phase-4 weights differ between ATen's AVX2 and
+    AVX-512 kernels, and between MKL's dispatch paths (docs/design.md §10). Two runs whose `kernels` differ can
+    be as far apart as two seeds; the environment variables that pin a path are recorded where set."""
+    if device.type == "cuda":
+        return {"device": "cuda", "gpu": torch.cuda.get_device_name(device), "cuda": torch.version.cuda}
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"device": "cpu", "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu": cpu,
+            "threads": torch.get_num_threads(), "env": {k: os.environ[k] for k in KERNEL_ENV if k in os.environ}}
 
 
 def build_model(p: dict, ds, train_span) -> CVAE:
@@ -181,7 +203,7 @@ def train_phase(run, number: int, stop_after: int | None = None, progress: bool 
     summary = {"name": spec.name, "epochs": spec.epochs, "seconds": round(seconds, 2), "device": str(device),
                "final_train_loss": history[-1]["train_loss"] if history else None,
                "final_val_loss": history[-1]["val_loss"] if history else None,
-               "train_eval": ev_train, "val_eval": ev_val, "skipped": skipped}
+               "train_eval": ev_train, "val_eval": ev_val, "skipped": skipped, "kernels": kernels(device)}
     checkpoint.save(final, {"phase": number, "model": model.state_dict(), "optimizer": opt.state_dict(),
                   "params_hash": h, "model_config": model.cfg.to_dict(), "summary": summary,
                   "history": history})
@@ -232,6 +254,7 @@ def phase_record(summary: dict) -> dict:
     va, tr = summary["val_eval"], summary["train_eval"]
     rec = {k: summary[k] for k in ("name", "epochs", "seconds", "device", "final_train_loss", "final_val_loss")}
     rec["skipped"] = bool(summary.get("skipped"))
+    rec["kernels"] = summary.get("kernels")          # None: a checkpoint written before it was recorded
     rec["val_kl"], rec["train_kl"] = va.get("kl"), tr.get("kl")
     rec["val_context_beta"] = va.get("context_beta")
     rec["val_context_beta_truth"] = va.get("context_beta_truth")
