@@ -286,3 +286,22 @@ def test_coverage_by_origin_one_row_per_rolling_origin():
     assert t["origin"].tolist() == [str(bfs["rolling_500"]["m"].dates[0]), str(bfs["rolling_600"]["m"].dates[0])]
     named = evaluate.coverage_by_origin(bfs, {"crisis": scores["crisis"]}, ["m"], rv)   # no rolling origin: every window
     assert named["m"].tolist() == [1.0]
+
+
+def test_coverage_inside_outside_splits_days_by_the_calibration_rv_range():
+    """By hand: origin 500's 40 days have RV inside [0.1, 0.3] and are covered; origin 600's first 10 days are inside
+    and covered, its last 30 are outside (RV 0.5) and missed everywhere."""
+    from backfill.conformal import Calibration
+    flat = np.full((40, *GRID), 0.2)
+    rv = np.zeros(1000)
+    rv[500:540], rv[600:610], rv[610:640] = 0.2, 0.3, 0.5
+    truth = flat.copy()
+    truth[10:] += 0.05                                   # beyond the band (+-0.01) on the outside days
+    cal = Calibration(lead_bins=(1,), lower=np.zeros(1), upper=np.zeros(1), n=np.array([100]), rv_range=(0.1, 0.3))
+    bfs = {"rolling_500": {"m_cal": _bf("rolling_500", 500, flat, flat)},
+           "rolling_600": {"m_cal": _bf("rolling_600", 600, flat, truth)}}
+    t = evaluate.coverage_inside_outside(bfs, {"m": cal, "no_row": cal}, rv)
+    assert t.to_dict(orient="records") == [{"method": "m_cal", "calibration RV": "0.100-0.300", "days inside": 50,
+                                            "violation inside": 0.0, "days outside": 30, "violation outside": 1.0}]
+    no_range = Calibration(lead_bins=(1,), lower=np.zeros(1), upper=np.zeros(1), n=np.array([100]), rv_range=None)
+    assert evaluate.coverage_inside_outside(bfs, {"m": no_range}, rv).empty

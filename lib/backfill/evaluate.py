@@ -368,6 +368,31 @@ def coverage_by_origin(bfs: dict, scores: dict, methods: list[str], rv) -> pd.Da
     return pd.DataFrame(rows)
 
 
+def coverage_inside_outside(bfs: dict, calibrations: dict, rv) -> pd.DataFrame:
+    """Where the conformal guarantee holds: per calibrated method, the rolling origins' days (origin-days: a day
+    covered by two origins counts twice, as in the rolling means) split by whether the day's realised vol (`rv`
+    (N,)) lies inside the range the calibration days covered, with the calibrated 5-95% violation share of each
+    part. Inside the range the days resemble the calibration days; outside it the guarantee says nothing."""
+    rows = []
+    wins = [w for w in bfs if w.startswith("rolling_")]
+    for m, cal in calibrations.items():
+        if cal.rv_range is None or not wins or m + CAL not in bfs[wins[0]]:
+            continue
+        lo, hi = cal.rv_range
+        miss, out = [], []
+        for w in wins:
+            b = bfs[w][m + CAL]
+            n = len(b.truth)
+            miss.append(((b.truth < b.p05[:n]) | (b.truth > b.p95[:n])).mean(axis=(1, 2)))     # (n,)
+            r = np.asarray(rv, float)[b.start:b.start + n]
+            out.append((r < lo) | (r > hi))
+        miss, out = np.concatenate(miss), np.concatenate(out)
+        rows.append({"method": m + CAL, "calibration RV": f"{lo:.3f}-{hi:.3f}",
+                     "days inside": int((~out).sum()), "violation inside": float(miss[~out].mean()) if (~out).any() else None,
+                     "days outside": int(out.sum()), "violation outside": float(miss[out].mean()) if out.any() else None})
+    return pd.DataFrame(rows)
+
+
 def calibration_table(cals: dict) -> pd.DataFrame:
     """What each method's calibration could fit: per method and lead bin, the scores behind it (validation days x
     grid points) and the normalised score quantile of each tail (in units of the method's own half-width: a lower
