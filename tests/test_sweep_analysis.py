@@ -30,6 +30,16 @@ def test_mean_and_sd_across_seeds_per_configuration():
     assert s.loc["prior=standard", "rmse mean"] == pytest.approx(0.032)
     assert s.loc["prior=standard", "rmse sd"] == pytest.approx(0.002)
     assert s.loc["prior=conditional", "rmse mean +- sd"] == "0.021 +- 0.0017"
+    assert "trained on" not in s                                             # a table without the column
+
+
+def test_the_seed_summary_names_the_kernel_paths_a_configurations_seeds_trained_on():
+    df = hand_made()
+    df["trained on"] = ["cpu AVX512"] * 5 + ["cpu AVX2", "cpu AVX512"]      # the last row: a stopped trial
+    s = analysis.seed_summary(df, ["rmse"]).set_index("group")
+    assert s.loc["prior=standard", "trained on"] == "cpu AVX512"
+    assert s.loc["prior=conditional", "trained on"] == "cpu AVX2; cpu AVX512"
+    assert "| cpu AVX2; cpu AVX512 |" in results.summary_markdown(df, ["rmse"])
 
 
 def test_paired_comparison_across_seeds():

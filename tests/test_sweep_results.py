@@ -42,6 +42,7 @@ def test_the_results_files_of_a_sweep_before_any_trial_ran(tmp_path):
     df = results.table(sw, tmp_path)
     assert list(df["trial"]) == ["prior=standard", "prior=conditional"] and set(df["state"]) == {"pending"}
     assert list(df["model.kl_weight"]) == [1e-5, 1.0] and df["rmse"].isna().all()
+    assert list(df["trained on"]) == ["-", "-"]
     info = results.write_info(sw, tmp_path, {"started": "now", "wall_seconds": 60.0})
     assert info["axes"] == ["prior"] and info["chapter"] == "10_sweep.ipynb" and info["wall_seconds"] == 60.0
     parquet, md = results.write_results(df, tmp_path, sw, info)

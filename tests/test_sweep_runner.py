@@ -128,9 +128,11 @@ def test_the_results_table_and_the_chapter(swept):
     assert df["rmse"].gt(0).all() and df["cal rmse"].gt(0).all() and df["phase4.val_rmse"].gt(0).all()
     assert set(df["phase1"]) <= {"PASS", "MARGINAL", "FAIL"} and set(df["gate3"]) <= {"PASS", "MARGINAL", "FAIL"}
     assert df["seconds"].gt(0).all() and df.attrs["sweep"]["axes"] == ["prior"]
+    assert df["trained on"].str.startswith("cpu ").all()         # the kernel path of each trial's training
     assert len(df.attrs["sweep"]["launches"]) == 2
     md = (out / "results.md").read_text()
     assert "## Mean +- sd across seeds per configuration" in md and "| prior=conditional |" in md
+    assert "| trained on |" in md and f"| {df['trained on'].iloc[0]} |" in md
     # the seed-aware readings on the real backfills (one seed here: DM and MCS, no paired t)
     dm = analysis.dm_by_seed(df, "prior", "standard", "conditional")
     assert len(dm) == 1 and np.isfinite(dm["dm"].iloc[0]) and dm["seeds"].iloc[0] == 1

@@ -26,7 +26,9 @@ def finished(df: pd.DataFrame) -> pd.DataFrame:
 
 def seed_summary(df: pd.DataFrame, metrics=None) -> pd.DataFrame:
     """Per group (a configuration: every axis but the seed), over its finished trials: the number of seeds and,
-    per metric, mean, sd (ddof 1; NaN with one seed) and 'mean +- sd' as text. Sorted by the first metric."""
+    per metric, mean, sd (ddof 1; NaN with one seed) and 'mean +- sd' as text, and (where the table has it) the
+    kernel paths its seeds trained on: a group trained on two paths mixes that difference into its sd (docs/design.md
+    §10). Sorted by the first metric."""
     metrics = [m for m in (metrics or SUMMARY_METRICS) if m in df.columns]
     ok = finished(df)
     if ok.empty or not metrics:
@@ -34,6 +36,8 @@ def seed_summary(df: pd.DataFrame, metrics=None) -> pd.DataFrame:
     rows = []
     for g, d in ok.groupby("group", sort=False):
         row = {"group": g, "seeds": len(d)}
+        if "trained on" in d:
+            row["trained on"] = "; ".join(sorted({str(x) for x in d["trained on"]}))
         for m in metrics:
             x = pd.to_numeric(d[m], errors="coerce").dropna()
             mean, sd = (x.mean(), x.std(ddof=1)) if len(x) else (np.nan, np.nan)

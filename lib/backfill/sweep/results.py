@@ -112,7 +112,8 @@ def _cell(v):
 
 def table(sw: Sweep, out=None) -> pd.DataFrame:
     """One row per trial: its name and group, one column per axis, the params that differ between trials (dotted
-    keys), its state, every gate's decision (from notebook 06, else from the phase's criteria), each phase's
+    keys), its state, every gate's decision (from notebook 06, else from the phase's criteria), the kernel path it
+    trained on (seeds trained on different paths differ as reseeding does, docs/design.md §10), each phase's
     validation RMSE, compare.table's headline scores, the notebooks' total seconds and the run directory."""
     out = sweep_dir(sw, out)
     flat = [_compare.flatten({k: v for k, v in _params.load(sw.base, t.overrides).items()
@@ -135,6 +136,7 @@ def table(sw: Sweep, out=None) -> pd.DataFrame:
             row[g] = v or crit.get("decision") or _compare.MISSING
         for g in later_gates:
             row[g] = s[g] if s is not None and g in s else _compare.MISSING
+        row["trained on"] = s["trained on"] if s is not None and "trained on" in s else _compare.MISSING
         for n in range(1, 5):
             r = phase_result(m, n)
             row[f"phase{n}.val_rmse"], row[f"phase{n}.val_kl"] = r["val_rmse"], r["val_kl"]
@@ -163,7 +165,8 @@ def summary_markdown(df: pd.DataFrame, metrics=None) -> str:
     s = seed_summary(df, metrics or MD_SUMMARY)
     if s.empty:
         return "(no finished trials)\n"
-    cols = ["group", "seeds"] + [c for c in s.columns if c.endswith(" mean +- sd")]
+    cols = ["group", "seeds"] + [c for c in s.columns if c.endswith(" mean +- sd")] + (
+        ["trained on"] if "trained on" in s else [])
     return _compare.to_markdown(s[cols].rename(columns=lambda c: c.removesuffix(" mean +- sd")))
 
 
@@ -175,7 +178,7 @@ def write_results(df: pd.DataFrame, out: Path, sw: Sweep, info: dict | None = No
     df.to_parquet(buf, index=False)
     atomic_write_bytes(out / "results.parquet", buf.getvalue())
     lead = ["trial"] + [c for c in df.columns[2:df.columns.get_loc("state")]]        # axes and varying params
-    cols = [*lead, "state", *GATE_OF_PHASE.values(), "gate3", *MD_SCORES]
+    cols = [*lead, "state", *GATE_OF_PHASE.values(), "gate3", "trained on", *MD_SCORES]
     shown = df[[c for c in cols if c in df.columns]]
     launches = (info or {}).get("launches", [])
     wall = (f"; wall time {launches[-1]['wall_seconds'] / 60:.1f} min"
