@@ -135,9 +135,10 @@ def trained_on(m: dict) -> str:
 
 def table(run_dirs) -> pd.DataFrame:
     """One row per run: run, profile, state, params delta against the first run, one column per gate (its
-    decision), `trained on` (the kernel path of its training), the VAE method key and its rolling scores (`cal ...`: its conformal row), the baselines' RMSE, and
-    `dm vs econometric` / `dm p` (and `dm vs har`, `dm p vs har`, ... for the strong baselines) of the DM test on
-    the per-calendar-day loss (negative: the VAE's squared loss is lower)."""
+    decision), `trained on` (the kernel path of its training), the VAE method key and its rolling scores (`cal ...`:
+    its conformal row), the baselines' RMSE, and `dm vs econometric` / `dm p` (and `dm vs har`, `dm p vs har`, ...
+    for the strong baselines) of the DM test on the per-calendar-day loss (negative: the VAE's squared loss is
+    lower)."""
     run_dirs = [Path(r) for r in run_dirs]
     if not run_dirs:
         raise CompareError("no run directories to compare")

@@ -383,13 +383,14 @@ def coverage_inside_outside(bfs: dict, calibrations: dict, rv) -> pd.DataFrame:
         for w in wins:
             b = bfs[w][m + CAL]
             n = len(b.truth)
-            miss.append(((b.truth < b.p05[:n]) | (b.truth > b.p95[:n])).mean(axis=(1, 2)))     # (n,)
+            miss.append(metrics.ci_violation(b.p05[:n], b.p95[:n], b.truth, axis=(1, 2)))     # (n,)
             r = np.asarray(rv, float)[b.start:b.start + n]
             out.append((r < lo) | (r > hi))
         miss, out = np.concatenate(miss), np.concatenate(out)
+        share = lambda k: float(miss[k].mean()) if k.any() else None      # noqa: E731
         rows.append({"method": m + CAL, "calibration RV": f"{lo:.3f}-{hi:.3f}",
-                     "days inside": int((~out).sum()), "violation inside": float(miss[~out].mean()) if (~out).any() else None,
-                     "days outside": int(out.sum()), "violation outside": float(miss[out].mean()) if out.any() else None})
+                     "days inside": int((~out).sum()), "violation inside": share(~out),
+                     "days outside": int(out.sum()), "violation outside": share(out)})
     return pd.DataFrame(rows)
 
 
