@@ -426,3 +426,35 @@ def test_a_successful_rerun_clears_failed_set_aside_and_temp_copies(tmp_path, mo
     assert (nb / "stale" / "05_phase4_ar_h90.ipynb").exists() and (nb / "05_phase4_ar_h90.failed.ipynb").exists()
     pipeline._clear_superseded("05_phase4_ar_h90", rd)
     assert sorted(p.name for p in nb.iterdir()) == ["01_data_autocorrelation.ipynb"]
+
+
+def test_ctrl_c_leaves_no_traceback_of_the_dead_kernel_task(caplog):
+    """Under load, asyncio logged "Task exception was never retrieved" with nbclient's DeadKernelError (a traceback
+    on stderr after Ctrl-C, before the one-line message); the filter drops that record and no other."""
+    import asyncio
+    import gc
+    import logging
+    from nbclient.exceptions import DeadKernelError
+
+    def orphan(exc) -> None:                 # a task that fails and is never awaited, then collected
+        async def fail():
+            raise exc
+        loop = asyncio.new_event_loop()
+        try:
+            task = loop.create_task(fail())
+            loop.run_until_complete(asyncio.sleep(0.01))
+        finally:
+            loop.close()
+        del task
+        gc.collect()
+
+    caplog.set_level(logging.ERROR, logger="asyncio")
+    orphan(DeadKernelError("Kernel died"))
+    assert [type(r.exc_info[1]).__name__ for r in caplog.records if r.name == "asyncio"] == ["DeadKernelError"]
+    caplog.clear()
+    pipeline.quiet_dead_kernels()
+    pipeline.quiet_dead_kernels()                    # once is enough: no second filter
+    assert sum(isinstance(f, pipeline.QuietDeadKernel) for f in logging.getLogger("asyncio").filters) == 1
+    orphan(DeadKernelError("Kernel died"))
+    orphan(ValueError("something else"))
+    assert [type(r.exc_info[1]).__name__ for r in caplog.records if r.name == "asyncio"] == ["ValueError"]

@@ -175,12 +175,33 @@ KERNEL_QUIET = ["--IPKernelApp.log_level=CRITICAL"]   # the kernel's own log on 
 # at every start, a ZMQ traceback when Ctrl-C shuts it down mid-cell (cell errors reach papermill, not this log)
 
 
+class QuietDeadKernel:
+    """A filter for the `asyncio` logger: when Ctrl-C stops a notebook mid-cell, nbclient's polling task ends in
+    DeadKernelError and asyncio logs "Task exception was never retrieved" with its traceback when the task is
+    collected (how soon depends on the load). The run already reads `interrupted` and says so in one line; that
+    traceback is noise. Every other asyncio record passes."""
+
+    @staticmethod
+    def filter(record) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (exc is not None and type(exc).__name__ == "DeadKernelError")
+
+
+def quiet_dead_kernels() -> None:
+    """Install QuietDeadKernel on the `asyncio` logger (once)."""
+    import logging
+    log = logging.getLogger("asyncio")
+    if not any(isinstance(f, QuietDeadKernel) for f in log.filters):
+        log.addFilter(QuietDeadKernel())
+
+
 def execute_notebook(src, dest, parameters: dict, tries: int = KERNEL_START_TRIES) -> None:
     """papermill.execute_notebook with the notebook's directory as cwd, and a retry when the kernel dies before it
     ran anything: kernels started at the same moment by several processes (the trials of a sweep) can race for
     the same free TCP ports, and the loser dies before replying to kernel_info. No cell ran, so a retry is safe."""
     import random
     import papermill as pm
+    quiet_dead_kernels()
     for attempt in range(1, tries + 1):
         try:
             pm.execute_notebook(str(src), str(dest), parameters=parameters, cwd=str(Path(src).parent),
