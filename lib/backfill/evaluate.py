@@ -199,6 +199,39 @@ def confidence_set(bfs: dict, methods: list[str], loss: str = "pinball", size: f
     return {"loss": loss, "size": size, "block_size": block, "days": int(len(days)), "methods": res}
 
 
+def coverage_interval(bfs: dict, methods: list[str], size: float = 0.9, nominal: float = 0.1, reps: int = 1000,
+                      seed: int = 0) -> pd.DataFrame:
+    """Whether a band misses its nominal coverage by more than the evaluation's own noise. Per method: the share of
+    truths outside its 5-95% band on each calendar day of the rolling origins (averaged over the origins covering the
+    day, `calendar_losses`, so each day counts once), the mean over the days, and a `size` percentile interval of that
+    mean by the stationary bootstrap (arch.bootstrap, mean block a pass's length, as in the MCS: the days of a pass
+    share their errors). The verdict: 'under-covers' when the whole interval lies above `nominal`, 'over-covers' when
+    below it, otherwise 'within the noise'. A few overlapping origins of one regime make the interval wide; it says
+    how much a violation rate from this many days can be trusted, not that the days are exchangeable."""
+    from arch.bootstrap import StationaryBootstrap
+    cols = ["method", "days", "violation per day", "lower", "upper", "verdict"]
+    days, viol = calendar_losses(bfs, "violation")
+    if not viol:
+        return pd.DataFrame(columns=cols)
+    block = _h(next(b for w, ms in bfs.items() if w.startswith("rolling_") for b in ms.values()).horizon, len(days))
+    rows = []
+    for m in methods:
+        x = viol[m]
+        lo, hi = StationaryBootstrap(block, x, seed=seed).conf_int(np.mean, reps=reps, method="percentile",
+                                                                   size=size).ravel()
+        verdict = "under-covers" if lo > nominal else "over-covers" if hi < nominal else "within the noise"
+        rows.append({"method": m, "days": int(len(days)), "violation per day": float(x.mean()), "lower": float(lo),
+                     "upper": float(hi), "verdict": verdict})
+    return pd.DataFrame(rows, columns=cols)
+
+
+def coverage_sentence(row, size: float = 0.9, nominal: float = 0.1) -> str:
+    """One line of `coverage_interval`, for the summary."""
+    return (f"{row['method']} {row['verdict']}: {100 * row['violation per day']:.1f}% of truths outside its 5-95% band "
+            f"per calendar day ({size:.0%} interval {100 * row['lower']:.1f}-{100 * row['upper']:.1f}%, nominal "
+            f"{nominal:.0%}, {row['days']} days)")
+
+
 def width_vs_rv(bfs: dict, methods: list[str], rv, decile: float = 0.1) -> pd.DataFrame:
     """Whether interval widths follow the market: per method, on the calendar days of the rolling origins, the mean
     5-95% width (over the grid, averaged over the origins covering the day) on the top realised-vol decile of days

@@ -217,8 +217,9 @@ def proper_scores(p05, p50, p95, truth, samples=None) -> dict:
 
 def daily_loss(kind: str, p05, p50, p95, truth) -> np.ndarray:
     """(days,) loss per day averaged over the grid, over the days where truth is known: 'squared'
-    (p50 error), 'pinball' (mean of the three quantiles' pinball losses) or 'interval' (90% interval
-    score). The per-day series feed `dm_test` and `model_confidence_set`."""
+    (p50 error), 'pinball' (mean of the three quantiles' pinball losses), 'interval' (90% interval
+    score) or 'violation' (share of grid points outside [p05, p95]). The per-day series feed `dm_test`,
+    `model_confidence_set` and the coverage intervals."""
     y = np.asarray(truth, float)
     n = len(y)
     lo, mid, hi = (np.asarray(a, float)[:n] for a in (p05, p50, p95))
@@ -228,8 +229,10 @@ def daily_loss(kind: str, p05, p50, p95, truth) -> np.ndarray:
         loss = (pinball_loss(lo, y, 0.05) + pinball_loss(mid, y, 0.5) + pinball_loss(hi, y, 0.95)) / 3
     elif kind == "interval":
         loss = interval_score(lo, hi, y, 0.1)
+    elif kind == "violation":
+        loss = ((y < lo) | (y > hi)).astype(float)
     else:
-        raise ValueError(f"unknown loss kind {kind!r}; use 'squared', 'pinball' or 'interval'")
+        raise ValueError(f"unknown loss kind {kind!r}; use 'squared', 'pinball', 'interval' or 'violation'")
     return loss.reshape(n, -1).mean(1)
 
 
