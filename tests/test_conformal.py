@@ -178,3 +178,54 @@ def test_conformal_errors():
     cal = conformal.fit([(q, y, lead)], lead_bins=(1,))
     with pytest.raises(ValueError, match="do not match"):
         conformal.apply(cal, np.zeros((3, 5, 3, 2)), np.arange(1, 5))
+
+
+def test_backfill_unit_keeps_each_backfills_own_order_statistics_and_the_most_extreme():
+    """By hand: per backfill and lead bin, the order statistics of its own scores (as unit 'day' computes them for one
+    backfill alone); the calibration keeps the lowest lower-tail and the highest upper-tail score of the K backfills,
+    and states K / (K + 1); a backfill too short for a bin does not count there."""
+    rng = np.random.default_rng(8)
+    calib = _backfills(rng, 3, 40, vol=0.02) + [_backfills(rng, 1, 10, vol=0.05)[0]]   # the last: the first bin only
+    cal = conformal.fit(calib, BINS, unit="backfill")
+    alone = [conformal.fit([w], BINS) for w in calib]
+    lo = np.array([c.lower for c in alone])                       # (4, 3); NaN where the backfill has no statistic
+    hi = np.array([c.upper for c in alone])
+    np.testing.assert_array_equal(cal.lower, np.nanmin(lo, 0))
+    np.testing.assert_array_equal(cal.upper, np.nanmax(hi, 0))
+    assert cal.units.tolist() == [4, 3, 3] and cal.unit == "backfill"
+    np.testing.assert_allclose(cal.confidence(), [4 / 5, 3 / 4, 3 / 4])
+    assert np.isnan(conformal.fit(calib, BINS).confidence()).all()            # unit 'day' states none
+    np.testing.assert_array_equal(cal.n, conformal.fit(calib, BINS).n)
+    back = conformal.Calibration.from_dict(json.loads(json.dumps(cal.to_dict())))
+    assert back.unit == "backfill" and back.units.tolist() == [4, 3, 3]
+    with pytest.raises(ValueError, match="unit must be one of day, backfill"):
+        conformal.fit(calib, BINS, unit="origin")
+    q, y, lead = calib[0]
+    with pytest.raises(ValueError, match="no backfill has the 19 scores"):
+        conformal.fit([(q[:, :1], y[:1], lead[:1])], unit="backfill")    # 12 scores: none
+
+
+def test_backfill_unit_covers_a_regime_that_pooled_days_dilute():
+    """Ten calm calibration backfills and two stressed ones whose truth moves three times as far as the forecaster's
+    band says. Pooled days (unit 'day') learn mostly the calm regime: a stressed test period is missed far beyond 5%
+    per tail. Whole backfills as the unit keep the stressed backfills' shift: the stressed test holds 5% per tail
+    (and the calm one is over-covered, the price of not knowing which regime comes)."""
+    rng = np.random.default_rng(13)
+    days = 60
+    lead = np.arange(1, days + 1)
+    s = 0.01 * np.sqrt(lead)[:, None, None]                        # the scale the forecaster states
+
+    def window(stress):
+        m = 0.2 + 0.05 * rng.standard_normal((days, *GRID))
+        y = m + stress * s * rng.standard_normal((days, *GRID))
+        return np.stack([m - Z95 * s, m, m + Z95 * s]), y, lead
+
+    calib = [window(1.0) for _ in range(10)] + [window(3.0) for _ in range(2)]
+    stressed, calm = [window(3.0) for _ in range(30)], [window(1.0) for _ in range(30)]
+    by_day, by_backfill = conformal.fit(calib, BINS), conformal.fit(calib, BINS, unit="backfill")
+    miss = lambda cal, ws: _coverage_by_bin(ws, lambda q, ld: conformal.apply(cal, q, ld))     # noqa: E731
+    for j in range(len(BINS)):
+        assert max(miss(by_day, stressed)[j]) > 0.10, (j, miss(by_day, stressed)[j])
+        below, above = miss(by_backfill, stressed)[j]
+        assert below <= 0.06 and above <= 0.06, (j, below, above)
+        assert max(miss(by_backfill, calm)[j]) < 0.01

@@ -820,3 +820,12 @@ def test_epoch_marks_may_skip_phases_but_not_all_epochs(marks, ok):
             params.load(params.profile_path("test"), sets)
         msg = str(e.value)
         assert "\n" not in msg and "epochs" in msg and ("must be >= " in msg or "cumulative" in msg)
+
+
+@pytest.mark.parametrize("value", ["origin", 3])
+def test_a_bad_calibration_unit_is_a_one_line_error(tmp_path, value):
+    p = _raw("smoke")
+    p["generation"]["calibration_unit"] = value
+    msg = _load_error(tmp_path, p)
+    assert "generation.calibration_unit" in msg and "\n" not in msg
+    assert params.load(params.profile_path("smoke"))["generation"]["calibration_unit"] == "backfill"

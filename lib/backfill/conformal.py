@@ -22,6 +22,16 @@ the nearest non-empty lead bin; `Calibration.empty` names such bins. Where the
 validation span is shorter than a backfill, origins score only the leads they reach, so the short-lead bins
 fill first.
 
+The unit of exchangeability (`unit`). With `unit="day"` the scores of every calibration day and grid point are pooled
+and treated as exchangeable with the test's, which the days of one backfill are not: they share one regime and one
+path error. With `unit="backfill"` (the default of the params) the unit is a whole calibration backfill: each one's
+own order statistics per tail and lead bin (the shift that backfill alone needed), and the calibration keeps the
+most extreme of the K backfills. If a test backfill is exchangeable with the calibration backfills, the chance
+that it needs more than that shift is at most 1 / (K + 1) per tail (split conformal over K units, the largest of
+K + 1): `confidence` = K / (K + 1) that the backfill's own miss rate per tail is at most 5% in the bin. A test
+period in the regime of any one calibration backfill is then covered, which pooling, dominated by the most common
+regime, does not give.
+
 crepes' ConformalPredictiveSystem (fit with `sigmas` and `bins`, `predict(lower_percentiles=5)` /
 `higher_percentiles=95`) computes the same two order statistics (the tests check it), but it builds each test
 point's whole predictive distribution in a Python loop (n_test x n_calibration), minutes to hours at the sizes of
@@ -38,6 +48,7 @@ from dataclasses import dataclass
 import numpy as np
 
 LEVELS = (0.05, 0.5, 0.95)
+UNITS = ("day", "backfill")     # what the calibration treats as exchangeable
 LEAD_BINS = (1, 11, 31, 91)      # lower edges (days since the anchor) of the Mondrian lead-time bins
 MIN_SCALE = 1e-4                 # vol: floor on a half-width used as a scale
 
@@ -51,6 +62,15 @@ class Calibration:
     n: np.ndarray                    # (n_bins,) scores per bin (days x grid points)
     rv_range: tuple                  # (min, max) realised vol over the calibration days (None if not given)
     windows: int = 0                 # calibration backfills
+    unit: str = "day"                # UNITS: pooled days, or whole backfills (the most extreme of them)
+    units: np.ndarray | None = None  # (n_bins,) backfills with an order statistic of their own in the bin (unit backfill)
+
+    def confidence(self) -> np.ndarray:
+        """(n_bins,) K / (K + 1) per bin for unit 'backfill' (K backfills), NaN for unit 'day' or an empty bin."""
+        if self.unit != "backfill" or self.units is None:
+            return np.full(len(self.lead_bins), np.nan)
+        k = np.asarray(self.units, float)
+        return np.where(k > 0, k / (k + 1), np.nan)
 
     def empty(self) -> list[str]:
         """The lead bins (as 'a-b days') with no usable order statistic."""
@@ -63,6 +83,7 @@ class Calibration:
         return {"lead_bins": [int(x) for x in self.lead_bins], "lower": f(self.lower), "upper": f(self.upper),
                 "n": np.asarray(self.n, int).tolist(), "windows": int(self.windows),
                 "rv_range": None if self.rv_range is None else [float(x) for x in self.rv_range],
+                "unit": self.unit, "units": None if self.units is None else np.asarray(self.units, int).tolist(),
                 "empty_bins": self.empty()}
 
     @classmethod
@@ -70,7 +91,8 @@ class Calibration:
         a = lambda x: np.array([np.nan if v is None else v for v in x], float)  # noqa: E731
         return cls(lead_bins=tuple(int(x) for x in d["lead_bins"]), lower=a(d["lower"]), upper=a(d["upper"]),
                    n=np.asarray(d["n"], int), rv_range=None if d.get("rv_range") is None else tuple(d["rv_range"]),
-                   windows=int(d.get("windows", 0)))
+                   windows=int(d.get("windows", 0)), unit=d.get("unit", "day"),
+                   units=None if d.get("units") is None else np.asarray(d["units"], int))
 
 
 def bin_label(lead_bins, j: int) -> str:
@@ -114,10 +136,21 @@ def _check(q, y, lead, i):
     return q, y, lead
 
 
-def fit(windows, lead_bins=LEAD_BINS, rv=None) -> Calibration:
+def _order_stats(lo_s, hi_s) -> tuple[float, float]:
+    """The lower tail's and the upper tail's order statistic of one set of scores; NaN where too few."""
+    a, b = np.sort(np.ravel(lo_s)), np.sort(np.ravel(hi_s))
+    k = len(a)
+    return (a[lower_rank(k) - 1] if lower_rank(k) >= 1 else np.nan,
+            b[upper_rank(k) - 1] if upper_rank(k) <= k else np.nan)
+
+
+def fit(windows, lead_bins=LEAD_BINS, rv=None, unit: str = "day") -> Calibration:
     """Calibration from windows = [(quantiles (3, days, n_mat, n_mon), truth (days_known, n_mat, n_mon),
     lead (days,)), ...]; only days with known truth count. `rv` optional [(days_known,) realised vol per window]
-    records the range of realised vol the calibration saw."""
+    records the range of realised vol the calibration saw. `unit` (UNITS): pool the scores of all days ('day'), or
+    take each backfill's own order statistics and keep the most extreme ('backfill'; module docstring)."""
+    if unit not in UNITS:
+        raise ValueError(f"conformal: unit must be one of {', '.join(UNITS)}, got {unit!r}")
     lead_bins = tuple(int(x) for x in lead_bins)
     if not lead_bins or lead_bins[0] != 1 or any(b <= a for a, b in zip(lead_bins, lead_bins[1:])):
         raise ValueError(f"conformal: lead bins must be increasing lower edges starting at 1, got {lead_bins}")
@@ -131,25 +164,30 @@ def fit(windows, lead_bins=LEAD_BINS, rv=None) -> Calibration:
         grid = q.shape[2:]
         a, b = scores(q, y)
         lo_s.append(a), hi_s.append(b), bins.append(lead_bin(lead[:len(y)], lead_bins))
-    lo_s, hi_s, bins = np.concatenate(lo_s), np.concatenate(hi_s), np.concatenate(bins)   # (days, n_mat, n_mon)
-    if len(bins) == 0:
+    if sum(len(x) for x in bins) == 0:
         raise ValueError("conformal: no calibration day has known truth")
     nb = len(lead_bins)
-    lower, upper, n = np.full(nb, np.nan), np.full(nb, np.nan), np.zeros(nb, int)
-    for j in range(nb):
-        a, b = np.sort(lo_s[bins == j].ravel()), np.sort(hi_s[bins == j].ravel())
-        n[j] = k = len(a)
-        if lower_rank(k) >= 1:
-            lower[j] = a[lower_rank(k) - 1]
-        if upper_rank(k) <= k:
-            upper[j] = b[upper_rank(k) - 1]
+    n = np.array([sum(int((x == j).sum()) * int(np.prod(grid)) for x in bins) for j in range(nb)])
+    units = None
+    if unit == "day":                                             # (days, n_mat, n_mon) pooled over the windows
+        lo_all, hi_all, b_all = np.concatenate(lo_s), np.concatenate(hi_s), np.concatenate(bins)
+        lower, upper = np.array([_order_stats(lo_all[b_all == j], hi_all[b_all == j]) for j in range(nb)]).T
+    else:                                                         # (K, n_bins) each backfill's own, then the extreme
+        per = np.array([[_order_stats(a[b == j], c[b == j]) for j in range(nb)] for a, c, b in zip(lo_s, hi_s, bins)])
+        ok = np.isfinite(per).all(2)                                                    # (K, n_bins)
+        units = ok.sum(0)
+        lower = np.where(units > 0, np.where(ok, per[..., 0], np.inf).min(0), np.nan)
+        upper = np.where(units > 0, np.where(ok, per[..., 1], -np.inf).max(0), np.nan)
     if np.isnan(lower).all():
-        raise ValueError(f"conformal: no lead bin has the 19 scores a 5% order statistic needs ({n.sum()} in all)")
+        need = "backfill" if unit == "backfill" else "lead bin"
+        raise ValueError(f"conformal: no {need} has the 19 scores a 5% order statistic needs in a lead bin "
+                         f"({n.sum()} in all)")
     rv_range = None
     if rv is not None:
         r = np.concatenate([np.asarray(x, float) for x in rv])
         rv_range = (float(r.min()), float(r.max())) if r.size else None
-    return Calibration(lead_bins=lead_bins, lower=lower, upper=upper, n=n, rv_range=rv_range, windows=len(windows))
+    return Calibration(lead_bins=lead_bins, lower=lower, upper=upper, n=n, rv_range=rv_range, windows=len(windows),
+                       unit=unit, units=units)
 
 
 def _filled(table: np.ndarray) -> np.ndarray:
