@@ -29,6 +29,10 @@ def test_committed_sweep_files_expand_to_valid_trials():
     assert len({t.name for t in full.trials}) == 18
     test = spec.load(SWEEPS / "test.yaml")
     assert [t.name for t in test.trials] == ["prior=standard", "prior=conditional"]
+    for profile in ("smoke", "regime_shift"):
+        seeds = spec.load(SWEEPS / f"{profile}_seeds.yaml")
+        assert seeds.base == ROOT / "params" / f"{profile}.yaml" and [t.name for t in seeds.trials] == \
+            [f"seed={s}" for s in (0, 1, 2)]
 
 
 @pytest.mark.parametrize("body, words", [
