@@ -351,3 +351,18 @@ def test_coverage_interval_holds_nominal_for_a_band_at_nominal():
         row = evaluate.coverage_interval(bfs, ["m"], reps=300).iloc[0]
         assert row["violation per day"] == pytest.approx(share) and row["verdict"] == verdict
         assert row["lower"] < share < row["upper"]
+
+
+def test_calibration_table_states_the_backfills_and_the_confidence_per_bin():
+    """Unit 'backfill': per lead bin the backfills with a statistic of their own and K / (K + 1); unit 'day': neither;
+    an empty bin says it borrows."""
+    from backfill.conformal import Calibration
+    by_bf = Calibration(lead_bins=(1, 11), lower=np.array([-0.5, np.nan]), upper=np.array([0.2, np.nan]),
+                        n=np.array([120, 6]), rv_range=None, windows=4, unit="backfill", units=np.array([4, 0]))
+    by_day = dataclasses.replace(by_bf, unit="day", units=None)
+    t = evaluate.calibration_table({"a": by_bf, "b": by_day})
+    rows = t.to_dict(orient="records")
+    assert rows[0] == {"method": "a", "lead": "1-10 days", "scores": 120, "backfills": 4, "confidence": 0.8,
+                       "lower tail score": -0.5, "upper tail score": 0.2, "filled": "yes"}
+    assert rows[1]["backfills"] == 0 and pd.isna(rows[1]["confidence"]) and rows[1]["filled"].startswith("no")
+    assert pd.isna(rows[2]["backfills"]) and pd.isna(rows[2]["confidence"]) and rows[2]["lower tail score"] == -0.5
