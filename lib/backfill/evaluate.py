@@ -118,7 +118,7 @@ def lead(b) -> np.ndarray:
 
 
 def calibrate(calib: dict, test: dict, grid=None, rv=None, lead_bins=conformal.LEAD_BINS,
-              unit: str = "backfill") -> tuple[dict, dict]:
+              unit: str = "day") -> tuple[dict, dict]:
     """Conformal calibration per method (`conformal`: signed per-tail scores normalised by the method's own
     half-width, pooled over the grid, Mondrian by lead time, whole backfills or days as the exchangeable `unit`),
     fitted on the backfills of validation-split origins `calib` ({window: {method: Backfill}}, each
@@ -162,6 +162,11 @@ def _h(horizon: int, T: int) -> int:
     return max(min(int(horizon), T // 2), 1)
 
 
+def _pass_len(bfs: dict, T: int) -> int:
+    """The rolling origins' pass length capped at half of T days: the HLN horizon and the bootstrap block."""
+    return _h(next(b for w, ms in bfs.items() if w.startswith("rolling_") for b in ms.values()).horizon, T)
+
+
 def dm_tests(bfs: dict, reference: str, loss: str = "squared") -> dict:
     """Diebold-Mariano (`metrics.dm_test`: statsmodels, HLN correction) of `reference` against every other method on
     the daily loss averaged over the grid, per named window and on the rolling origins' per-calendar-day loss
@@ -182,7 +187,7 @@ def dm_tests(bfs: dict, reference: str, loss: str = "squared") -> dict:
                      for m, b in methods.items() if m != reference and (loss != "squared" or not m.endswith(CAL))}
     days, losses = calendar_losses(bfs, loss)
     if losses:
-        h = _h(next(b for w, ms in bfs.items() if w.startswith("rolling_") for b in ms.values()).horizon, len(days))
+        h = _pass_len(bfs, len(days))
         out["rolling_by_day"] = {f"{reference} vs {m}": metrics.dm_test(losses[reference] - l, horizon=h, lags=h - 1)
                                  for m, l in losses.items() if m != reference and (loss != "squared" or not m.endswith(CAL))}
     return out
@@ -196,7 +201,7 @@ def confidence_set(bfs: dict, methods: list[str], loss: str = "pinball", size: f
     days, losses = calendar_losses(bfs, loss)
     if not losses:
         return {}
-    block = _h(next(b for w, ms in bfs.items() if w.startswith("rolling_") for b in ms.values()).horizon, len(days))
+    block = _pass_len(bfs, len(days))
     res = metrics.model_confidence_set({m: losses[m] for m in methods}, size=size, block_size=block, seed=seed)
     return {"loss": loss, "size": size, "block_size": block, "days": int(len(days)), "methods": res}
 
@@ -215,7 +220,7 @@ def coverage_interval(bfs: dict, methods: list[str], size: float = 0.9, nominal:
     days, viol = calendar_losses(bfs, "violation")
     if not viol:
         return pd.DataFrame(columns=cols)
-    block = _h(next(b for w, ms in bfs.items() if w.startswith("rolling_") for b in ms.values()).horizon, len(days))
+    block = _pass_len(bfs, len(days))
     rows = []
     for m in methods:
         x = viol[m]

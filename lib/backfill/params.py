@@ -385,8 +385,9 @@ def validate(p: dict) -> dict:
     lb = g["calibration_lead_bins"]
     if lb[0] != 1 or any(b <= a for a, b in zip(lb, lb[1:])):
         _fail("generation.calibration_lead_bins", f"must be strictly increasing lower edges starting at 1, got {lb}")
-    if g["calibration_unit"] not in ("backfill", "day"):
-        _fail("generation.calibration_unit", f"must be backfill or day, got {g['calibration_unit']!r}")
+    from .conformal import UNITS
+    if g["calibration_unit"] not in UNITS:
+        _fail("generation.calibration_unit", f"must be one of {', '.join(UNITS)}, got {g['calibration_unit']!r}")
     if g["max_calibration"] is not None and g["max_calibration"] < 1:
         _fail("generation.max_calibration", f"must be >= 1 or null, got {g['max_calibration']}")
     for key in ("offset_fast", "offset_ensemble"):
