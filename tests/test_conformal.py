@@ -229,3 +229,78 @@ def test_backfill_unit_covers_a_regime_that_pooled_days_dilute():
         below, above = miss(by_backfill, stressed)[j]
         assert below <= 0.06 and above <= 0.06, (j, below, above)
         assert max(miss(by_backfill, calm)[j]) < 0.01
+
+
+def _fixed_band(rng, n, days, vol, half=0.02):
+    """n windows whose forecaster states one fixed band (half-width `half`, vol units) whatever the market, while the
+    truth's spread is vol * sqrt(lead): the econometric baseline and the random walk, or a model fitted on a calm span.
+    Returns [(q, y, lead, rv)] with rv the (days,) realised vol, `vol` on every day."""
+    lead = np.arange(1, days + 1)
+    s = vol * np.sqrt(lead)[:, None, None]
+    out = []
+    for _ in range(n):
+        m = 0.2 + 0.05 * rng.standard_normal((days, *GRID))
+        y = m + s * rng.standard_normal((days, *GRID))
+        out.append((np.stack([m - half, m, m + half]), y, lead, np.full(days, vol)))
+    return out
+
+
+def test_realised_vol_scale_restores_coverage_where_the_methods_own_band_does_not_follow_the_market():
+    # calibration in a calm period (vol 0.01), test in a crisis (vol 0.04), the method's own band fixed: scores in its
+    # own half-widths are 4x larger in the test and the calibrated band under-covers; scores in realised vol x
+    # sqrt(lead) are exchangeable across the regimes and restore 5% per tail in every lead bin
+    rng = np.random.default_rng(5)
+    calib = _fixed_band(rng, 12, 60, vol=0.01)
+    test = _fixed_band(rng, 40, 60, vol=0.04)
+    own = conformal.fit([w[:3] for w in calib], BINS, unit="backfill")
+    market = conformal.fit([w[:3] for w in calib], BINS, rv=[w[3] for w in calib], unit="backfill",
+                           scale="realised_vol")
+    assert market.scale == "realised_vol" and own.scale == "halfwidth"
+    rv_of = {id(w[0]): w[3] for w in test}
+    got_own = _coverage_by_bin([w[:3] for w in test], lambda q, lead: conformal.apply(own, q, lead))
+    got = _coverage_by_bin([w[:3] for w in test], lambda q, lead: conformal.apply(market, q, lead, rv_of[id(q)]))
+    for j in range(len(BINS)):
+        assert got[j][0] <= 0.07 and got[j][1] <= 0.07 and sum(got[j]) >= 0.03, (j, got[j])
+        assert sum(got_own[j]) > 0.3, (j, got_own[j])
+
+
+def test_realised_vol_scale_hand_case_and_median():
+    # one window, one lead bin, scores (y - q50) / (rv sqrt(lead)): 19 days x 1 point -> k = 1 and k' = 19
+    lead = np.arange(1, 20)
+    rv = np.full(19, 0.1)
+    mid = np.full((19, 1, 1), 0.2)
+    z = np.linspace(-2.0, 2.5, 19)
+    y = mid + (z * 0.1 * np.sqrt(lead))[:, None, None]
+    q = np.stack([mid - 0.5, mid, mid + 0.5])                     # the own band plays no part
+    cal = conformal.fit([(q, y, lead)], (1,), rv=[rv], scale="realised_vol")
+    assert cal.lower[0] == pytest.approx(-2.0) and cal.upper[0] == pytest.approx(2.5)
+    out = conformal.apply(cal, q, lead, rv)
+    s = (0.1 * np.sqrt(lead))[:, None, None]
+    np.testing.assert_allclose(out[0], mid - 2.0 * s)
+    np.testing.assert_allclose(out[2], mid + 2.5 * s)
+    np.testing.assert_array_equal(out[1], q[1])                   # the median as given
+    back = conformal.Calibration.from_dict(json.loads(json.dumps(cal.to_dict())))
+    assert back.scale == "realised_vol"
+    np.testing.assert_allclose(conformal.apply(back, q, lead, rv), out)
+    # both edges on one side of the median (a biased calibration median): the far tail stays at the median
+    up = conformal.fit([(q, mid + (np.abs(z) + 0.1)[:, None, None], lead)], (1,), rv=[rv], scale="realised_vol")
+    assert up.lower[0] > 0
+    np.testing.assert_array_equal(conformal.apply(up, q, lead, rv)[0], q[1])
+
+
+def test_realised_vol_scale_errors():
+    rng = np.random.default_rng(0)
+    w = _fixed_band(rng, 2, 30, vol=0.01)
+    with pytest.raises(ValueError, match="scale must be one of halfwidth, realised_vol"):
+        conformal.fit([x[:3] for x in w], BINS, scale="vol")
+    with pytest.raises(ValueError, match="needs the realised vol of every calibration window"):
+        conformal.fit([x[:3] for x in w], BINS, scale="realised_vol")
+    with pytest.raises(ValueError, match="realised vol for 10 of its 30"):
+        conformal.fit([x[:3] for x in w], BINS, rv=[x[3][:10] for x in w], scale="realised_vol")
+    cal = conformal.fit([x[:3] for x in w], BINS, rv=[x[3] for x in w], scale="realised_vol")
+    with pytest.raises(ValueError, match="needs the realised vol of the backfilled days"):
+        conformal.apply(cal, w[0][0], w[0][2])
+    with pytest.raises(ValueError, match="one value per day"):
+        conformal.apply(cal, w[0][0], w[0][2], w[0][3][:5])
+    with pytest.raises(ValueError, match="not finite"):
+        conformal.apply(cal, w[0][0], w[0][2], np.full(30, np.nan))

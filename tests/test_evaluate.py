@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from backfill import evaluate, metrics
+from backfill import conformal, evaluate, metrics
 from backfill.data import Dataset
 from backfill.generate import Backfill
 
@@ -195,6 +195,18 @@ def test_calibrate_adds_conformal_rows_fitted_on_validation_windows_only():
     assert cal.n_samples == 0 and cal.crps is None and (cal.p05 <= cal.p50).all() and (cal.p50 <= cal.p95).all()
     np.testing.assert_array_equal(cal.p50, raw.p50)                          # the median never moves
     assert cals["vae_o90"].rv_range == pytest.approx((0.1, float(np.linspace(0.1, 0.3, 600)[44])))   # days 0..44
+    # in units of realised vol x sqrt(lead): each test day's own realised vol scales its band; the median stays
+    rv = np.linspace(0.1, 0.3, 600)
+    mkt, mcals = evaluate.calibrate(calib, test, rv=rv, scale="realised_vol")
+    m = mkt["rolling_0"]["vae_o90_cal"]
+    assert mcals["vae_o90"].scale == "realised_vol"
+    np.testing.assert_array_equal(m.p50, raw.p50)
+    lead = np.arange(1, 41)
+    s = rv[500:540] * np.sqrt(lead)                                          # (days,) the market scale
+    up = conformal._filled(mcals["vae_o90"].upper)[conformal.lead_bin(lead)]
+    np.testing.assert_allclose(m.p95 - m.p50, np.broadcast_to((s * up)[:, None, None], m.p50.shape), rtol=1e-10)
+    with pytest.raises(ValueError, match="needs the realised vol series"):
+        evaluate.calibrate(calib, test, scale="realised_vol")
     # calibrated RMSE is raw RMSE, and the calibrated row says how many of its days lie outside the calibration's RV
     run = _FakeRun(Dataset(np.full((600, *GRID), 0.2), np.full(600, 0.01), None, MAT, MON))
     sc = evaluate.score(run, out, cals)["rolling_0"]
@@ -362,7 +374,7 @@ def test_calibration_table_states_the_backfills_and_the_confidence_per_bin():
     by_day = dataclasses.replace(by_bf, unit="day", units=None)
     t = evaluate.calibration_table({"a": by_bf, "b": by_day})
     rows = t.to_dict(orient="records")
-    assert rows[0] == {"method": "a", "lead": "1-10 days", "scores": 120, "backfills": 4, "confidence": 0.8,
+    assert rows[0] == {"method": "a", "scale": "halfwidth", "lead": "1-10 days", "scores": 120, "backfills": 4, "confidence": 0.8,
                        "lower tail score": -0.5, "upper tail score": 0.2, "filled": "yes"}
     assert rows[1]["backfills"] == 0 and pd.isna(rows[1]["confidence"]) and rows[1]["filled"].startswith("no")
     assert pd.isna(rows[2]["backfills"]) and pd.isna(rows[2]["confidence"]) and rows[2]["lower tail score"] == -0.5

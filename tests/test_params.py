@@ -829,3 +829,12 @@ def test_a_bad_calibration_unit_is_a_one_line_error(tmp_path, value):
     msg = _load_error(tmp_path, p)
     assert "generation.calibration_unit" in msg and "\n" not in msg
     assert params.load(params.profile_path("smoke"))["generation"]["calibration_unit"] == "backfill"
+
+
+@pytest.mark.parametrize("value", ["vol", 1])
+def test_a_bad_calibration_scale_is_a_one_line_error(tmp_path, value):
+    p = _raw("smoke")
+    p["generation"]["calibration_scale"] = value
+    msg = _load_error(tmp_path, p)
+    assert "generation.calibration_scale" in msg and "\n" not in msg
+    assert params.load(params.profile_path("smoke"))["generation"]["calibration_scale"] == "realised_vol"

@@ -2,19 +2,27 @@
 §5.7).
 
 A backfill's truth is never observed in the backfilled period, so the calibration learns, on backfills from
-validation-split origins (whose truth is known), how far the truth falls beyond each tail of a method's
-5-95% interval in units of a scale known at backfill time, and applies that to test backfills:
+validation-split origins (whose truth is known), how far the truth falls beyond each tail in units of a scale known
+at backfill time, and applies that to test backfills. Two scales (`scale`, SCALES):
 
-    lower tail  r = (y - q05) / s_lo,  s_lo = q50 - q05   (the method's own lower half-width)
-    upper tail  r = (y - q95) / s_hi,  s_hi = q95 - q50
+- 'halfwidth', the method's own half-widths, scores against its own tails (conformalised quantiles):
+      lower tail  r = (y - q05) / s_lo,  s_lo = q50 - q05;   upper tail  r = (y - q95) / s_hi,  s_hi = q95 - q50
+  calibrated q05' = q05 + s_lo r_lo, q95' = q95 + s_hi r_hi. The band can only grow as far as the method's own
+  band does, which a model fitted on a calm span caps (its inputs are clipped to the training range).
+- 'realised_vol', the market's scale s = RV_t sqrt(lead): the day's realised vol (from the returns, observed
+  through the backfilled period) times the square root of the days since the anchor, scores against the median:
+      r = (y - q50) / s for both tails;  calibrated q05' = q50 + s r_lo, q95' = q50 + s r_hi
+  The calibrated band is then the method's median plus what the calibration backfills showed of its errors, in
+  units of the market's volatility: it widens in a crisis whatever the method's own band does, and it is the same
+  rule for every method (a method's raw band no longer enters; its raw row still shows it).
 
 Scores are pooled over the whole grid and the days of one lead-time bin (days since the anchor, the last context
 day: 1-10, 11-30, 31-90, 91+ by default), the Mondrian categories: normalised scores are comparable across grid
 points, and a bin per maturity row (also tried) fits each row's quirks of the validation span and carries them
-into the test. With n scores in a bin, the calibrated quantiles are q05 + s_lo * r_(k) with k = floor((n + 1) 0.05) and q95 + s_hi * r_(k') with
-k' = ceil((n + 1) 0.95) (order statistics, 1-based): the split-conformal guarantee per tail (a new exchangeable
-point falls below the calibrated q05 with probability <= 5%, above q95 with <= 5%), in scale-free units so that
-a shift learned in a volatile period widens a calm period's interval by the same *share* of its half-width,
+into the test. With n scores in a bin, the lower tail takes the score r_(k), k = floor((n + 1) 0.05), and the upper
+tail r_(k'), k' = ceil((n + 1) 0.95) (order statistics, 1-based): the split-conformal guarantee per tail (a new
+exchangeable point falls below the calibrated q05 with probability <= 5%, above q95 with <= 5%), in scale-free
+units, so that a shift learned in a volatile period moves a calm period's tail by the same *share* of its scale,
 not by the same number of vol points. The median is never moved: calibrated RMSE is raw RMSE.
 
 A bin with fewer than 19 scores (where (n + 1) 0.05 < 1) has no order statistic: it is empty, and its days take
@@ -38,7 +46,7 @@ point's whole predictive distribution in a Python loop (n_test x n_calibration),
 a backfill evaluation (~10^5 test points); here the two order statistics are taken once per bin.
 
 Arrays: quantiles (3, days, n_mat, n_mon) for levels (0.05, 0.5, 0.95), truth (days_known, n_mat, n_mon),
-lead (days,) days since the anchor (1 = the first backfilled day).
+lead (days,) days since the anchor (1 = the first backfilled day), rv (days,) realised vol of each backfilled day.
 """
 from __future__ import annotations
 
@@ -49,8 +57,9 @@ import numpy as np
 
 LEVELS = (0.05, 0.5, 0.95)
 UNITS = ("day", "backfill")     # what the calibration treats as exchangeable
+SCALES = ("halfwidth", "realised_vol")   # what a score is measured in: the method's own half-width, or RV sqrt(lead)
 LEAD_BINS = (1, 11, 31, 91)      # lower edges (days since the anchor) of the Mondrian lead-time bins
-MIN_SCALE = 1e-4                 # vol: floor on a half-width used as a scale
+MIN_SCALE = 1e-4                 # vol: floor on any scale
 
 
 @dataclass(eq=False)
@@ -64,6 +73,7 @@ class Calibration:
     windows: int = 0                 # calibration backfills
     unit: str = "day"                # UNITS: pooled days, or whole backfills (the most extreme of them)
     units: np.ndarray | None = None  # (n_bins,) backfills with an order statistic of their own in the bin (unit backfill)
+    scale: str = "halfwidth"         # SCALES: the method's own half-widths, or realised vol x sqrt(lead)
 
     def confidence(self) -> np.ndarray:
         """(n_bins,) K / (K + 1) per bin for unit 'backfill' (K backfills), NaN for unit 'day' or an empty bin."""
@@ -84,7 +94,7 @@ class Calibration:
                 "n": np.asarray(self.n, int).tolist(), "windows": int(self.windows),
                 "rv_range": None if self.rv_range is None else [float(x) for x in self.rv_range],
                 "unit": self.unit, "units": None if self.units is None else np.asarray(self.units, int).tolist(),
-                "empty_bins": self.empty()}
+                "scale": self.scale, "empty_bins": self.empty()}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Calibration":
@@ -92,7 +102,8 @@ class Calibration:
         return cls(lead_bins=tuple(int(x) for x in d["lead_bins"]), lower=a(d["lower"]), upper=a(d["upper"]),
                    n=np.asarray(d["n"], int), rv_range=None if d.get("rv_range") is None else tuple(d["rv_range"]),
                    windows=int(d.get("windows", 0)), unit=d.get("unit", "day"),
-                   units=None if d.get("units") is None else np.asarray(d["units"], int))
+                   units=None if d.get("units") is None else np.asarray(d["units"], int),
+                   scale=d.get("scale", "halfwidth"))
 
 
 def bin_label(lead_bins, j: int) -> str:
@@ -119,11 +130,26 @@ def upper_rank(n: int, tau: float = 0.95) -> int:
     return math.ceil((n + 1) * tau - 1e-9)
 
 
-def scores(q, truth):
-    """Signed normalised scores of the days with known truth: (lower, upper), each (days_known, n_mat, n_mon)."""
+def market_scale(rv, lead) -> np.ndarray:
+    """(days,) the 'realised_vol' scale: the day's realised vol times sqrt(days since the anchor), floored."""
+    rv, lead = np.asarray(rv, float), np.asarray(lead, float)
+    if rv.shape != lead.shape:
+        raise ValueError(f"conformal: realised vol {rv.shape} and lead {lead.shape} must have one value per day")
+    if not np.isfinite(rv).all():
+        raise ValueError("conformal: realised vol is not finite on some backfilled day")
+    return np.maximum(rv * np.sqrt(lead), MIN_SCALE)
+
+
+def scores(q, truth, s=None):
+    """Signed normalised scores of the days with known truth: (lower, upper), each (days_known, n_mat, n_mon).
+    Without `s`: against the method's own tails and half-widths ('halfwidth'); with s (days,) the market scale:
+    both tails' (y - q50) / s ('realised_vol')."""
     q, y = np.asarray(q, float), np.asarray(truth, float)
     n = len(y)
     lo, mid, hi = q[0, :n], q[1, :n], q[2, :n]
+    if s is not None:
+        z = (y - mid) / np.asarray(s, float)[:n, None, None]
+        return z, z
     return (y - lo) / np.maximum(mid - lo, MIN_SCALE), (y - hi) / np.maximum(hi - mid, MIN_SCALE)
 
 
@@ -144,13 +170,18 @@ def _order_stats(lo_s, hi_s) -> tuple[float, float]:
             b[upper_rank(k) - 1] if upper_rank(k) <= k else np.nan)
 
 
-def fit(windows, lead_bins=LEAD_BINS, rv=None, unit: str = "day") -> Calibration:
+def fit(windows, lead_bins=LEAD_BINS, rv=None, unit: str = "day", scale: str = "halfwidth") -> Calibration:
     """Calibration from windows = [(quantiles (3, days, n_mat, n_mon), truth (days_known, n_mat, n_mon),
-    lead (days,)), ...]; only days with known truth count. `rv` optional [(days_known,) realised vol per window]
-    records the range of realised vol the calibration saw. `unit` (UNITS): pool the scores of all days ('day'), or
-    take each backfill's own order statistics and keep the most extreme ('backfill'; module docstring)."""
+    lead (days,)), ...]; only days with known truth count. `rv` [(days_known,) realised vol per window] records the
+    range of realised vol the calibration saw (optional), and is the market scale's (required for 'realised_vol').
+    `unit` (UNITS): pool the scores of all days ('day'), or take each backfill's own order statistics and keep the
+    most extreme ('backfill'). `scale` (SCALES): what a score is measured in (module docstring)."""
     if unit not in UNITS:
         raise ValueError(f"conformal: unit must be one of {', '.join(UNITS)}, got {unit!r}")
+    if scale not in SCALES:
+        raise ValueError(f"conformal: scale must be one of {', '.join(SCALES)}, got {scale!r}")
+    if scale == "realised_vol" and (rv is None or len(rv) != len(windows)):
+        raise ValueError("conformal: scale 'realised_vol' needs the realised vol of every calibration window's days")
     lead_bins = tuple(int(x) for x in lead_bins)
     if not lead_bins or lead_bins[0] != 1 or any(b <= a for a, b in zip(lead_bins, lead_bins[1:])):
         raise ValueError(f"conformal: lead bins must be increasing lower edges starting at 1, got {lead_bins}")
@@ -162,7 +193,13 @@ def fit(windows, lead_bins=LEAD_BINS, rv=None, unit: str = "day") -> Calibration
         if grid is not None and q.shape[2:] != grid:
             raise ValueError(f"conformal: window {i} shapes disagree: grid {q.shape[2:]}, earlier windows {grid}")
         grid = q.shape[2:]
-        a, b = scores(q, y)
+        s = None
+        if scale == "realised_vol":
+            r = np.asarray(rv[i], float)[:len(y)]
+            if len(r) < len(y):
+                raise ValueError(f"conformal: window {i} has realised vol for {len(r)} of its {len(y)} known days")
+            s = market_scale(r, lead[:len(y)])
+        a, b = scores(q, y, s)
         lo_s.append(a), hi_s.append(b), bins.append(lead_bin(lead[:len(y)], lead_bins))
     if sum(len(x) for x in bins) == 0:
         raise ValueError("conformal: no calibration day has known truth")
@@ -187,7 +224,7 @@ def fit(windows, lead_bins=LEAD_BINS, rv=None, unit: str = "day") -> Calibration
         r = np.concatenate([np.asarray(x, float) for x in rv])
         rv_range = (float(r.min()), float(r.max())) if r.size else None
     return Calibration(lead_bins=lead_bins, lower=lower, upper=upper, n=n, rv_range=rv_range, windows=len(windows),
-                       unit=unit, units=units)
+                       unit=unit, units=units, scale=scale)
 
 
 def _filled(table: np.ndarray) -> np.ndarray:
@@ -199,9 +236,10 @@ def _filled(table: np.ndarray) -> np.ndarray:
     return out
 
 
-def apply(cal: Calibration, quantiles, lead) -> np.ndarray:
-    """Calibrated quantiles (3, days, n_mat, n_mon): the median as given, each tail moved by its bin's score
-    times the day's own half-width; the tails never cross the median."""
+def apply(cal: Calibration, quantiles, lead, rv=None) -> np.ndarray:
+    """Calibrated quantiles (3, days, n_mat, n_mon): the median as given, each tail at its bin's score times the
+    day's scale, from the method's own tail ('halfwidth') or from the median ('realised_vol', which needs `rv`
+    (days,)); the tails never cross the median."""
     q = np.asarray(quantiles, float)
     lead = np.asarray(lead)
     if q.ndim != 4 or q.shape[0] != 3 or lead.shape != (q.shape[1],):
@@ -209,8 +247,14 @@ def apply(cal: Calibration, quantiles, lead) -> np.ndarray:
     b = lead_bin(lead, cal.lead_bins)                                   # (days,)
     lo_r, hi_r = _filled(cal.lower)[b][:, None, None], _filled(cal.upper)[b][:, None, None]   # (days, 1, 1)
     lo, mid, hi = q
-    s_lo, s_hi = np.maximum(mid - lo, MIN_SCALE), np.maximum(hi - mid, MIN_SCALE)
-    return np.stack([np.minimum(lo + s_lo * lo_r, mid), mid, np.maximum(hi + s_hi * hi_r, mid)])
+    if cal.scale == "realised_vol":
+        if rv is None:
+            raise ValueError("conformal: a 'realised_vol' calibration needs the realised vol of the backfilled days")
+        s = market_scale(rv, lead)[:, None, None]                                              # (days, 1, 1)
+        lo, hi = mid + s * lo_r, mid + s * hi_r
+    else:
+        lo, hi = lo + np.maximum(mid - lo, MIN_SCALE) * lo_r, hi + np.maximum(hi - mid, MIN_SCALE) * hi_r
+    return np.stack([np.minimum(lo, mid), mid, np.maximum(hi, mid)])
 
 
 def outside_share(cal: Calibration, rv) -> float | None:

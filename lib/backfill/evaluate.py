@@ -118,25 +118,30 @@ def lead(b) -> np.ndarray:
 
 
 def calibrate(calib: dict, test: dict, grid=None, rv=None, lead_bins=conformal.LEAD_BINS,
-              unit: str = "day") -> tuple[dict, dict]:
-    """Conformal calibration per method (`conformal`: signed per-tail scores normalised by the method's own
-    half-width, pooled over the grid, Mondrian by lead time, whole backfills or days as the exchangeable `unit`),
-    fitted on the backfills of validation-split origins `calib` ({window: {method: Backfill}}, each
-    scored on the days whose truth it has) and applied to every test window. The median is never moved. A method
-    whose raw surfaces were projected onto the arbitrage-free set (`arbitrage_raw` set) has its calibrated tails
-    projected again, given `grid` = (maturities, moneyness). `rv` (N,) realised vol records the calibration days'
-    range. Returns (test with a `<method>_cal` row beside each method, {method: conformal.Calibration})."""
+              unit: str = "day", scale: str = "halfwidth") -> tuple[dict, dict]:
+    """Conformal calibration per method (`conformal`: signed per-tail scores in units of `scale`, the method's own
+    half-width or the day's realised vol x sqrt(lead), pooled over the grid, Mondrian by lead time, whole backfills
+    or days as the exchangeable `unit`), fitted on the backfills of validation-split origins `calib` ({window:
+    {method: Backfill}}, each scored on the days whose truth it has) and applied to every test window. The median is
+    never moved. A method whose raw surfaces were projected onto the arbitrage-free set (`arbitrage_raw` set) has its
+    calibrated tails projected again, given `grid` = (maturities, moneyness). `rv` (N,) realised vol of every day
+    records the calibration days' range, and is the market scale (required for scale 'realised_vol'). Returns (test
+    with a `<method>_cal` row beside each method, {method: conformal.Calibration})."""
+    if scale == "realised_vol" and rv is None:
+        raise ValueError("calibrate: scale 'realised_vol' needs the realised vol series")
     cals = {}
     for m in next(iter(calib.values())):
         wins = [w[m] for w in calib.values()]
         cals[m] = conformal.fit([(np.stack([b.p05, b.p50, b.p95]), b.truth, lead(b)) for b in wins], lead_bins,
-                                rv=None if rv is None else [rv[b.start:b.start + len(b.truth)] for b in wins], unit=unit)
+                                rv=None if rv is None else [rv[b.start:b.start + len(b.truth)] for b in wins],
+                                unit=unit, scale=scale)
     out = {}
     for name, methods in test.items():
         out[name] = dict(methods)
         for m, b in methods.items():
             if m in cals:
-                lo, mid, hi = conformal.apply(cals[m], np.stack([b.p05, b.p50, b.p95]), lead(b))
+                day_rv = None if rv is None else rv[b.start:b.start + len(b.p50)]
+                lo, mid, hi = conformal.apply(cals[m], np.stack([b.p05, b.p50, b.p95]), lead(b), day_rv)
                 if b.arbitrage_raw is not None and grid is not None:
                     lo, _, hi = arbitrage.repair_quantiles(lo, mid, hi, *grid)
                     lo, hi = np.minimum(lo, mid), np.maximum(hi, mid)
@@ -437,15 +442,16 @@ def coverage_inside_outside(bfs: dict, calibrations: dict, rv) -> pd.DataFrame:
 def calibration_table(cals: dict) -> pd.DataFrame:
     """What each method's calibration could fit: per method and lead bin, the scores behind it (validation days x
     grid points), the backfills with an order statistic of their own there and the confidence K / (K + 1) that a new
-    backfill needs no more (unit 'backfill'), and the normalised score quantile of each tail (in units of the method's
-    own half-width: a lower tail score below 0 or an upper tail score above 0 widens the band); an empty bin borrows
-    the nearest filled one."""
+    backfill needs no more (unit 'backfill'), and the normalised score quantile of each tail in units of its `scale`
+    (the method's own half-width, from its own tail: a lower score below 0 or an upper score above 0 widens its
+    band; or realised vol x sqrt(lead), from the median: the band's two edges); an empty bin borrows the nearest
+    filled one."""
     rows = []
     for m, c in cals.items():
         conf = c.confidence()
         for j in range(len(c.lead_bins)):
             empty = not (np.isfinite(c.lower[j]) and np.isfinite(c.upper[j]))
-            rows.append({"method": m, "lead": conformal.bin_label(c.lead_bins, j), "scores": int(c.n[j]),
+            rows.append({"method": m, "scale": c.scale, "lead": conformal.bin_label(c.lead_bins, j), "scores": int(c.n[j]),
                          "backfills": None if c.units is None else int(c.units[j]),
                          "confidence": None if not np.isfinite(conf[j]) else float(conf[j]),
                          "lower tail score": None if empty else float(c.lower[j]),

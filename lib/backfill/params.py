@@ -156,6 +156,7 @@ SCHEMA = {
         "max_calibration": (int, None),    # at most this many, spread evenly over the validation origins
         "calibration_lead_bins": _list_of(int),   # lower edges of the conformal lead-time bins (days), from 1
         "calibration_unit": str,           # what the calibration treats as exchangeable: backfill or day
+        "calibration_scale": str,          # what a score is measured in: realised_vol (x sqrt(lead)) or halfwidth
         "repair_arbitrage": bool,          # project each generated day onto the arbitrage-free set
     },
     "evaluation": {
@@ -385,9 +386,11 @@ def validate(p: dict) -> dict:
     lb = g["calibration_lead_bins"]
     if lb[0] != 1 or any(b <= a for a, b in zip(lb, lb[1:])):
         _fail("generation.calibration_lead_bins", f"must be strictly increasing lower edges starting at 1, got {lb}")
-    from .conformal import UNITS
+    from .conformal import SCALES, UNITS
     if g["calibration_unit"] not in UNITS:
         _fail("generation.calibration_unit", f"must be one of {', '.join(UNITS)}, got {g['calibration_unit']!r}")
+    if g["calibration_scale"] not in SCALES:
+        _fail("generation.calibration_scale", f"must be one of {', '.join(SCALES)}, got {g['calibration_scale']!r}")
     if g["max_calibration"] is not None and g["max_calibration"] < 1:
         _fail("generation.max_calibration", f"must be >= 1 or null, got {g['max_calibration']}")
     for key in ("offset_fast", "offset_ensemble"):
