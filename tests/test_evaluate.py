@@ -378,3 +378,13 @@ def test_calibration_table_states_the_backfills_and_the_confidence_per_bin():
                        "lower tail score": -0.5, "upper tail score": 0.2, "filled": "yes"}
     assert rows[1]["backfills"] == 0 and pd.isna(rows[1]["confidence"]) and rows[1]["filled"].startswith("no")
     assert pd.isna(rows[2]["backfills"]) and pd.isna(rows[2]["confidence"]) and rows[2]["lower tail score"] == -0.5
+
+
+def test_calibration_rule_says_the_params_in_words():
+    assert evaluate.calibration_rule("backfill", "realised_vol") == (
+        "per-tail scores from the median in units of the day's realised vol x sqrt(lead), Mondrian by lead time, "
+        "whole backfills as the exchangeable unit")
+    assert "own half-width" in evaluate.calibration_rule("day", "halfwidth")
+    assert "days pooled" in evaluate.calibration_rule("day", "halfwidth")
+    with pytest.raises(ValueError, match="not among"):
+        evaluate.calibration_rule("origin", "halfwidth")

@@ -439,6 +439,18 @@ def coverage_inside_outside(bfs: dict, calibrations: dict, rv) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def calibration_rule(unit: str, scale: str) -> str:
+    """The calibration's rule in words, from its params (generation.calibration_unit and calibration_scale), for the
+    summary."""
+    if unit not in conformal.UNITS or scale not in conformal.SCALES:
+        raise ValueError(f"calibration_rule: unit {unit!r} / scale {scale!r} not among {conformal.UNITS} / "
+                         f"{conformal.SCALES}")
+    how = ("per-tail scores from the median in units of the day's realised vol x sqrt(lead)" if scale == "realised_vol"
+           else "per-tail scores from each tail in units of the method's own half-width")
+    who = "whole backfills as the exchangeable unit" if unit == "backfill" else "days pooled as the exchangeable unit"
+    return f"{how}, Mondrian by lead time, {who}"
+
+
 def calibration_table(cals: dict) -> pd.DataFrame:
     """What each method's calibration could fit: per method and lead bin, the scores behind it (validation days x
     grid points), the backfills with an order statistic of their own there and the confidence K / (K + 1) that a new
