@@ -282,6 +282,11 @@ def test_realised_vol_scale_hand_case_and_median():
     back = conformal.Calibration.from_dict(json.loads(json.dumps(cal.to_dict())))
     assert back.scale == "realised_vol"
     np.testing.assert_allclose(conformal.apply(back, q, lead, rv), out)
+    old_record = cal.to_dict()
+    del old_record["scale"]                                       # a metrics.json from before the scale existed
+    assert conformal.Calibration.from_dict(old_record).scale == "halfwidth"
+    with pytest.raises(ValueError, match="scale must be one of"):
+        conformal.Calibration.from_dict({**cal.to_dict(), "scale": "vol"})
     # both edges on one side of the median (a biased calibration median): the far tail stays at the median
     up = conformal.fit([(q, mid + (np.abs(z) + 0.1)[:, None, None], lead)], (1,), rv=[rv], scale="realised_vol")
     assert up.lower[0] > 0

@@ -195,16 +195,29 @@ def test_calibrate_adds_conformal_rows_fitted_on_validation_windows_only():
     assert cal.n_samples == 0 and cal.crps is None and (cal.p05 <= cal.p50).all() and (cal.p50 <= cal.p95).all()
     np.testing.assert_array_equal(cal.p50, raw.p50)                          # the median never moves
     assert cals["vae_o90"].rv_range == pytest.approx((0.1, float(np.linspace(0.1, 0.3, 600)[44])))   # days 0..44
-    # in units of realised vol x sqrt(lead): each test day's own realised vol scales its band; the median stays
+    # in units of realised vol x sqrt(lead): each test day's own realised vol scales its band; the median stays.
+    # By hand: each calibration window's (truth - median) / (rv of its own days x sqrt(lead)), its order statistics
+    # per lead bin (40 days x 12 points: 1-10, 11-30, 31-40), the extreme of the 6 windows (unit backfill)
     rv = np.linspace(0.1, 0.3, 600)
-    mkt, mcals = evaluate.calibrate(calib, test, rv=rv, scale="realised_vol")
+    mkt, mcals = evaluate.calibrate(calib, test, rv=rv, unit="backfill", scale="realised_vol")
     m = mkt["rolling_0"]["vae_o90_cal"]
-    assert mcals["vae_o90"].scale == "realised_vol"
-    np.testing.assert_array_equal(m.p50, raw.p50)
     lead = np.arange(1, 41)
-    s = rv[500:540] * np.sqrt(lead)                                          # (days,) the market scale
-    up = conformal._filled(mcals["vae_o90"].upper)[conformal.lead_bin(lead)]
-    np.testing.assert_allclose(m.p95 - m.p50, np.broadcast_to((s * up)[:, None, None], m.p50.shape), rtol=1e-10)
+    edges = np.searchsorted([1, 11, 31, 91], lead, side="right") - 1
+    lo_hand, hi_hand = np.full(3, np.inf), np.full(3, -np.inf)
+    for w in calib.values():
+        b = w["vae_o90"]
+        z = (b.truth - b.p50) / (rv[b.start:b.start + 40] * np.sqrt(lead))[:, None, None]
+        for j in range(3):
+            x = np.sort(z[edges == j].ravel())
+            lo_hand[j] = min(lo_hand[j], x[int(np.floor((len(x) + 1) * 0.05)) - 1])
+            hi_hand[j] = max(hi_hand[j], x[int(np.ceil((len(x) + 1) * 0.95)) - 1])
+    assert mcals["vae_o90"].scale == "realised_vol"
+    np.testing.assert_allclose(mcals["vae_o90"].lower[:3], lo_hand)
+    np.testing.assert_allclose(mcals["vae_o90"].upper[:3], hi_hand)
+    s = (rv[500:540] * np.sqrt(lead))[:, None, None]                          # the test days' own scale
+    np.testing.assert_array_equal(m.p50, raw.p50)
+    np.testing.assert_allclose(m.p05, np.minimum(raw.p50 + s * lo_hand[edges][:, None, None], raw.p50), rtol=1e-10)
+    np.testing.assert_allclose(m.p95, np.maximum(raw.p50 + s * hi_hand[edges][:, None, None], raw.p50), rtol=1e-10)
     with pytest.raises(ValueError, match="needs the realised vol series"):
         evaluate.calibrate(calib, test, scale="realised_vol")
     # calibrated RMSE is raw RMSE, and the calibrated row says how many of its days lie outside the calibration's RV
@@ -382,9 +395,22 @@ def test_calibration_table_states_the_backfills_and_the_confidence_per_bin():
 
 def test_calibration_rule_says_the_params_in_words():
     assert evaluate.calibration_rule("backfill", "realised_vol") == (
-        "per-tail scores from the median in units of the day's realised vol x sqrt(lead), Mondrian by lead time, "
-        "whole backfills as the exchangeable unit")
+        "scores from the median in units of the day's realised vol x sqrt(lead), an order statistic per tail, "
+        "Mondrian by lead time, whole backfills as the exchangeable unit")
     assert "own half-width" in evaluate.calibration_rule("day", "halfwidth")
     assert "days pooled" in evaluate.calibration_rule("day", "halfwidth")
     with pytest.raises(ValueError, match="not among"):
         evaluate.calibration_rule("origin", "halfwidth")
+
+
+def test_coverage_by_point_hand_case():
+    # two rolling origins of 4 days on a 1 x 2 grid: point (0, 0) misses 1 of 4 days then 3 of 4, point (0, 1) never
+    y1 = np.array([[0.2, 0.2], [0.4, 0.2], [0.2, 0.2], [0.2, 0.2]])[:, None, :]
+    y2 = np.array([[0.05, 0.2], [0.4, 0.2], [0.35, 0.2], [0.2, 0.2]])[:, None, :]
+
+    def bf(y, start):                                            # band 0.1-0.3 around 0.2
+        return dataclasses.replace(_bf("r", start, np.full((4, 1, 2), 0.2), y), p05=np.full((4, 1, 2), 0.1),
+                                   p95=np.full((4, 1, 2), 0.3))
+    bfs = {"rolling_0": {"m": bf(y1, 0)}, "rolling_1": {"m": bf(y2, 10)}, "calib": {"m": bf(y2 * 0, 20)}}
+    got = evaluate.coverage_by_point(bfs, ["m"])["m"]
+    np.testing.assert_allclose(got, [[0.5, 0.0]])                # (1/4 + 3/4) / 2; the named window is not counted

@@ -838,3 +838,5 @@ def test_a_bad_calibration_scale_is_a_one_line_error(tmp_path, value):
     msg = _load_error(tmp_path, p)
     assert "generation.calibration_scale" in msg and "\n" not in msg
     assert params.load(params.profile_path("smoke"))["generation"]["calibration_scale"] == "realised_vol"
+    p["generation"]["calibration_scale"] = "halfwidth"                     # the other scale loads
+    assert params.load(_write(tmp_path, p))["generation"]["calibration_scale"] == "halfwidth"

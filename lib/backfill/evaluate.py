@@ -237,6 +237,23 @@ def coverage_interval(bfs: dict, methods: list[str], size: float = 0.9, nominal:
     return pd.DataFrame(rows, columns=cols)
 
 
+def coverage_by_point(bfs: dict, methods: list[str]) -> dict:
+    """{method: (n_mat, n_mon) share of truths outside its 5-95% band at each grid point}, over the days of the
+    rolling origins (each origin's known days, then the mean over origins). The conformal guarantee holds on average
+    over the grid it pooled; this shows how the misses spread over it."""
+    roll = [w for w in bfs if w.startswith("rolling_")]
+    out = {}
+    for m in methods:
+        per = []
+        for w in roll:
+            b = bfs[w][m]
+            n = len(b.truth)
+            per.append(((b.truth < b.p05[:n]) | (b.truth > b.p95[:n])).mean(0))        # (n_mat, n_mon)
+        if per:
+            out[m] = np.mean(per, 0)
+    return out
+
+
 def coverage_sentence(row, size: float = 0.9, nominal: float = 0.1) -> str:
     """One line of `coverage_interval`, for the summary."""
     return (f"{row['method']} {row['verdict']}: {100 * row['violation per day']:.1f}% of truths outside its 5-95% band "
@@ -445,8 +462,8 @@ def calibration_rule(unit: str, scale: str) -> str:
     if unit not in conformal.UNITS or scale not in conformal.SCALES:
         raise ValueError(f"calibration_rule: unit {unit!r} / scale {scale!r} not among {conformal.UNITS} / "
                          f"{conformal.SCALES}")
-    how = ("per-tail scores from the median in units of the day's realised vol x sqrt(lead)" if scale == "realised_vol"
-           else "per-tail scores from each tail in units of the method's own half-width")
+    how = ("scores from the median in units of the day's realised vol x sqrt(lead), an order statistic per tail"
+           if scale == "realised_vol" else "per-tail scores from each tail in units of the method's own half-width")
     who = "whole backfills as the exchangeable unit" if unit == "backfill" else "days pooled as the exchangeable unit"
     return f"{how}, Mondrian by lead time, {who}"
 

@@ -418,10 +418,12 @@ def _tenor(t: float) -> str:
     return f"{t * 12:.3g}m" if t < 1 else f"{t:.3g}y"
 
 
-def rmse_heatmap_static(values, maturities, moneyness, title: str, fmt: str = ".4f", vmax: float | None = None):
-    """A seaborn heatmap of one RMSE per grid point (maturity rows x moneyness columns), every cell
-    annotated, for print; `vmax` fixes the top of the colour scale (0 is the bottom) so that several methods' maps
-    read on one scale. Pure: returns a matplotlib Figure, shows and saves nothing (no pyplot state)."""
+def rmse_heatmap_static(values, maturities, moneyness, title: str, fmt: str = ".4f", vmax: float | None = None,
+                        label: str = "RMSE (implied vol)"):
+    """A seaborn heatmap of one value per grid point (maturity rows x moneyness columns; RMSE unless `label` says
+    otherwise), every cell annotated, for print; `vmax` fixes the top of the colour scale (0 is the bottom) so that
+    several methods' maps read on one scale. Pure: returns a matplotlib Figure, shows and saves nothing (no pyplot
+    state)."""
     import seaborn as sns
     from matplotlib.figure import Figure
     v = np.asarray(values, dtype=float)                                  # (n_mat, n_mon)
@@ -433,7 +435,7 @@ def rmse_heatmap_static(values, maturities, moneyness, title: str, fmt: str = ".
     sns.heatmap(v, ax=ax, annot=True, fmt=fmt, cmap="viridis", vmin=0 if vmax is not None else None, vmax=vmax,
                 linewidths=0.5, linecolor="white",
                 xticklabels=[f"{m:.2f}" for m in moneyness], yticklabels=[_tenor(t) for t in maturities],
-                annot_kws={"fontsize": 9}, cbar_kws={"label": "RMSE (implied vol)"})
+                annot_kws={"fontsize": 9}, cbar_kws={"label": label})
     ax.tick_params(axis="y", labelrotation=0)
     ax.set(xlabel="moneyness K/S", ylabel="maturity", title=title)
     return fig
