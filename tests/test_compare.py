@@ -81,7 +81,11 @@ def test_table_rows_delta_gates_and_scores(runs):
     assert (a["gate2"], a["gate3"], c["phase1"], c["gate1"]) == ("MARGINAL", "FAIL", "FAIL", "-")
     assert (a["method"], b["method"]) == ("vae_o90", "vae_o45")
     # the last phase's kernel path: runs trained on different ones differ as reseeding does
-    assert (a["trained on"], b["trained on"], c["trained on"]) == ("cpu AVX512 MKL_CBWR=AVX2", "cuda NVIDIA H100", "-")
+    assert (a["trained on"], b["trained on"], c["trained on"]) == ("cpu AVX512 2 threads MKL_CBWR=AVX2",
+                                                                    "cuda NVIDIA H100", "-")
+    # the thread count is part of a CPU path (smoke's weights differ between 1 and 2 threads); older records lack it
+    assert compare.kernel_label({"device": "cpu", "cpu_capability": "AVX2", "threads": 1, "env": {}}) == "cpu AVX2 1 thread"
+    assert compare.kernel_label({"device": "cpu", "cpu_capability": "AVX2", "env": {}}) == "cpu AVX2"
     assert a["rmse"] == 0.01 and a["cal rmse"] == 0.011 and math.isnan(a["cal crps"])
     assert a["econometric rmse"] == 0.024 and a["random_walk rmse"] == 0.027
     assert a["dm vs econometric"] == -13.7 and a["dm p"] == 2.6e-41

@@ -113,13 +113,17 @@ def number(v) -> float:
 
 
 def kernel_label(k: dict | None) -> str | None:
-    """'cpu AVX512' / 'cuda NVIDIA H100 80GB HBM3': the part of a phase's `kernels` (`train.kernels`) that decides
-    the bits, with any pinning environment variable (None: not recorded)."""
+    """'cpu AVX512 2 threads' / 'cuda NVIDIA H100 80GB HBM3': the part of a phase's `kernels` (`train.kernels`) that
+    decides the bits (on CPU the instruction set and the thread count), with any pinning environment variable (None:
+    not recorded)."""
     if not isinstance(k, dict):
         return None
-    what = k.get("gpu") if k.get("device") == "cuda" else k.get("cpu_capability")
+    cpu = k.get("device") != "cuda"
+    what = k.get("cpu_capability") if cpu else k.get("gpu")
+    n = k.get("threads") if cpu else None
+    threads = f"{n} thread{'s' if n != 1 else ''}" if isinstance(n, int) else None
     env = " ".join(f"{a}={b}" for a, b in sorted((k.get("env") or {}).items()))
-    return " ".join(x for x in (k.get("device"), what, env) if x)
+    return " ".join(x for x in (k.get("device"), what, threads, env) if x)
 
 
 def trained_on(m: dict) -> str:

@@ -39,10 +39,11 @@ KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS", "ONE
 
 
 def kernels(device: torch.device) -> dict:
-    """The kernel path a phase trained on. Seeded training repeats to the bit on one machine, whatever the thread
-    count, but not across instruction sets: on test.yaml the phase-4 weights differ between ATen's AVX2 and
-    AVX-512 kernels, and between MKL's dispatch paths (docs/design.md §10). Two runs whose `kernels` differ can
-    be as far apart as two seeds; the environment variables that pin a path are recorded where set."""
+    """The kernel path a phase trained on. Seeded training repeats to the bit on one machine at one thread count,
+    but not across instruction sets (on test.yaml the phase-4 weights differ between ATen's AVX2 and AVX-512
+    kernels, and between MKL's dispatch paths) nor, at smoke's sizes, across thread counts (phase 1 with one thread
+    and with two; test.yaml's small matrices agree): docs/design.md §10. Two runs whose `kernels` differ can be as
+    far apart as two seeds; the environment variables that pin a path are recorded where set."""
     if device.type == "cuda":
         return {"device": "cuda", "gpu": torch.cuda.get_device_name(device), "cuda": torch.version.cuda}
     cpu = platform.processor() or platform.machine()
