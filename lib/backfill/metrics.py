@@ -7,7 +7,7 @@ assumes a particular grid size.
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import norm
+from scipy.special import ndtr          # the standard normal CDF (scipy.stats, which wraps it, costs ~0.7 s to import)
 
 
 
@@ -31,7 +31,7 @@ def call_prices(surface, maturities, moneyness) -> np.ndarray:
     s, T, K = _grids(surface, maturities, moneyness)
     sd = np.sqrt(np.maximum(s**2 * T[:, None], 1e-300))      # (..., n_mat, n_mon)
     d1 = -np.log(K) / sd + 0.5 * sd
-    return norm.cdf(d1) - K * norm.cdf(d1 - sd)
+    return ndtr(d1) - K * ndtr(d1 - sd)
 
 
 def calendar_violations(surface, maturities, moneyness, tol: float = 1e-6) -> np.ndarray:
