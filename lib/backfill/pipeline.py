@@ -171,6 +171,9 @@ TRAINING_NOTEBOOKS = tuple(NOTEBOOKS[:NOTEBOOKS.index(FROM_RECORD)])   # the dat
 
 
 KERNEL_START_TRIES = 3
+KERNEL_START_TIMEOUT = 180     # s for a kernel to reply at all (papermill's default, 60, failed a sweep trial on a
+# loaded 2-core machine, every process starting torch at once)
+KERNEL_NOT_STARTED = ("before replying to kernel_info", "Kernel didn't respond in")   # no cell ran: safe to retry
 KERNEL_QUIET = ["--IPKernelApp.log_level=CRITICAL"]   # the kernel's own log on our stderr is noise: a TCP warning
 # at every start, a ZMQ traceback when Ctrl-C shuts it down mid-cell (cell errors reach papermill, not this log)
 
@@ -196,19 +199,21 @@ def quiet_dead_kernels() -> None:
 
 
 def execute_notebook(src, dest, parameters: dict, tries: int = KERNEL_START_TRIES) -> None:
-    """papermill.execute_notebook with the notebook's directory as cwd, and a retry when the kernel dies before it
-    ran anything: kernels started at the same moment by several processes (the trials of a sweep) can race for
-    the same free TCP ports, and the loser dies before replying to kernel_info. No cell ran, so a retry is safe."""
+    """papermill.execute_notebook with the notebook's directory as cwd, and a retry when the kernel never started:
+    kernels started at the same moment by several processes (the trials of a sweep) can race for the same free TCP
+    ports, and the loser dies before replying to kernel_info; on a loaded machine a kernel can also take longer than
+    KERNEL_START_TIMEOUT to reply. No cell ran, so a retry is safe."""
     import random
     import papermill as pm
     quiet_dead_kernels()
     for attempt in range(1, tries + 1):
         try:
             pm.execute_notebook(str(src), str(dest), parameters=parameters, cwd=str(Path(src).parent),
-                                progress_bar=False, kernel_name="python3", extra_arguments=KERNEL_QUIET)
+                                progress_bar=False, kernel_name="python3", extra_arguments=KERNEL_QUIET,
+                                start_timeout=KERNEL_START_TIMEOUT)
             return
         except RuntimeError as e:
-            if "before replying to kernel_info" not in str(e) or attempt == tries:
+            if not any(m in str(e) for m in KERNEL_NOT_STARTED) or attempt == tries:
                 raise
             time.sleep(0.5 + random.random())      # out of step with the process it raced
 
