@@ -822,21 +822,15 @@ def test_epoch_marks_may_skip_phases_but_not_all_epochs(marks, ok):
         assert "\n" not in msg and "epochs" in msg and ("must be >= " in msg or "cumulative" in msg)
 
 
-@pytest.mark.parametrize("value", ["origin", 3])
-def test_a_bad_calibration_unit_is_a_one_line_error(tmp_path, value):
+@pytest.mark.parametrize("key, bad, default, other", [("calibration_unit", "origin", "backfill", "day"),
+                                                       ("calibration_unit", 3, "backfill", "day"),
+                                                       ("calibration_scale", "vol", "realised_vol", "halfwidth"),
+                                                       ("calibration_scale", 1, "realised_vol", "halfwidth")])
+def test_a_bad_calibration_unit_or_scale_is_a_one_line_error(tmp_path, key, bad, default, other):
     p = _raw("smoke")
-    p["generation"]["calibration_unit"] = value
+    p["generation"][key] = bad
     msg = _load_error(tmp_path, p)
-    assert "generation.calibration_unit" in msg and "\n" not in msg
-    assert params.load(params.profile_path("smoke"))["generation"]["calibration_unit"] == "backfill"
-
-
-@pytest.mark.parametrize("value", ["vol", 1])
-def test_a_bad_calibration_scale_is_a_one_line_error(tmp_path, value):
-    p = _raw("smoke")
-    p["generation"]["calibration_scale"] = value
-    msg = _load_error(tmp_path, p)
-    assert "generation.calibration_scale" in msg and "\n" not in msg
-    assert params.load(params.profile_path("smoke"))["generation"]["calibration_scale"] == "realised_vol"
-    p["generation"]["calibration_scale"] = "halfwidth"                     # the other scale loads
-    assert params.load(_write(tmp_path, p))["generation"]["calibration_scale"] == "halfwidth"
+    assert f"generation.{key}" in msg and "\n" not in msg
+    assert params.load(params.profile_path("smoke"))["generation"][key] == default
+    p["generation"][key] = other                                          # the other choice loads
+    assert params.load(_write(tmp_path, p))["generation"][key] == other

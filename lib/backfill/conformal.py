@@ -23,8 +23,10 @@ average over its points: the realised-vol scale is one number per day for the wh
 than the grid's average (short maturities, wings) miss more and calm points less. The method's own half-widths
 differ per point but, out of regime, not in the right proportion either; per-point weights from the training
 split's daily changes, the median's level or the method's own band shape were tried and spread the misses no
-less. Chapter 09 shows the calibrated misses per grid point (`evaluate.coverage_by_point`). With n scores in a bin, the lower tail takes the score r_(k), k = floor((n + 1) 0.05), and the upper
-tail r_(k'), k' = ceil((n + 1) 0.95) (order statistics, 1-based): the split-conformal guarantee per tail (a new
+less. Chapter 09 shows the calibrated misses per grid point (`evaluate.coverage_by_point`).
+
+With n scores in a bin, the lower tail takes the score r_(k), k = floor((n + 1) 0.05), and the upper tail r_(k'),
+k' = ceil((n + 1) 0.95) (order statistics, 1-based): the split-conformal guarantee per tail (a new
 exchangeable point falls below the calibrated q05 with probability <= 5%, above q95 with <= 5%), in scale-free
 units, so that a shift learned in a volatile period moves a calm period's tail by the same *share* of its scale,
 not by the same number of vol points. The median is never moved: calibrated RMSE is raw RMSE.
