@@ -248,7 +248,7 @@ def coverage_by_point(bfs: dict, methods: list[str]) -> dict:
         for w in roll:
             b = bfs[w][m]
             n = len(b.truth)
-            per.append(((b.truth < b.p05[:n]) | (b.truth > b.p95[:n])).mean(0))        # (n_mat, n_mon)
+            per.append(metrics.ci_violation(b.p05[:n], b.p95[:n], b.truth, axis=0))       # (n_mat, n_mon)
         if per:
             out[m] = np.mean(per, 0)
     return out
